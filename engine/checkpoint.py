@@ -1,0 +1,334 @@
+"""Read Apple's FastVLM checkpoint layout without PyTorch.
+
+A checkpoint folder holds ``config.json``, tokenizer files and bfloat16 safetensors, either one
+``model.safetensors`` or shards listed in ``model.safetensors.index.json``. Tensors are read one at a time from a
+memory map, so converting the 7B model never holds its 15 GB at once.
+
+The safetensors format is read by hand (an 8-byte header length, a JSON header, raw little-endian data) because
+the ``safetensors`` package's numpy front end cannot return bfloat16, which numpy lacks; widening bfloat16 to
+float32 is a 16-bit shift.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import CheckpointError, ShapeMismatchError, UnsupportedDtypeError
+
+VISION_PREFIX = "model.vision_tower.vision_tower.model."
+PROJECTOR_PREFIX = "model.mm_projector."
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "added_tokens.json", "special_tokens_map.json", "tokenizer.json")
+
+# Byte widths of the safetensors dtypes we can widen to float32. Others are named in the error.
+_FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4}
+_ALL_DTYPE_WIDTHS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+F32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: its file, dtype, shape and byte range within the file."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def _read_header(path: Path) -> list[TensorInfo]:
+    """Parse one safetensors file's header and check the file holds every byte the header promises."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes).",
+                                      "Download the checkpoint again.")
+            (n,) = struct.unpack("<Q", head)
+            if n > 100_000_000 or 8 + n > size:
+                raise CheckpointError(f"{path.name} is not a valid safetensors file (header length {n}, "
+                                      f"file {size} bytes).", "Download the checkpoint again.")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}.",
+                              "Check the file exists and is readable.") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path.name} has a corrupt header ({e}).", "Download the checkpoint again.") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name} has a corrupt header.", "Download the checkpoint again.")
+    base = 8 + n
+    infos: list[TensorInfo] = []
+    data_end = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = str(meta["dtype"])
+            shape = tuple(int(d) for d in meta["shape"])
+            begin, end = (int(o) for o in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path.name} has a corrupt entry for '{name}'.",
+                                  "Download the checkpoint again.") from e
+        width = _ALL_DTYPE_WIDTHS.get(dtype)
+        if width is not None and (end - begin) != width * int(np.prod(shape, dtype=np.int64)):
+            raise CheckpointError(f"{path.name}: tensor '{name}' has {end - begin} bytes for shape {list(shape)} "
+                                  f"in {dtype}.", "The file is corrupt; download the checkpoint again.")
+        infos.append(TensorInfo(name, path, dtype, shape, base + begin, base + end))
+        data_end = max(data_end, base + end)
+    if data_end > size:
+        raise CheckpointError(
+            f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_end:,}.",
+            "The download was probably interrupted; download the checkpoint again (pull resumes where it stopped).")
+    return infos
+
+
+def _widen(raw: npt.NDArray[Any], dtype: str) -> F32Array:
+    if dtype == "BF16":
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return raw.view("<f2").astype(np.float32)
+    return raw.view("<f4").astype(np.float32)
+
+
+class Checkpoint:
+    """A FastVLM checkpoint folder in Apple's (LLaVA) layout.
+
+    Opening one checks the folder is a FastVLM checkpoint and that every weight file is complete; reading a
+    tensor then cannot fail half-way through a conversion for those reasons.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise CheckpointError(f"{self.folder} is not a folder.",
+                                  "Give the folder that holds config.json and the .safetensors weights.")
+        self.config = self._read_config()
+        self._tensors: dict[str, TensorInfo] = {}
+        for path in self._weight_files():
+            for info in _read_header(path):
+                self._tensors[info.name] = info
+        self._maps: dict[Path, np.memmap[Any, np.dtype[np.uint8]]] = {}
+        for name in TOKENIZER_FILES:
+            if not (self.folder / name).is_file():
+                raise CheckpointError(f"{self.folder} has no {name}; the tokenizer cannot be converted.",
+                                      "Copy the complete checkpoint folder, including its tokenizer files.")
+        if not any(n.startswith(VISION_PREFIX) for n in self._tensors):
+            raise CheckpointError(
+                f"{self.folder} has no vision tower weights ({VISION_PREFIX}...).",
+                "This looks like a plain language model; use a FastVLM checkpoint (llava-fastvithd_*_stage3).")
+
+    # -- folder structure -------------------------------------------------------------------------------------------
+
+    def _read_config(self) -> dict[str, Any]:
+        path = self.folder / "config.json"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{self.folder} has no config.json, so it is not a FastVLM checkpoint folder.",
+                "Point to the folder that holds config.json and model.safetensors "
+                "(for example the unzipped llava-fastvithd_0.5b_stage3).")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} cannot be read as JSON ({e}).", "Download the checkpoint again.") from e
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path} is not a JSON object.", "Download the checkpoint again.")
+        model_type = config.get("model_type")
+        archs = config.get("architectures") or []
+        if model_type != "llava_qwen2" and "LlavaQwen2ForCausalLM" not in archs:
+            raise CheckpointError(
+                f"{self.folder} is not a FastVLM checkpoint: its config.json says model_type "
+                f"'{model_type}' and architectures {archs}, not 'llava_qwen2'.",
+                "Use Apple's FastVLM release (apple/FastVLM-0.5B, -1.5B or -7B, or a llava-fastvithd_*_stage3 folder).")
+        projector = config.get("mm_projector_type", "mlp2x_gelu")
+        if projector != "mlp2x_gelu":
+            raise CheckpointError(f"Projector type '{projector}' is not supported (only 'mlp2x_gelu').",
+                                  "Use Apple's FastVLM release.")
+        return config
+
+    def _weight_files(self) -> list[Path]:
+        index = self.folder / INDEX_FILE
+        single = self.folder / SINGLE_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index.name} is corrupt ({e}).", "Download the checkpoint again.") from e
+            missing = [n for n in names if not (self.folder / n).is_file()]
+            if missing:
+                raise CheckpointError(
+                    f"{self.folder} is missing {len(missing)} of {len(names)} weight shards: {', '.join(missing)}.",
+                    "Download the missing files (glimpse models pull resumes), then try again.")
+            return [self.folder / n for n in names]
+        if single.is_file():
+            return [single]
+        others = sorted(self.folder.glob("*.safetensors"))
+        if others:
+            return others
+        raise CheckpointError(f"{self.folder} has no weights (model.safetensors or {INDEX_FILE}).",
+                              "Download the complete checkpoint, including its .safetensors files.")
+
+    @property
+    def weight_files(self) -> list[Path]:
+        return sorted({t.file for t in self._tensors.values()})
+
+    # -- tensors ----------------------------------------------------------------------------------------------------
+
+    def names(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise CheckpointError(f"The checkpoint has no tensor '{name}'.",
+                                  "The checkpoint is incomplete or not a FastVLM release.") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
+
+    def tensor(self, name: str, expect: tuple[int, ...] | None = None) -> F32Array:
+        """Read one tensor as a new float32 array, checking its shape against ``expect`` if given."""
+        info = self.info(name)
+        if expect is not None and info.shape != tuple(expect):
+            raise ShapeMismatchError(name, tuple(expect), info.shape)
+        if info.dtype not in _FLOAT_DTYPES:
+            raise UnsupportedDtypeError(
+                f"Tensor '{name}' is stored as {info.dtype}; Glimpse reads only BF16, F16 and F32 weights.",
+                "Use Apple's original FastVLM checkpoint, not a re-quantized copy.")
+        mm = self._maps.get(info.file)
+        if mm is None:
+            mm = np.memmap(info.file, dtype=np.uint8, mode="r")
+            self._maps[info.file] = mm
+        raw = np.asarray(mm[info.start:info.end])
+        return _widen(raw, info.dtype).reshape(info.shape)
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def vision_tensors(self) -> Mapping[str, tuple[int, ...]]:
+        """Vision tower tensor names (without the prefix) and their shapes."""
+        n = len(VISION_PREFIX)
+        return {k[n:]: v.shape for k, v in self._tensors.items() if k.startswith(VISION_PREFIX)}
+
+
+def _cfg_int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if value is None:
+        raise CheckpointError(f"config.json has no '{key}'.", "The checkpoint's config.json is incomplete.")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json has '{key}' = {value!r}, not a number.",
+                              "The checkpoint's config.json is corrupt.") from e
+
+
+@dataclass(frozen=True)
+class LlmGeometry:
+    """The Qwen2 language model's shape, from config.json, checked against the weights."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab_rows: int
+    context_length: int
+    rms_eps: float
+    rope_theta: float
+    tied_embeddings: bool
+    mm_hidden: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> LlmGeometry:
+        c = ckpt.config
+        hidden = _cfg_int(c, "hidden_size")
+        heads = _cfg_int(c, "num_attention_heads")
+        geo = cls(
+            hidden=hidden,
+            layers=_cfg_int(c, "num_hidden_layers"),
+            heads=heads,
+            kv_heads=_cfg_int(c, "num_key_value_heads", heads),
+            ffn=_cfg_int(c, "intermediate_size"),
+            vocab_rows=ckpt.shape("model.embed_tokens.weight")[0],
+            context_length=_cfg_int(c, "max_position_embeddings", 32768),
+            rms_eps=float(c.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(c.get("rope_theta", 1_000_000.0)),
+            tied_embeddings=bool(c.get("tie_word_embeddings", False)),
+            mm_hidden=_cfg_int(c, "mm_hidden_size", 3072),
+        )
+        if hidden % heads or heads % geo.kv_heads:
+            raise CheckpointError(f"config.json has hidden_size {hidden} with {heads} heads and {geo.kv_heads} "
+                                  "key/value heads, which do not divide evenly.", "The config.json is corrupt.")
+        geo.check(ckpt)
+        return geo
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every language-model and projector tensor the checkpoint must have, with its shape."""
+        h, kv = self.hidden, self.kv_heads * self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "model.embed_tokens.weight": (self.vocab_rows, h),
+            "model.norm.weight": (h,),
+            f"{PROJECTOR_PREFIX}0.weight": (h, self.mm_hidden),
+            f"{PROJECTOR_PREFIX}0.bias": (h,),
+            f"{PROJECTOR_PREFIX}2.weight": (h, h),
+            f"{PROJECTOR_PREFIX}2.bias": (h,),
+        }
+        for i in range(self.layers):
+            p = f"model.layers.{i}."
+            shapes.update({
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (h, h),
+                p + "self_attn.q_proj.bias": (h,),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.k_proj.bias": (kv,),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.v_proj.bias": (kv,),
+                p + "self_attn.o_proj.weight": (h, h),
+                p + "mlp.gate_proj.weight": (self.ffn, h),
+                p + "mlp.up_proj.weight": (self.ffn, h),
+                p + "mlp.down_proj.weight": (h, self.ffn),
+            })
+        if not self.tied_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_rows, h)
+        return shapes
+
+    def check(self, ckpt: Checkpoint) -> None:
+        """Raise on the first tensor that is missing or has the wrong shape (config.json order)."""
+        for name, shape in self.expected_shapes().items():
+            actual = ckpt.shape(name)
+            if actual != shape:
+                raise ShapeMismatchError(name, shape, actual)

@@ -1,0 +1,79 @@
+"""One error family for Glimpse.
+
+Every error carries a sentence saying what went wrong and, where there is one, what the user can do about it.
+The CLI and the app print ``str(error)`` and never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class GlimpseError(Exception):
+    """Base class: ``message`` says what happened, ``hint`` what to do."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}".strip()
+
+
+class CheckpointError(GlimpseError):
+    """The source folder is not a usable FastVLM checkpoint (wrong kind, missing or truncated files)."""
+
+
+class ShapeMismatchError(CheckpointError):
+    """A tensor has a shape other than the one the geometry demands."""
+
+    def __init__(self, name: str, expected: tuple[int, ...], actual: tuple[int, ...]) -> None:
+        super().__init__(
+            f"Tensor '{name}' has shape {list(actual)}, but {list(expected)} was expected.",
+            "The checkpoint does not match its config.json; download it again or check it is a FastVLM release.",
+        )
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+
+
+class UnsupportedDtypeError(CheckpointError):
+    """A tensor is stored in a dtype the converter cannot read."""
+
+
+class ConversionError(GlimpseError):
+    """Conversion failed for a reason other than the checkpoint itself."""
+
+
+class OutputExistsError(GlimpseError):
+    """The output folder already exists and --force was not given."""
+
+
+class DiskFullError(GlimpseError):
+    """Not enough free disk space, found before or during a write."""
+
+
+class ModelFolderError(GlimpseError):
+    """A converted model folder is missing, incomplete or corrupt."""
+
+
+class ModelNotFoundError(GlimpseError):
+    """No model of that name is installed or in the catalogue."""
+
+
+class DownloadError(GlimpseError):
+    """A download failed or delivered something other than what was expected."""
+
+
+class OfflineError(DownloadError):
+    """The network is unreachable (or offline mode is on) and there is no local copy."""
+
+
+class LicenseNotAcceptedError(GlimpseError):
+    """The model licence has not been accepted yet."""
+
+
+class Cancelled(GlimpseError):
+    """The user cancelled a long-running operation."""
+
+    def __init__(self, what: str = "The operation") -> None:
+        super().__init__(f"{what} was cancelled.")

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny random FastVLM checkpoints written in Apple's layout, and converted model folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.synthetic import CheckpointSpec, write_checkpoint
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the real user folders or reaches the network."""
+    home = tmp_path_factory.mktemp("glimpse-home")
+    monkeypatch.setenv("GLIMPSE_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reduced-tower, two-layer random checkpoint (a few MB). Treat it as read-only."""
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "llava-fastvithd_tiny_stage3", CheckpointSpec())
