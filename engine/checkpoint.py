@@ -1,8 +1,8 @@
 """Read Apple's FastVLM checkpoint layout without PyTorch.
 
 A checkpoint folder holds ``config.json``, tokenizer files and bfloat16 safetensors, either one
-``model.safetensors`` or shards listed in ``model.safetensors.index.json``. Tensors are read one at a time from a
-memory map, so converting the 7B model never holds its 15 GB at once.
+``model.safetensors`` or shards listed in ``model.safetensors.index.json``. Tensors are read one at a time with
+``pread``, so converting the 7B model never holds its 15 GB at once.
 
 The safetensors format is read by hand (an 8-byte header length, a JSON header, raw little-endian data) because
 the ``safetensors`` package's numpy front end cannot return bfloat16, which numpy lacks; widening bfloat16 to
@@ -12,11 +12,12 @@ float32 is a 16-bit shift.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -126,7 +127,7 @@ class Checkpoint:
         for path in self._weight_files():
             for info in _read_header(path):
                 self._tensors[info.name] = info
-        self._maps: dict[Path, np.memmap[Any, np.dtype[np.uint8]]] = {}
+        self._files: dict[Path, BinaryIO] = {}
         for name in TOKENIZER_FILES:
             if not (self.folder / name).is_file():
                 raise CheckpointError(f"{self.folder} has no {name}; the tokenizer cannot be converted.",
@@ -218,15 +219,25 @@ class Checkpoint:
             raise UnsupportedDtypeError(
                 f"Tensor '{name}' is stored as {info.dtype}; Glimpse reads only BF16, F16 and F32 weights.",
                 "Use Apple's original FastVLM checkpoint, not a re-quantized copy.")
-        mm = self._maps.get(info.file)
-        if mm is None:
-            mm = np.memmap(info.file, dtype=np.uint8, mode="r")
-            self._maps[info.file] = mm
-        raw = np.asarray(mm[info.start:info.end])
-        return _widen(raw, info.dtype).reshape(info.shape)
+        f = self._files.get(info.file)
+        if f is None:
+            f = self._files[info.file] = info.file.open("rb")
+        try:
+            # pread into a private buffer rather than a memory map: mapped pages of a 15 GB file would count
+            # towards the process's resident memory until the kernel chose to drop them.
+            data = os.pread(f.fileno(), info.nbytes, info.start)
+        except OSError as e:
+            raise CheckpointError(f"Cannot read {info.file.name}: {e.strerror or e}.",
+                                  "Check the disk and download the checkpoint again.") from e
+        if len(data) != info.nbytes:
+            raise CheckpointError(f"{info.file.name} ended early while reading '{name}'.",
+                                  "The file is truncated; download the checkpoint again.")
+        return _widen(np.frombuffer(data, dtype=np.uint8), info.dtype).reshape(info.shape)
 
     def close(self) -> None:
-        self._maps.clear()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
