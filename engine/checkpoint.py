@@ -1,8 +1,8 @@
 """Read Apple's FastVLM checkpoint layout without PyTorch.
 
 A checkpoint folder holds ``config.json``, tokenizer files and bfloat16 safetensors, either one
-``model.safetensors`` or shards listed in ``model.safetensors.index.json``. Tensors are read one at a time with
-``pread``, so converting the 7B model never holds its 15 GB at once.
+``model.safetensors`` or shards listed in ``model.safetensors.index.json``. Tensors are read one at a time
+into private buffers, so converting the 7B model never holds its 15 GB at once.
 
 The safetensors format is read by hand (an 8-byte header length, a JSON header, raw little-endian data) because
 the ``safetensors`` package's numpy front end cannot return bfloat16, which numpy lacks; widening bfloat16 to
@@ -12,7 +12,6 @@ float32 is a 16-bit shift.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -223,9 +222,10 @@ class Checkpoint:
         if f is None:
             f = self._files[info.file] = info.file.open("rb")
         try:
-            # pread into a private buffer rather than a memory map: mapped pages of a 15 GB file would count
-            # towards the process's resident memory until the kernel chose to drop them.
-            data = os.pread(f.fileno(), info.nbytes, info.start)
+            # A plain read into a private buffer rather than a memory map: mapped pages of a 15 GB file would
+            # count towards the process's resident memory until the kernel chose to drop them.
+            f.seek(info.start)
+            data = f.read(info.nbytes)
         except OSError as e:
             raise CheckpointError(f"Cannot read {info.file.name}: {e.strerror or e}.",
                                   "Check the disk and download the checkpoint again.") from e
