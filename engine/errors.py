@@ -77,3 +77,11 @@ class Cancelled(GlimpseError):
 
     def __init__(self, what: str = "The operation") -> None:
         super().__init__(f"{what} was cancelled.")
+
+
+class ImageError(GlimpseError):
+    """An image cannot be read, or is too small or too large to use."""
+
+
+class InputError(GlimpseError):
+    """A request is invalid (empty question, size out of range...)."""
