@@ -48,7 +48,6 @@ class VisionSpec:
     dims: tuple[int, int, int, int, int] = (96, 192, 384, 768, 1536)
     depths: tuple[int, int, int, int, int] = (2, 12, 24, 4, 2)
     mlp_ratio: int = 4
-    head_dim: int = 32
 
     @property
     def out_dim(self) -> int:
@@ -56,7 +55,7 @@ class VisionSpec:
 
     @classmethod
     def tiny(cls) -> VisionSpec:
-        return cls(dims=(16, 32, 64, 64, 64), depths=(1, 1, 1, 1, 1), head_dim=16)
+        return cls(dims=(16, 32, 64, 64, 64), depths=(1, 1, 1, 1, 1))
 
 
 @dataclass(frozen=True)
