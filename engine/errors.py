@@ -85,3 +85,11 @@ class ImageError(GlimpseError):
 
 class InputError(GlimpseError):
     """A request is invalid (empty question, size out of range...)."""
+
+
+class InferenceError(GlimpseError):
+    """llama.cpp refused or failed to evaluate the input."""
+
+
+class ContextFullError(InferenceError):
+    """The input does not fit in the rest of the context window."""

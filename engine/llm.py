@@ -1,0 +1,396 @@
+"""``LanguageModel``: the one owner of the llama.cpp model and context.
+
+It evaluates token ids and image rows (float32 embeddings of the model's width) into one KV cache, reads the logits
+of the last position, and rewinds the cache. Everything llama.cpp would assert on (and so abort the whole process)
+is checked here first and raised as a Python exception instead.
+
+Image rows go in through llama.cpp's low-level batch API, since ``llama_cpp.Llama`` only takes token ids. The
+positions they fill are recorded in ``Llama.input_ids`` as a negative marker id (one per image, derived from its
+bytes), so ``history`` stays aligned with the cache and a later prompt that starts with the same ids, image included,
+can reuse the cached prefix instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import ContextFullError, InferenceError, ModelFolderError
+from engine.system import default_threads
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+F32Array = npt.NDArray[np.float32]
+
+
+# -- llama.cpp logging ------------------------------------------------------------------------------------------------
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line). llama-cpp-python
+# 0.3.36 maps these one level off (its WARN shows as ERROR), so warnings reach stderr even with verbose=False; route
+# them to Python logging instead, where the app decides what to show.
+_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+_log_state: dict[str, Any] = {"callback": None, "level": logging.DEBUG}
+_native_log = logging.getLogger("engine.llama_cpp")
+_native_log.addHandler(logging.NullHandler())
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's log lines to the ``engine.llama_cpp`` logger (INFO chatter at DEBUG). Idempotent."""
+    if _log_state["callback"] is not None:
+        return
+    import llama_cpp
+
+    def forward(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level != 5:
+            _log_state["level"] = _LEVELS.get(level, logging.DEBUG)
+        if _native_log.isEnabledFor(_log_state["level"]):
+            _native_log.log(_log_state["level"], "%s", text.decode("utf-8", errors="replace").rstrip("\n"))
+
+    callback = llama_cpp.llama_log_callback(forward)
+    _log_state["callback"] = callback  # the C side keeps only a pointer; this keeps the function alive
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+# -- GGUF header check ------------------------------------------------------------------------------------------------
+
+_GGUF_MAGIC = b"GGUF"
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_LIMIT = 1 << 24  # more keys, tensors or array items than any real model has: the header is corrupt
+
+
+class _Header:
+    """Reads GGUF header fields, failing with a readable reason instead of running off the end."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f = f
+        self.size = size
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise ValueError("the header ends early")
+        return data
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.read(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack("<Q", self.read(8))[0])
+
+    def string(self) -> bytes:
+        n = self.u64()
+        if n > self.size:
+            raise ValueError(f"a string of {n} bytes")
+        return self.read(n)
+
+    def skip_value(self, vtype: int) -> int | None:
+        """Skip one value; return it if it is an integer scalar (for general.alignment)."""
+        if vtype in _SCALAR_SIZES:
+            raw = self.read(_SCALAR_SIZES[vtype])
+            return int.from_bytes(raw, "little") if vtype in (4, 10) else None
+        if vtype == _STRING:
+            self.string()
+            return None
+        if vtype == _ARRAY:
+            item, count = self.u32(), self.u64()
+            if count > _LIMIT * 4:
+                raise ValueError(f"an array of {count} items")
+            if item in _SCALAR_SIZES:
+                self.read(_SCALAR_SIZES[item] * count)
+            else:
+                for _ in range(count):
+                    self.skip_value(item)
+            return None
+        raise ValueError(f"unknown value type {vtype}")
+
+
+def check_gguf(path: Path) -> None:
+    """Raise :class:`ModelFolderError` unless ``path`` is a complete GGUF file (magic, header, tensor data extent).
+
+    Reads only the header (a few MB for a 152k-token vocabulary), never the weights.
+    """
+    import gguf
+
+    hint = "Convert the model again, or remove it and download it again."
+    try:
+        if not path.exists():
+            raise ModelFolderError(f"The language model file {path} does not exist.", hint)
+        if not path.is_file():
+            raise ModelFolderError(f"{path} is not a file.", hint)
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            if f.read(4) != _GGUF_MAGIC:
+                raise ModelFolderError(f"{path.name} is not a GGUF file (it does not start with 'GGUF').", hint)
+            h = _Header(f, size)
+            version = h.u32()
+            if version not in (2, 3):
+                raise ModelFolderError(f"{path.name} is GGUF version {version}; only versions 2 and 3 are read.",
+                                       hint)
+            n_tensors, n_kv = h.u64(), h.u64()
+            if n_tensors > _LIMIT or n_kv > _LIMIT:
+                raise ValueError(f"{n_tensors} tensors and {n_kv} keys")
+            alignment = gguf.GGUF_DEFAULT_ALIGNMENT
+            for _ in range(n_kv):
+                key = h.string()
+                value = h.skip_value(h.u32())
+                if key == b"general.alignment" and value:
+                    alignment = value
+            end = 0
+            for _ in range(n_tensors):
+                h.string()
+                n_dims = h.u32()
+                if n_dims > 8:
+                    raise ValueError(f"a tensor with {n_dims} dimensions")
+                count = 1
+                for _ in range(n_dims):
+                    count *= h.u64()
+                qtype, offset = h.u32(), h.u64()
+                try:
+                    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+                except (ValueError, KeyError):
+                    continue  # a type newer than this gguf package: llama.cpp checks its extent itself
+                end = max(end, offset + count // block * type_size)
+            data_start = -(-f.tell() // alignment) * alignment
+    except OSError as e:
+        raise ModelFolderError(f"Cannot read {path}: {e.strerror or e}.",
+                               "Check the file exists and is readable.") from e
+    except ValueError as e:
+        raise ModelFolderError(f"{path.name} has a corrupt header ({e}).", hint) from e
+    if data_start + end > size:
+        raise ModelFolderError(
+            f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_start + end:,}.", hint)
+
+
+# -- the model --------------------------------------------------------------------------------------------------------
+
+def image_marker(rows: F32Array) -> int:
+    """The negative id that stands for ``rows`` in the token history: equal rows, equal marker."""
+    digest = hashlib.blake2b(rows.tobytes(), digest_size=8).digest()
+    return -1 - int.from_bytes(digest, "little") % (2**31 - 2)
+
+
+class LanguageModel:
+    """A Qwen2 GGUF loaded into llama.cpp with one sequence's KV cache.
+
+    ``n_ctx`` is the context window in positions (tokens plus image rows), ``n_batch`` the most positions one
+    ``llama_decode`` call takes (longer inputs are split), ``n_threads`` defaults to the physical core count.
+    Not thread-safe: one thread owns it.
+    """
+
+    def __init__(self, gguf_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 512, flash_attn: bool = False) -> None:
+        if n_ctx < 16 or n_batch < 1 or (n_threads is not None and n_threads < 1):
+            raise ValueError(f"n_ctx {n_ctx}, n_batch {n_batch} and n_threads {n_threads} must be positive "
+                             "(n_ctx at least 16).")
+        self.path = Path(gguf_path)
+        check_gguf(self.path)
+        import llama_cpp
+
+        route_llama_logs()
+        threads = n_threads or default_threads()
+        n_batch = min(n_batch, n_ctx)
+        try:
+            self._llama: llama_cpp.Llama | None = llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
+                n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
+        except (ValueError, RuntimeError) as e:
+            raise ModelFolderError(f"llama.cpp could not load {self.path.name} ({e}).",
+                                   "The file may be damaged or made for another model; convert it again.") from e
+        llama = self._llama
+        # Llama sizes input_ids by the n_ctx asked for; llama.cpp may round its own window up.
+        self._n_ctx = min(llama.n_ctx(), int(llama.input_ids.shape[0]))
+        self._n_batch = n_batch
+        self._n_vocab = llama.n_vocab()
+        self._n_embd = int(llama_cpp.llama_model_n_embd_inp(llama.model))
+        self._has_logits = False
+
+    # -- lifetime --------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the context and the model. Safe to call twice."""
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None
+
+    def __enter__(self) -> LanguageModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _ll(self) -> llama_cpp.Llama:
+        if self._llama is None:
+            raise InferenceError("The language model has been closed.", "Load the model again.")
+        return self._llama
+
+    # -- facts -----------------------------------------------------------------------------------------------------
+
+    @property
+    def n_embd(self) -> int:
+        """Width of the rows ``eval_embeddings`` takes (the model's hidden size)."""
+        return self._n_embd
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        """Rows of the logits (the embedding matrix's rows, padding included)."""
+        return self._n_vocab
+
+    @property
+    def n_past(self) -> int:
+        """Positions in the KV cache."""
+        return int(self._ll.n_tokens)
+
+    @property
+    def history(self) -> list[int]:
+        """The id at each cached position: token ids, and negative image markers where rows were evaluated."""
+        llama = self._ll
+        return [int(i) for i in llama.input_ids[: llama.n_tokens]]
+
+    # -- text ------------------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``, without BOS (Qwen2 uses none). ``special`` parses ``<|im_start|>`` and the like."""
+        try:
+            return list(self._ll.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+        except RuntimeError as e:
+            raise InferenceError(f"llama.cpp could not tokenize the text ({e}).") from e
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        """Text of ``ids``; ``special`` renders control tokens. Bytes that do not form UTF-8 become U+FFFD."""
+        ids = self._check_ids(ids)
+        return self._ll.detokenize(ids, special=special).decode("utf-8", errors="replace")
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        out = [int(i) for i in ids]
+        bad = [i for i in out if not 0 <= i < self._n_vocab]
+        if bad:
+            raise ValueError(f"Token ids {bad[:5]} are outside the vocabulary (0..{self._n_vocab - 1}).")
+        return out
+
+    def _check_room(self, n: int, what: str) -> None:
+        if self.n_past + n > self._n_ctx:
+            raise ContextFullError(
+                f"The {what} ({n} positions) does not fit: {self.n_past} of the {self._n_ctx} context positions "
+                "are already used.", "Start a new conversation, or use a smaller image size.")
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+
+    def eval_tokens(self, ids: Sequence[int]) -> None:
+        """Append token ids to the cache (split by ``n_batch``); afterwards ``logits()`` is the last one's."""
+        ids = self._check_ids(ids)
+        if not ids:
+            return
+        self._check_room(len(ids), "text")
+        self._has_logits = False
+        try:
+            self._ll.eval(ids)
+        except RuntimeError as e:
+            raise InferenceError(f"llama.cpp could not evaluate the text ({e}).") from e
+        self._has_logits = True
+
+    def eval_embeddings(self, rows: F32Array, *, marker: int | None = None) -> list[int]:
+        """Append image rows (float32, C-contiguous, shape (k, n_embd), k > 0, finite) to the cache.
+
+        Returns the ids recorded for these positions in ``history``: ``marker`` (negative), by default
+        ``image_marker(rows)``, once per row. Afterwards ``logits()`` is the last row's.
+        """
+        if not isinstance(rows, np.ndarray):
+            raise TypeError(f"Image rows must be a numpy array, not {type(rows).__name__}.")
+        if rows.dtype != np.float32:
+            raise TypeError(f"Image rows must be float32, not {rows.dtype}.")
+        if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] != self._n_embd:
+            raise ValueError(f"Image rows must have shape (k > 0, {self._n_embd}), not {rows.shape}.")
+        if not rows.flags.c_contiguous:
+            raise ValueError("Image rows must be C-contiguous (use np.ascontiguousarray).")
+        if not np.isfinite(rows).all():
+            raise ValueError("Image rows contain NaN or infinity.")
+        if marker is None:
+            marker = image_marker(rows)
+        if marker >= 0:
+            raise ValueError(f"An image marker must be negative so it can never equal a token id, not {marker}.")
+        self._check_room(rows.shape[0], "image")
+        self._decode_rows(rows, marker)
+        return [marker] * rows.shape[0]
+
+    def _decode_rows(self, rows: F32Array, marker: int) -> None:
+        import llama_cpp
+
+        llama = self._ll
+        start = int(llama.n_tokens)
+        k, width = rows.shape
+        memory = llama_cpp.llama_get_memory(llama.ctx)
+        if memory is None:
+            raise InferenceError("The llama.cpp context has no KV cache.")
+        # Drop whatever the cache holds past n_past (as Llama.eval does), so positions continue where it ends.
+        llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+        self._has_logits = False
+        batch = llama_cpp.llama_batch_init(min(k, self._n_batch), width, 1)
+        try:
+            for r0 in range(0, k, self._n_batch):
+                chunk = rows[r0:r0 + self._n_batch]
+                m = chunk.shape[0]
+                past = int(llama.n_tokens)
+                ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
+                for i in range(m):
+                    batch.pos[i] = past + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 0
+                batch.logits[m - 1] = 1 if r0 + m == k else 0
+                batch.n_tokens = m
+                rc = llama_cpp.llama_decode(llama.ctx, batch)
+                if rc != 0:
+                    llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+                    llama.n_tokens = start
+                    raise InferenceError(f"llama.cpp could not evaluate the image rows (llama_decode returned {rc}).")
+                llama.input_ids[past:past + m] = marker
+                llama.n_tokens = past + m
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        # Llama.generate() may sample straight from a fully cached prompt only when this flag says the logits are live.
+        llama._requires_eval = False
+        self._has_logits = True
+
+    def logits(self) -> F32Array:
+        """A copy of the logits (float32, shape (n_vocab,)) after the last evaluated position."""
+        import llama_cpp
+
+        if not self._has_logits:
+            raise InferenceError("There are no logits yet: evaluate tokens or image rows first.")
+        ptr = llama_cpp.llama_get_logits_ith(self._ll.ctx, -1)
+        if not ptr:
+            raise InferenceError("llama.cpp returned no logits for the last position.")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float32, copy=True)
+
+    def rewind(self, n_keep: int) -> None:
+        """Forget every position from ``n_keep`` on, keeping the first ``n_keep`` (0 clears the cache)."""
+        import llama_cpp
+
+        llama = self._ll
+        if not 0 <= n_keep <= llama.n_tokens:
+            raise ValueError(f"Cannot keep {n_keep} positions: the cache holds {llama.n_tokens}.")
+        if n_keep == llama.n_tokens:
+            return
+        if not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llama.ctx), 0, n_keep, -1):
+            raise InferenceError(f"llama.cpp could not remove the cache from position {n_keep} on.")
+        llama.n_tokens = n_keep
+        llama._requires_eval = True
+        self._has_logits = False

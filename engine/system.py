@@ -1,0 +1,29 @@
+"""Facts about the machine the engine runs on."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+
+def default_threads() -> int:
+    """Physical cores: onnxruntime and llama.cpp gain nothing from hyper-threads and lose time to contention."""
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (falls back to the current RSS where the OS keeps no peak)."""
+    info = psutil.Process().memory_info()
+    return int(getattr(info, "peak_wset", 0) or _ru_maxrss() or info.rss)
+
+
+def _ru_maxrss() -> int:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    import sys
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib if sys.platform == "darwin" else kib * 1024)
