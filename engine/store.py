@@ -1,0 +1,351 @@
+"""The local model store: where converted models, downloads and licence acceptances live.
+
+Layout (the root is ``$GLIMPSE_HOME``, else the per-user data folder "Glimpse" from platformdirs)::
+
+    models/<name>/       converted model folders (vision.onnx, llm.gguf, model.json, LICENSE_MODEL, NOTICE)
+    downloads/<name>/    checkpoint downloads, kept across failures and restarts so they resume
+    licenses.json        which model licences the user accepted, when, and the sha256 of the text they saw
+
+Folders whose name starts with "." are work in progress (a conversion's temporary folder, a removal) and are
+never listed. ``pull_model`` and ``import_model`` are the two ways a model gets into ``models/``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import platformdirs
+
+from engine import catalog
+from engine.catalog import CatalogEntry
+from engine.errors import (
+    CheckpointError,
+    DiskFullError,
+    GlimpseError,
+    LicenseNotAcceptedError,
+    ModelFolderError,
+    ModelNotFoundError,
+    OutputExistsError,
+)
+from engine.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from engine.download import DownloadOptions
+
+APP_NAME = "Glimpse"
+LICENSES_FILE = "licenses.json"
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+ConfirmLicense = Callable[[CatalogEntry, str], bool]
+"""Shown the licence text; returns True when the user accepts it."""
+
+
+def home() -> Path:
+    """The store root: $GLIMPSE_HOME if set, else the per-user data folder (read on every call, not cached)."""
+    override = os.environ.get("GLIMPSE_HOME", "").strip()
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def normalize_name(name: str) -> str:
+    """A store name: lower case letters, digits, '.', '_' and '-'; raise a GlimpseError for anything else."""
+    cleaned = name.strip().lower()
+    if not _NAME.fullmatch(cleaned) or cleaned in {".", ".."}:
+        raise GlimpseError(f"'{name}' cannot be used as a model name.",
+                           "Use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    return cleaned
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64] or "model"
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    name: str
+    path: Path
+    size_bytes: int
+    quant: str | None  # None when model.json is unreadable
+    complete: bool  # model.json readable and every file it lists present with the recorded size
+    problem: str = ""  # why it is not complete
+
+
+@dataclass(frozen=True)
+class PartialDownload:
+    name: str
+    path: Path
+    done_bytes: int
+    total_bytes: int | None
+    complete: bool  # every file downloaded and verified (conversion did not run or failed)
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+
+    @classmethod
+    def default(cls) -> Store:
+        return cls(home())
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / "downloads"
+
+    def model_path(self, name: str) -> Path:
+        return self.models_dir / normalize_name(name)
+
+    def download_path(self, name: str) -> Path:
+        return self.downloads_dir / normalize_name(name)
+
+    # -- what is installed ------------------------------------------------------------------------------------
+
+    def installed(self) -> list[InstalledModel]:
+        from engine.model_folder import read_manifest, verify
+
+        out = []
+        for path in _visible_dirs(self.models_dir):
+            quant: str | None = None
+            problem = ""
+            try:
+                quant = read_manifest(path).quant
+                verify(path, check_hashes=False)
+            except ModelFolderError as e:
+                problem = e.message
+            out.append(InstalledModel(path.name, path, folder_size(path), quant, not problem, problem))
+        return out
+
+    def downloads(self) -> list[PartialDownload]:
+        from engine.download import bytes_on_disk, local_copy_complete
+
+        out = []
+        for path in _visible_dirs(self.downloads_dir):
+            done, total = bytes_on_disk(path)
+            out.append(PartialDownload(path.name, path, done, total, local_copy_complete(path)))
+        return out
+
+    def resolve(self, name: str) -> str:
+        """The store name for ``name``: an installed or downloading folder of that name, else a catalogue alias."""
+        cleaned = name.strip().lower()
+        for parent in (self.models_dir, self.downloads_dir):
+            if _NAME.fullmatch(cleaned) and (parent / cleaned).is_dir():
+                return cleaned
+        entry = catalog.find(name)
+        return entry.name if entry is not None else normalize_name(name)
+
+    def path(self, name: str) -> Path:
+        """The folder of an installed model; ModelNotFoundError (with what to do) if it is not installed."""
+        from engine.model_folder import is_model_folder
+
+        path = self.models_dir / self.resolve(name)
+        if not is_model_folder(path):
+            raise ModelNotFoundError(f"No model called '{name}' is installed.", self._install_hint(name))
+        return path
+
+    def _install_hint(self, name: str) -> str:
+        entry = catalog.find(name)
+        if entry is not None:
+            return f"Get it with `glimpse models pull {entry.name}`."
+        installed = ", ".join(m.name for m in self.installed())
+        return ("Installed: " + installed + "." if installed
+                else "Get one with `glimpse models pull fastvlm-0.5b` or `glimpse models import PATH`.")
+
+    def remove(self, name: str, *, keep_download: bool = False) -> list[tuple[Path, int]]:
+        """Delete a model folder and (unless ``keep_download``) its download. Returns (path, bytes freed) pairs."""
+        resolved = self.resolve(name)
+        targets = [self.models_dir / resolved]
+        if not keep_download:
+            targets.append(self.downloads_dir / resolved)
+        targets = [t for t in targets if t.exists()]
+        if not targets:
+            raise ModelNotFoundError(f"Nothing called '{name}' is installed or downloading.", self._install_hint(name))
+        removed = []
+        for target in targets:
+            size = folder_size(target) if target.is_dir() else target.stat().st_size
+            # Rename first: a half-deleted model must never look like an installed (or resumable) one.
+            trash = target.with_name(f".{target.name}.removing-{os.getpid()}")
+            try:
+                target.rename(trash)
+                shutil.rmtree(trash)
+            except OSError as e:
+                raise GlimpseError(f"Could not remove {target}: {e.strerror or e}.",
+                                   "Close any program using the model and try again.") from e
+            removed.append((target, size))
+        return removed
+
+    # -- licences ---------------------------------------------------------------------------------------------
+
+    @property
+    def licenses_file(self) -> Path:
+        return self.root / LICENSES_FILE
+
+    def _licenses(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.licenses_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def license_accepted(self, license_id: str) -> bool:
+        record = self._licenses().get(license_id)
+        return isinstance(record, dict) and bool(record.get("accepted"))
+
+    def accept_license(self, license_id: str, text: str, model: str) -> None:
+        data = self._licenses()
+        data[license_id] = {
+            "accepted": True,
+            "accepted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "first_model": model,
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.licenses_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.licenses_file)
+
+    def ensure_license(self, entry: CatalogEntry, confirm: ConfirmLicense | None, *,
+                       options: DownloadOptions | None = None, cancel: threading.Event | None = None) -> None:
+        """Ask once per licence: fetch the text, show it through ``confirm``, record a yes, raise on a no."""
+        if self.license_accepted(entry.license_id):
+            return
+        from engine.download import fetch_license
+
+        text = fetch_license(entry, self.download_path(entry.name), options=options, cancel=cancel)
+        if confirm is None or not confirm(entry, text):
+            raise LicenseNotAcceptedError(
+                f"{entry.display_name} is under the {catalog.LICENSE_NAME}, which has not been accepted.",
+                "Read it and accept it at the prompt, or pass --accept-license to accept it in a script.")
+        self.accept_license(entry.license_id, text, entry.name)
+
+    # -- getting models in ------------------------------------------------------------------------------------
+
+    def pull_model(
+        self,
+        entry: CatalogEntry,
+        *,
+        quant: str | None = None,
+        force: bool = False,
+        keep_download: bool = False,
+        confirm_license: ConfirmLicense | None = None,
+        options: DownloadOptions | None = None,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Path:
+        """Licence check, resumable download, conversion into ``models/<name>``. Returns the model folder.
+
+        The checkpoint download is deleted after a successful conversion unless ``keep_download``; after any
+        failure it stays, so the next pull resumes.
+        """
+        from engine.convert import DEFAULT_QUANT, convert_checkpoint
+        from engine.download import download_model
+        from engine.model_folder import is_model_folder
+
+        out = self.model_path(entry.name)
+        if is_model_folder(out) and not force:
+            raise OutputExistsError(f"{entry.display_name} is already installed in {out}.",
+                                    "Pass --force to convert it again, or remove it first.")
+        self.ensure_license(entry, confirm_license, options=options, cancel=cancel)
+        result = download_model(entry, self.download_path(entry.name), options=options, progress=progress,
+                                cancel=cancel)
+        source = {"repo": entry.repo, "revision": result.commit or entry.revision or "main"}
+        convert_checkpoint(result.folder, out, quant=quant or DEFAULT_QUANT, force=force, name=entry.name,
+                           source=source, progress=progress, cancel=cancel)
+        if not keep_download:
+            shutil.rmtree(result.folder, ignore_errors=True)
+        return out
+
+    def import_model(
+        self,
+        src: str | Path,
+        *,
+        name: str | None = None,
+        quant: str | None = None,
+        force: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Path:
+        """Install from a local folder: a converted model folder is verified and copied; a checkpoint folder
+        (Apple's llava-fastvithd_*_stage3 zip contents or a Hugging Face snapshot) is converted."""
+        from engine.model_folder import is_model_folder
+
+        src = Path(src).expanduser()
+        if not src.exists():
+            raise ModelFolderError(f"{src} does not exist.", "Give the path of a checkpoint or model folder.")
+        if src.is_file():
+            hint = "Unzip it first and import the folder inside." if src.suffix.lower() == ".zip" else \
+                "Give the folder that holds config.json and the .safetensors files."
+            raise CheckpointError(f"{src} is a file, not a folder.", hint)
+        if is_model_folder(src):
+            return self._import_model_folder(src, name, force)
+        return self._import_checkpoint(src, name, quant, force, progress, cancel)
+
+    def _import_model_folder(self, src: Path, name: str | None, force: bool) -> Path:
+        from engine.model_folder import verify
+
+        manifest = verify(src)  # full hash check: the copy is only as good as its source
+        out = self.model_path(name or _slug(manifest.name or src.name))
+        if out.resolve() == src.resolve():
+            return out
+        if out.exists() and not force:
+            raise OutputExistsError(f"A model called '{out.name}' is already installed.",
+                                    "Pass --name to import it under another name, or --force to replace it.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.import-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            shutil.copytree(src, tmp)
+            verify(tmp, check_hashes=False)
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old)
+                tmp.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(f"The disk filled up while copying {src} to {out}.",
+                                    "Free some space and try again; nothing was left half-copied.") from e
+            raise ModelFolderError(f"Could not copy {src} to {out}: {e.strerror or e}.",
+                                   "Check both folders are readable and writable, then try again.") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    def _import_checkpoint(self, src: Path, name: str | None, quant: str | None, force: bool,
+                           progress: ProgressFn | None, cancel: threading.Event | None) -> Path:
+        from engine.convert import DEFAULT_QUANT, convert_checkpoint
+
+        if name is None:
+            # A Hugging Face cache snapshot is .../models--apple--FastVLM-0.5B/snapshots/<commit>.
+            label = src.parent.parent.name if src.parent.name == "snapshots" else src.resolve().name
+            entry = catalog.guess_from_folder_name(label)
+            name = entry.name if entry is not None else _slug(label)
+        out = self.model_path(name)
+        return convert_checkpoint(src, out, quant=quant or DEFAULT_QUANT, force=force, name=out.name,
+                                  source={"path": str(src.resolve())}, progress=progress, cancel=cancel)
+
+
+def _visible_dirs(parent: Path) -> list[Path]:
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
