@@ -1,0 +1,81 @@
+"""The ``glimpse`` command line.
+
+Every expected failure is a GlimpseError and prints as one sentence; exit codes: 0 ok, 1 error, 2 usage,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from engine import __version__
+from engine.errors import GlimpseError
+
+log = logging.getLogger("glimpse")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from engine.cli_progress import ProgressBar
+    from engine.convert import convert_checkpoint
+
+    with ProgressBar(enabled=not args.quiet) as bar:
+        out = convert_checkpoint(args.src, args.out, quant=args.quant, force=args.force,
+                                 vision_weights=args.vision_weights, progress=bar)
+    print(f"Model folder written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.convert import DEFAULT_QUANT, DEFAULT_VISION_WEIGHTS, QUANTS, VISION_WEIGHTS
+
+    parser = argparse.ArgumentParser(prog="glimpse", description="Glimpse: FastVLM on your own computer.")
+    parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert an Apple FastVLM checkpoint folder into a Glimpse model folder")
+    p.add_argument("src", help="checkpoint folder (config.json, tokenizer files, .safetensors)")
+    p.add_argument("out", help="model folder to create")
+    p.add_argument("--quant", choices=QUANTS, default=DEFAULT_QUANT,
+                   help=f"language model weight type (default {DEFAULT_QUANT})")
+    p.add_argument("--vision-weights", choices=VISION_WEIGHTS, default=DEFAULT_VISION_WEIGHTS,
+                   help="how vision.onnx stores its weights (computation is float32 either way)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_convert)
+
+    from engine import cli_models
+
+    cli_models.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        code: int = args.func(args)
+        return code
+    except GlimpseError as e:
+        print(f"glimpse: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("glimpse: cancelled.", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not a user error: say so in one line unless --debug
+        if args.debug:
+            raise
+        print(f"glimpse: internal error: {type(e).__name__}: {e}. Run again with --debug for details and "
+              "please report it.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
