@@ -278,6 +278,10 @@ class LanguageModel:
         ids = self._check_ids(ids)
         return self._ll.detokenize(ids, special=special).decode("utf-8", errors="replace")
 
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (may be part of a UTF-8 character; decode incrementally)."""
+        return bytes(self._ll.detokenize(self._check_ids([token]), special=False))
+
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         out = [int(i) for i in ids]
         bad = [i for i in out if not 0 <= i < self._n_vocab]

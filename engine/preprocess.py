@@ -140,3 +140,45 @@ def preprocess(source: ImageInput, size: int = 1024) -> npt.NDArray[np.float32]:
     check_size(size)
     img = pad_to_square(load_image(source))
     return to_pixels(img.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"2x3"`` -> (2 rows, 3 columns); each from 1 to 4."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        rows, cols = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"Tiles '{text}' is not ROWSxCOLUMNS.", "Write it like 2x2 or 1x3.") from None
+    if not (1 <= rows <= 4 and 1 <= cols <= 4):
+        raise InputError(f"Tiles '{text}' is out of range.", "Use 1 to 4 rows and 1 to 4 columns, e.g. 2x2.")
+    return rows, cols
+
+
+def tile_views(source: ImageInput, grid: tuple[int, int], size: int) -> list[npt.NDArray[np.float32]]:
+    """The views the ``tiles`` mode encodes, in the order their rows are joined:
+
+    1. the global view: the whole image, preprocessed as usual at ``size``;
+    2. ``rows x cols`` tiles, row by row, left to right. The image is padded with black (centred) to the
+       grid's aspect ratio, resized to ``cols * size`` by ``rows * size`` with the same bicubic filter, and cut
+       into ``size`` x ``size`` tiles.
+
+    Each view is float32 [1, 3, size, size] in [0, 1].
+    """
+    check_size(size)
+    rows, cols = grid
+    img = load_image(source)
+    views = [to_pixels(pad_to_square(img).resize((size, size), Image.Resampling.BICUBIC))]
+    w, h = img.size
+    target_ratio = cols / rows
+    if w / h > target_ratio:
+        canvas_w, canvas_h = w, round(w / target_ratio)
+    else:
+        canvas_w, canvas_h = round(h * target_ratio), h
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (0, 0, 0))
+    canvas.paste(img, ((canvas_w - w) // 2, (canvas_h - h) // 2))
+    big = to_pixels(canvas.resize((cols * size, rows * size), Image.Resampling.BICUBIC))
+    for r in range(rows):
+        for c in range(cols):
+            tile = big[:, :, r * size:(r + 1) * size, c * size:(c + 1) * size]
+            views.append(np.ascontiguousarray(tile))
+    return views

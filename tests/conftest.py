@@ -24,3 +24,11 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reduced-tower, two-layer random checkpoint (a few MB). Treat it as read-only."""
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "llava-fastvithd_tiny_stage3", CheckpointSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint converted by the real converter (f16 language model). Treat it as read-only."""
+    from engine.convert import convert_checkpoint
+
+    return convert_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("models") / "tiny", quant="f16")
