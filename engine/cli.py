@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
-    from engine import cli_models
+    from engine import cli_models, cli_run
 
+    cli_run.register(sub)
     cli_models.register(sub)
     return parser
 

@@ -93,3 +93,7 @@ class InferenceError(GlimpseError):
 
 class ContextFullError(InferenceError):
     """The input does not fit in the rest of the context window."""
+
+
+class CaptureError(GlimpseError):
+    """A camera, video file or the screen cannot be read."""

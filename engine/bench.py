@@ -1,0 +1,107 @@
+"""``glimpse bench``: time to first token, encode, prefill, decode speed, follow-ups and peak memory.
+
+Each run asks about a different synthetic photo-like image, so no image is ever served from the cache (the system
+header, as in real use, is). Medians are reported; the first run of each size is a warm-up and is not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.model import Answer, Model
+from engine.system import peak_rss_bytes
+
+QUESTION = "Describe the image in detail."
+FOLLOW_UP = "What colours stand out?"
+
+
+def sample_image(seed: int, width: int = 1280, height: int = 960) -> npt.NDArray[np.uint8]:
+    """A deterministic image with smooth gradients, blobs and edges (closer to a photo than noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 3), np.float32)
+    for c in range(3):
+        fx, fy = rng.uniform(0.002, 0.02, 2).tolist()
+        phase = rng.uniform(0, 6.28)
+        img[..., c] = 127 + 100 * np.sin(fx * x + phase) * np.cos(fy * y)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 200)
+        mask = (x - cx) ** 2 + (y - cy) ** 2 < r * r
+        img[mask] = rng.uniform(0, 255, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    size: int
+    runs: int
+    image_tokens: int
+    preprocess_ms: float
+    encode_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    follow_up_ttft_ms: float
+    follow_up_prefill_ms: float
+    decode_tokens_per_s: float
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 1) if values else 0.0
+
+
+def bench_size(model: Model, size: int, runs: int, max_tokens: int = 32) -> SizeResult:
+    answers: list[Answer] = []
+    follow_ups: list[Answer] = []
+    for i in range(runs + 1):
+        conv = model.conversation(sample_image(1000 * size + i), size=size)
+        first = conv.ask(QUESTION, max_tokens=max_tokens)
+        follow = conv.ask(FOLLOW_UP, max_tokens=4)
+        if i > 0:  # the first run warms caches and allocators
+            answers.append(first)
+            follow_ups.append(follow)
+    t = [a.timings for a in answers]
+    return SizeResult(
+        size=size,
+        runs=runs,
+        image_tokens=t[0].image_tokens,
+        preprocess_ms=_median([x.preprocess_ms for x in t]),
+        encode_ms=_median([x.encode_ms for x in t]),
+        prefill_ms=_median([x.prefill_ms for x in t]),
+        ttft_ms=_median([x.ttft_ms for x in t]),
+        follow_up_ttft_ms=_median([f.timings.ttft_ms for f in follow_ups]),
+        follow_up_prefill_ms=_median([f.timings.prefill_ms for f in follow_ups]),
+        decode_tokens_per_s=_median([x.decode_tokens_per_s for x in t if x.generated_tokens > 1]),
+    )
+
+
+def run_bench(model: Model, sizes: list[int], runs: int) -> dict[str, object]:
+    started = time.perf_counter()
+    results = [asdict(bench_size(model, s, runs)) for s in sizes]
+    return {
+        "model": model.name,
+        "quant": model.manifest.quant,
+        "vision_precision": model.manifest.vision_precision,
+        "threads": model.threads,
+        "sizes": results,
+        "peak_rss_mb": round(peak_rss_bytes() / 1e6),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def format_table(report: dict[str, object]) -> str:
+    rows = report["sizes"]
+    assert isinstance(rows, list)
+    lines = [
+        f"{report['model']} ({report['quant']}, vision {report['vision_precision']}, {report['threads']} threads), "
+        f"peak RSS {report['peak_rss_mb']} MB",
+        "| size | image tokens | encode ms | prefill ms | TTFT ms | follow-up TTFT ms | decode tok/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['size']} | {r['image_tokens']} | {r['encode_ms']} | {r['prefill_ms']} | {r['ttft_ms']} | "
+              f"{r['follow_up_ttft_ms']} | {r['decode_tokens_per_s']} |" for r in rows]
+    return "\n".join(lines)
