@@ -116,6 +116,14 @@ class Model:
                 "Convert the model again so both halves come from one checkpoint.")
         self.stop_ids = self._special_id(IM_END), self._special_id(ENDOFTEXT)
         self._cancel = threading.Event()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throw-away decode of a row and a token: llama.cpp sizes its compute buffers on the first decode of
+        each kind (hundreds of ms), which would otherwise land on the user's first question."""
+        self.llm.eval_embeddings(np.zeros((1, self.llm.n_embd), np.float32), marker=-1)
+        self.llm.eval_tokens([self.stop_ids[0]])
+        self.llm.rewind(0)
 
     def _special_id(self, text: str) -> int:
         ids = self.llm.tokenize(text, special=True)

@@ -1,0 +1,116 @@
+"""``glimpse self-test``, engine half: prove the converter and both runtimes work on this machine.
+
+It writes a tiny random FastVLM checkpoint, converts it with the real converter, encodes a generated image with
+onnxruntime, answers with llama.cpp (first turn and a cached follow-up), and reports versions and timings. The
+packaged app runs the same code, so a frozen build that lost a native library fails here with a sentence.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class SelfTestReport:
+    """What ran, how long each step took, and the first failure (if any)."""
+
+    versions: dict[str, str] = field(default_factory=dict)
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def step(self, name: str, fn: Callable[[], object]) -> object:
+        if self.failure is not None:
+            return None
+        t = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as e:  # every failure is reported as a line, then the exit code says it failed
+            self.failure = f"{name}: {type(e).__name__}: {e}"
+            return None
+        self.steps.append((name, (time.perf_counter() - t) * 1e3))
+        return result
+
+    def lines(self) -> list[str]:
+        out = [f"{k}: {v}" for k, v in self.versions.items()]
+        out += [f"ok   {name} ({ms:.0f} ms)" for name, ms in self.steps]
+        out.append(f"FAIL {self.failure}" if self.failure else "self-test passed")
+        return out
+
+
+def versions() -> dict[str, str]:
+    from engine import __version__
+
+    found = {"glimpse": __version__, "python": sys.version.split()[0],
+             "platform": f"{platform.system()} {platform.machine()}", "frozen": str(getattr(sys, "frozen", False))}
+    from importlib import import_module, metadata
+
+    for module, dist in (("numpy", "numpy"), ("PIL", "pillow"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                         ("llama_cpp", "llama-cpp-python"), ("gguf", "gguf"), ("cv2", "opencv-python")):
+        try:
+            version = getattr(import_module(module), "__version__", None)
+        except Exception as e:  # a missing native library is exactly what the self-test is for
+            found[module] = f"missing ({type(e).__name__}: {e})"
+            continue
+        if version is None:
+            try:
+                version = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                version = "unknown"
+        found[module] = str(version)
+    return found
+
+
+def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
+    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
+    from engine.convert import convert_checkpoint
+    from engine.model import Answer, load_model
+    from engine.synthetic import CheckpointSpec, write_checkpoint
+
+    report.versions.update(versions())
+    work = workdir or Path(tempfile.mkdtemp(prefix="glimpse-selftest-"))
+    ckpt = report.step("write a tiny random checkpoint", lambda: write_checkpoint(work / "checkpoint",
+                                                                                  CheckpointSpec(seed=1)))
+    folder = report.step("convert it (ONNX + GGUF)",
+                         lambda: convert_checkpoint(work / "checkpoint", work / "model", quant="q8_0"))
+    if ckpt is None or folder is None:
+        return None
+    image = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
+
+    def ask() -> None:
+        with load_model(work / "model", n_ctx=1024) as model:
+            rows = model.encode(model.preprocess(image, 256))
+            if rows.shape != (16, model.llm.n_embd) or not np.isfinite(rows).all():
+                raise RuntimeError(f"the encoder returned {rows.shape} rows")
+            conv = model.conversation(image, size=256)
+            first = conv.ask("What is in this image?", max_tokens=8)
+            follow = conv.ask("And what else?", max_tokens=4)
+            if not isinstance(first, Answer) or len(first.token_ids) == 0:
+                raise RuntimeError("no answer was generated")
+            if follow.timings.encode_ms != 0.0:
+                raise RuntimeError("the follow-up re-encoded the image instead of using the cache")
+            report.versions["answer"] = (f"{len(first.token_ids)} tokens, time to first token "
+                                         f"{first.timings.ttft_ms:.0f} ms, follow-up {follow.timings.ttft_ms:.0f} ms")
+
+    report.step("encode with onnxruntime and answer with llama.cpp", ask)
+    return work / "model"
+
+
+def main() -> int:
+    report = SelfTestReport()
+    with tempfile.TemporaryDirectory(prefix="glimpse-selftest-") as tmp:
+        run_engine_selftest(report, Path(tmp))
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
