@@ -140,7 +140,9 @@ def _glimpse(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False, timeout=300)
 
 
-def test_cli_caption_jsonl(tiny_model_dir: Path, video: Path) -> None:
+def test_cli_caption_jsonl(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The CLI plays files in real time, like a camera: give it 8 s of video so a slow machine still sees 2 scenes.
+    video = write_video(tmp_path / "long.avi", frames_per_scene=50)
     result = _glimpse("caption", str(tiny_model_dir), "--source", str(video), "--size", "256", "--count", "2",
                       "--jsonl")
     assert result.returncode == 0, result.stderr
