@@ -1,0 +1,119 @@
+"""Ask mode: the picture being asked about, the questions sent to the worker, and the conversation panel.
+
+A new picture starts a new conversation (its image is encoded with the first question); follow-ups reuse the
+engine's cached image. Regenerate answers the first question again on the same encoded image: later answers
+cannot be regenerated because the engine's Conversation cannot drop a turn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PySide6.QtCore import QObject
+from PySide6.QtGui import QAction
+
+from app.export import conversation_markdown
+from app.prompts import compose
+from app.settings import Settings
+from app.sources import Sources
+from app.speech import Speaker
+from app.widgets.chat_panel import ChatPanel
+from app.widgets.presets import PresetBar
+from app.widgets.status_line import StatusLine
+from app.worker import AskRequest, ModelWorker, Reply
+
+U8Array = npt.NDArray[np.uint8]
+REGENERATE_TEMPERATURE = 0.7  # the same question at temperature 0 would give the same answer again
+
+
+class AskAboutPicture(QObject):
+    def __init__(self, *, worker: ModelWorker, sources: Sources, chat: ChatPanel, status: StatusLine,
+                 presets: PresetBar, speaker: Speaker, read_aloud: QAction, settings: Settings,
+                 model_name: Callable[[], str], error: Callable[..., None], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._worker, self._sources, self._chat, self._status = worker, sources, chat, status
+        self._presets, self._speaker, self._read_aloud, self._settings = presets, speaker, read_aloud, settings
+        self._model_name, self._error = model_name, error
+        self.picture: U8Array | None = None
+        self.description = ""
+        self._picture_is_new = False  # the next question starts a new conversation about it
+        self.asking = False
+        self._sent = ""  # the last question as sent (with the length hint), for Regenerate
+        chat.ask.connect(self.ask)
+        chat.stop.connect(worker.stop)
+        chat.regenerate.connect(self.regenerate)
+        worker.text.connect(self._text)
+        worker.answered.connect(self._answered)
+        worker.failed.connect(self._failed)
+
+    def set_picture(self, pixels: U8Array, description: str) -> None:
+        self.picture, self.description, self._picture_is_new = pixels, description, True
+        self._chat.new_picture(description)
+
+    def forget_picture(self) -> None:
+        self.picture = None
+
+    def model_changed(self) -> None:
+        """A newly loaded model has no conversation: the next question sends the picture again."""
+        self._picture_is_new = self.picture is not None
+
+    def ask(self, typed: str) -> None:
+        if self.asking:
+            return
+        if not self._model_name():
+            self._error("No model is loaded yet: choose or download one under Model.")
+            return
+        if self.picture is None and not self._sources.freeze():
+            self._error("There is no picture to ask about yet. Take a screenshot, paste or open an image, or choose "
+                        "a camera and ask again to freeze its frame.", ("Paste an image", self._sources.paste))
+            return
+        shown = typed or self._presets.current().prompt
+        question, max_tokens = compose(shown, self._presets.length_key())
+        self._sent = question
+        image = self.picture if self._picture_is_new else None
+        self._picture_is_new = False
+        self.asking = True
+        self._chat.begin_answer(shown)
+        self._worker.ask(AskRequest(question, max_tokens=max_tokens, image=image, size=self._settings.image_size))
+
+    def regenerate(self) -> None:
+        if self.asking or len(self._chat.turns) != 1:
+            return
+        turn = self._chat.drop_last_turn()
+        if turn is None:
+            return
+        self.asking = True
+        self._chat.begin_answer(turn.question)
+        _, max_tokens = compose(turn.question, self._presets.length_key())
+        self._worker.ask(AskRequest(self._sent, max_tokens=max_tokens, restart=True,
+                                    temperature=REGENERATE_TEMPERATURE, seed=random.randrange(2**31)))
+
+    def _text(self, text: str) -> None:
+        if self.asking:
+            self._chat.append(text)
+
+    def _answered(self, reply: Reply) -> None:
+        if not self.asking:
+            return
+        self.asking = False
+        self._chat.finish(reply)
+        self._chat.set_can_regenerate(len(self._chat.turns) == 1)
+        if reply.generated_tokens:
+            self._status.set_reply(reply)
+        if self._read_aloud.isChecked() and reply.text:
+            self._speaker.say(reply.text)
+
+    def _failed(self, message: str) -> None:
+        if self.asking:
+            self.asking = False
+            # The picture may never have reached the model (it failed while encoding): send it again.
+            self._picture_is_new = self._picture_is_new or not self._chat.turns
+            self._chat.fail(message)
+
+    def export(self, path: Path) -> None:
+        path.write_text(conversation_markdown(self._chat.turns, model=self._model_name(), source=self.description),
+                        encoding="utf-8")

@@ -1,0 +1,134 @@
+"""A live source (a camera, or a video file played as one) shared by the preview and the caption loop.
+
+The engine's capture thread keeps only the newest frame. A second thread here takes each frame from it and hands
+it to two places: a one-frame slot the model worker's caption loop reads (so the model only ever sees the newest
+frame and nothing queues), and the preview, which is told by a signal only when it has drawn the previous frame
+(so a slow window drops frames instead of piling up events). Opening the device also happens on that thread:
+OpenCV can take seconds to open a camera.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, Signal
+
+from app.jobs import describe_error
+from app.qtcompat import emit
+from app.threads import spawn
+from engine.caption import Frame, FrameSource, LatestFrame
+
+_POLL_S = 0.1  # how long a take() may wait, so stopping never waits long
+
+
+class FrameFeed(QObject):
+    """Frames from ``opener()`` (e.g. ``lambda: open_camera(0)``). Also a ``FrameSource`` for ``caption_stream``."""
+
+    opened = Signal(str)  # the feed's name
+    frame_ready = Signal()  # call latest() to get it
+    stopped = Signal(str)  # "" when it ended or was closed, else why it failed
+
+    _opened = Signal(str)
+    _frame_ready = Signal()
+    _stopped = Signal(str)
+
+    def __init__(self, opener: Callable[[], FrameSource], name: str, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        # Relayed, so listeners run on the GUI thread (see app.jobs.Job).
+        self._opened.connect(self.opened)
+        self._frame_ready.connect(self.frame_ready)
+        self._stopped.connect(self.stopped)
+        self.name = name
+        self._opener = opener
+        self._slot = LatestFrame()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: Frame | None = None
+        self._preview_pending = False
+        self._times: deque[float] = deque(maxlen=60)
+        self._error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = spawn(self._run, f"feed {self.name}")
+
+    def _run(self) -> None:
+        try:
+            source = self._opener()
+        except Exception as e:
+            self._error = describe_error(e)
+            self._slot.close()
+            emit(self._stopped, self._error)
+            return
+        emit(self._opened, self.name)
+        try:
+            while not self._stop.is_set():
+                frame = source.take(timeout=_POLL_S)
+                if frame is None:
+                    if source.ended:
+                        break
+                    continue
+                self._slot.put(frame)
+                with self._lock:
+                    self._latest = frame
+                    self._times.append(time.monotonic())
+                    notify, self._preview_pending = not self._preview_pending, True
+                if notify:
+                    emit(self._frame_ready)
+            if source.error and not self._stop.is_set():
+                self._error = source.error
+        except Exception as e:
+            self._error = describe_error(e)
+        finally:
+            source.close()
+            self._slot.close()
+            emit(self._stopped, "" if self._stop.is_set() else (self._error or ""))
+
+    # -- for the window ---------------------------------------------------------------------------------------------
+
+    def latest(self) -> Frame | None:
+        """The newest frame for the preview (it stays available for freezing)."""
+        with self._lock:
+            self._preview_pending = False
+            return self._latest
+
+    @property
+    def fps(self) -> float:
+        """Frames per second arriving from the source over the last second or so."""
+        with self._lock:
+            times = list(self._times)
+        now = time.monotonic()
+        recent = [t for t in times if now - t <= 2.0]
+        if len(recent) < 2:
+            return 0.0
+        span = max(recent[-1] - recent[0], now - recent[-1])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def close(self) -> None:
+        """Ask the threads to stop; returns at once (``wait`` joins them)."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
+    # -- FrameSource, for the caption loop ----------------------------------------------------------------------
+
+    def take(self, timeout: float | None = None) -> Frame | None:
+        return self._slot.take(_POLL_S if timeout is None else min(timeout, _POLL_S))
+
+    @property
+    def ended(self) -> bool:
+        return self._slot.closed
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def dropped(self) -> int:
+        return self._slot.dropped

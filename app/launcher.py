@@ -1,0 +1,68 @@
+"""The ``glimpse`` command: no arguments opens the window, ``self-test`` checks this install, anything else is the
+engine's command line (``glimpse ask``, ``glimpse models``...).
+
+It also makes a frozen, windowed build safe to run: with no terminal, ``sys.stdout`` and ``sys.stderr`` are None,
+and the first print would crash the app; they are pointed at the log file instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+
+def log_dir() -> Path:
+    from platformdirs import user_log_dir
+
+    override = os.environ.get("GLIMPSE_HOME")
+    return Path(override) / "logs" if override else Path(user_log_dir("Glimpse", appauthor=False))
+
+
+def setup_logging() -> Path | None:
+    """Log to the user log folder (rotating, 1 MB x 3). Returns the log file, or None if it cannot be written."""
+    try:
+        folder = log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "glimpse.log"
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=1_000_000, backupCount=3, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+def _ensure_streams(log_file: Path | None) -> None:
+    if sys.stdout is not None and sys.stderr is not None:
+        return
+    target = open(log_file, "a", encoding="utf-8", buffering=1) if log_file else open(os.devnull, "w")  # noqa: SIM115
+    if sys.stdout is None:
+        sys.stdout = target
+    if sys.stderr is None:
+        sys.stderr = target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    log_file = setup_logging()
+    _ensure_streams(log_file)
+    if not args:
+        from app.main import main as gui
+
+        return gui([])
+    if args[0] == "self-test":
+        from app.selftest import main as selftest
+
+        return selftest(args[1:])
+    from engine.cli import main as cli
+
+    return cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

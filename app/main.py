@@ -1,0 +1,69 @@
+"""Start the desktop app: ``main()`` is what ``glimpse`` (without arguments) and ``python -m app`` run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QCoreApplication, QLoggingCategory
+from PySide6.QtGui import QGuiApplication, QIcon
+from PySide6.QtWidgets import QApplication
+
+from app import paths
+from engine import __version__
+
+log = logging.getLogger(__name__)
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="glimpse", description="Glimpse: a camera assistant running FastVLM "
+                                                                 "on this computer.")
+    parser.add_argument("--model", help="use this installed model (by name) and remember the choice")
+    parser.add_argument("--settings", type=Path, help="keep settings in this INI file instead of the usual place")
+    parser.add_argument("--open", type=Path, metavar="FILE", help="open this image or video at start")
+    parser.add_argument("--mode", choices=("live", "ask"), help="start in this mode")
+    # Unknown options (-platform, -style...) are Qt's.
+    return parser.parse_known_args(argv)
+
+
+def make_app(qt_args: list[str]) -> QApplication:
+    existing = QApplication.instance()
+    if isinstance(existing, QApplication):
+        return existing
+    QCoreApplication.setOrganizationName("Glimpse")
+    QCoreApplication.setApplicationName("Glimpse")
+    QCoreApplication.setApplicationVersion(__version__)
+    QGuiApplication.setDesktopFileName("glimpse")
+    # Qt Multimedia reports every optional codec library it does not find (VA-API, PipeWire): noise to users.
+    QLoggingCategory.setFilterRules("qt.multimedia.symbolsresolver=false")
+    app = QApplication(["glimpse", *qt_args])
+    icon = paths.asset("glimpse.png")
+    if icon is not None:
+        app.setWindowIcon(QIcon(str(icon)))
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Open the window and run until it closes; returns the exit status. ``argv`` excludes the program name."""
+    args, qt_args = _parse(sys.argv[1:] if argv is None else list(argv))
+    app = make_app(qt_args)
+
+    from app.settings import Settings
+    from app.window import MainWindow
+
+    settings = Settings.at(args.settings) if args.settings else Settings.user()
+    if args.model:
+        settings.model = args.model
+    if args.mode:
+        settings.mode = args.mode
+    window = MainWindow(settings)
+    window.show()
+    if args.open:
+        window.sources.open_file(args.open)
+    return int(app.exec())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""``glimpse self-test``: the engine's self-test, then the main window opened and closed offscreen.
+
+It works the same from source and from the frozen bundle, and exits non-zero on any failure, so CI can prove a
+built bundle (Qt plugins, llama.cpp's libraries, onnxruntime) on a machine with no screen.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine.selftest import SelfTestReport, run_engine_selftest
+
+_MODEL_NAME = "selftest-tiny"
+
+
+def _first_window(work: Path, report: SelfTestReport) -> None:
+    """Open the window with no model, as at a first start, and record how long after process start it showed."""
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"  # the self-test never needs a screen
+    import psutil
+    from PySide6 import __version__ as pyside_version
+
+    from app.main import make_app
+    from app.settings import Settings
+    from app.window import MainWindow
+    from engine.store import Store
+
+    report.versions["PySide6"] = pyside_version
+    app = make_app([])
+    window = MainWindow(Settings.at(work / "first.ini"), store=Store(work / "empty-home"))
+    window.show()
+    app.processEvents()
+    shown = time.time() - psutil.Process().create_time()
+    report.versions["first window"] = f"{shown:.2f} s after the process started"
+    window.close()
+    app.processEvents()
+
+
+def _window_check(work: Path, model_dir: Path, report: SelfTestReport) -> None:
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    from app.main import make_app
+    from app.settings import Settings
+    from app.window import MainWindow
+    from engine.store import Store
+
+    app = make_app([])
+    store = Store(work / "home")
+    store.models_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, store.models_dir / _MODEL_NAME)
+    settings = Settings.at(work / "settings.ini")
+    settings.model = _MODEL_NAME
+    window = MainWindow(settings, store=store)
+    window.show()
+
+    loop = QEventLoop()
+    outcome: list[str] = []
+
+    def ready(*_: object) -> None:
+        outcome.append("ready")
+        loop.quit()
+
+    def failed(message: str) -> None:
+        outcome.append(message)
+        loop.quit()
+
+    window.worker.model_ready.connect(ready)
+    window.worker.model_failed.connect(failed)
+    QTimer.singleShot(60_000, loop.quit)
+    if not window.model_name:
+        loop.exec()
+    if outcome[:1] != ["ready"] and not window.model_name:
+        raise RuntimeError(f"the window did not load the model: {outcome[0] if outcome else 'timed out'}")
+    window.close()
+    app.processEvents()
+    if window.isVisible():
+        raise RuntimeError("the window did not close")
+
+
+def main(argv: list[str] | None = None) -> int:
+    report = SelfTestReport()
+    with tempfile.TemporaryDirectory(prefix="glimpse-selftest-") as tmp:
+        work = Path(tmp)
+        report.step("open the main window offscreen", lambda: _first_window(work, report))
+        model_dir = run_engine_selftest(report, work)
+        if model_dir is not None:
+            report.step("open the main window offscreen, load the model, close it",
+                        lambda: _window_check(work, model_dir, report))
+    for line in report.lines():
+        print(line, flush=True)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The app's settings, kept in QSettings (an INI file, so a damaged one can be read, reported and repaired).
+
+Every value is read through a converter; a value that does not convert (hand-edited, written by another version,
+a damaged file) is dropped, the default is used, and a notice says so once, in the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
+
+T = TypeVar("T")
+
+MODES = ("live", "ask")
+MAX_INTERVAL_S = 60.0
+MAX_DELAY_S = 30
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
+def _bounded(kind: Callable[[object], T], low: T, high: T) -> Callable[[object], T]:
+    def convert(value: object) -> T:
+        v = kind(value)
+        if not low <= v <= high:  # type: ignore[operator]
+            raise ValueError(f"{v} is outside {low}..{high}")
+        return v
+
+    return convert
+
+
+def _image_size(value: object) -> int:
+    size = int(str(value))
+    if size != 0 and (size % 64 or not 256 <= size <= 2048):
+        raise ValueError(f"unsupported image size {size}")
+    return size
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if str(value) not in options:
+            raise ValueError(f"{value!r} is not one of {options}")
+        return str(value)
+
+    return convert
+
+
+class Settings:
+    """Typed access to the stored settings. ``notices`` lists what had to be reset, for the window to show."""
+
+    def __init__(self, store: QSettings) -> None:
+        self._s = store
+        self.notices: list[str] = []
+        if store.status() != QSettings.Status.NoError:
+            self.notices.append(f"The settings file {store.fileName()} could not be read; Glimpse started with "
+                                "default settings and will write a new one.")
+            store.clear()
+
+    @classmethod
+    def user(cls) -> Settings:
+        return cls(QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "Glimpse", "Glimpse"))
+
+    @classmethod
+    def at(cls, path: str | Path) -> Settings:
+        return cls(QSettings(str(path), QSettings.Format.IniFormat))
+
+    @property
+    def file_name(self) -> str:
+        return self._s.fileName()
+
+    def _get(self, key: str, default: T, convert: Callable[[object], T], label: str) -> T:
+        raw = self._s.value(key)
+        if raw is None:
+            return default
+        try:
+            return convert(raw)
+        except (TypeError, ValueError):
+            self._s.remove(key)
+            self.notices.append(f"The saved {label} setting was not valid; the default is used instead.")
+            return default
+
+    def _set(self, key: str, value: object) -> None:
+        self._s.setValue(key, value)
+
+    def sync(self) -> None:
+        self._s.sync()
+
+    # -- values ----------------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self._get("model", "", str, "model")
+
+    @model.setter
+    def model(self, name: str) -> None:
+        self._set("model", name)
+
+    @property
+    def image_size(self) -> int:
+        """0 means automatic: 512 for live captions (speed), the model's own size for questions (detail)."""
+        return self._get("image_size", 0, _image_size, "image size")
+
+    @image_size.setter
+    def image_size(self, size: int) -> None:
+        self._set("image_size", _image_size(size))
+
+    @property
+    def threads(self) -> int:
+        """0 means the engine's default (the physical core count)."""
+        return self._get("threads", 0, _bounded(lambda v: int(str(v)), 0, 256), "thread count")
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self._set("threads", int(n))
+
+    @property
+    def camera(self) -> str:
+        """The chosen camera's device id (as QtMultimedia reports it)."""
+        return self._get("camera", "", str, "camera")
+
+    @camera.setter
+    def camera(self, device_id: str) -> None:
+        self._set("camera", device_id)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between live captions; 0 is back to back."""
+        return self._get("interval", 1.0, _bounded(lambda v: float(str(v)), 0.0, MAX_INTERVAL_S), "caption interval")
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        self._set("interval", float(seconds))
+
+    @property
+    def screenshot_delay(self) -> int:
+        return self._get("screenshot_delay", 0, _bounded(lambda v: int(str(v)), 0, MAX_DELAY_S), "screenshot delay")
+
+    @screenshot_delay.setter
+    def screenshot_delay(self, seconds: int) -> None:
+        self._set("screenshot_delay", int(seconds))
+
+    @property
+    def presets(self) -> list[Preset]:
+        return self._get("presets", list(DEFAULT_PRESETS), lambda v: presets_from_json(str(v)), "prompt presets")
+
+    @presets.setter
+    def presets(self, presets: list[Preset]) -> None:
+        self._set("presets", presets_to_json(presets))
+
+    @property
+    def preset(self) -> str:
+        """The name of the chosen preset."""
+        return self._get("preset", DEFAULT_PRESETS[0].name, str, "preset")
+
+    @preset.setter
+    def preset(self, name: str) -> None:
+        self._set("preset", name)
+
+    @property
+    def length(self) -> str:
+        return self._get("length", DEFAULT_LENGTH, _one_of(tuple(h.key for h in LENGTHS)), "length hint")
+
+    @length.setter
+    def length(self, key: str) -> None:
+        self._set("length", key)
+
+    @property
+    def mode(self) -> str:
+        return self._get("mode", "live", _one_of(MODES), "mode")
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._set("mode", _one_of(MODES)(mode))
+
+    @property
+    def read_aloud(self) -> bool:
+        return self._get("read_aloud", False, _to_bool, "read-aloud setting")
+
+    @read_aloud.setter
+    def read_aloud(self, on: bool) -> None:
+        self._set("read_aloud", bool(on))
+
+    @property
+    def geometry(self) -> QByteArray:
+        return self._get("window/geometry", QByteArray(), lambda v: QByteArray(v) if isinstance(v, QByteArray)
+                         else _reject(v), "window position")
+
+    @geometry.setter
+    def geometry(self, data: QByteArray) -> None:
+        self._set("window/geometry", data)
+
+    @property
+    def splitter(self) -> QByteArray:
+        return self._get("window/splitter", QByteArray(), lambda v: QByteArray(v) if isinstance(v, QByteArray)
+                         else _reject(v), "window layout")
+
+    @splitter.setter
+    def splitter(self, data: QByteArray) -> None:
+        self._set("window/splitter", data)
+
+
+def _reject(value: object) -> QByteArray:
+    raise ValueError(f"not binary data: {value!r}")

@@ -1,0 +1,187 @@
+"""Ask mode's panel: the conversation about the current picture, streaming in, with Stop, Copy, Regenerate and
+Export."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QTextBrowser, QVBoxLayout, QWidget
+
+from app.export import ChatTurn
+from app.qtcompat import emit
+from app.worker import Reply
+
+
+@dataclass
+class _Pending:
+    question: str
+    asked_at: float
+    text: str = ""
+
+
+class ChatPanel(QWidget):
+    ask = Signal(str)  # what was typed; "" means "use the chosen preset"
+    stop = Signal()
+    regenerate = Signal()
+    export = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.transcript = QTextBrowser()
+        self.transcript.setOpenExternalLinks(False)
+        self.transcript.setAccessibleName("Conversation")
+        self.input = QLineEdit()
+        self.input.setPlaceholderText("Ask about the picture, or press Enter to use the preset")
+        self.input.setAccessibleName("Question")
+        self.send_button = QPushButton("Ask")
+        self.stop_button = QPushButton("Stop")
+        self.copy_button = QPushButton("Copy")
+        self.regenerate_button = QPushButton("Regenerate")
+        self.export_button = QPushButton("Export…")
+        self.copy_button.setToolTip("Copy the last answer")
+        self.regenerate_button.setToolTip("Answer the last question again, with some variety")
+        self.export_button.setToolTip("Save this conversation as Markdown")
+
+        ask_row = QHBoxLayout()
+        ask_row.addWidget(self.input, 1)
+        ask_row.addWidget(self.send_button)
+        ask_row.addWidget(self.stop_button)
+        tools = QHBoxLayout()
+        for button in (self.copy_button, self.regenerate_button, self.export_button):
+            tools.addWidget(button)
+        tools.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.transcript, 1)
+        layout.addLayout(ask_row)
+        layout.addLayout(tools)
+
+        self.input.returnPressed.connect(self._send)
+        self.send_button.clicked.connect(self._send)
+        self.stop_button.clicked.connect(lambda: emit(self.stop))
+        self.copy_button.clicked.connect(self.copy_last)
+        self.regenerate_button.clicked.connect(lambda: emit(self.regenerate))
+        self.export_button.clicked.connect(lambda: emit(self.export))
+
+        self._blocks: list[str] = []  # finished HTML blocks: pictures, turns, errors
+        self._turns: list[ChatTurn] = []  # the conversation about the current picture
+        self._pending: _Pending | None = None
+        self._busy = False
+        self.can_regenerate = False
+        self._update_buttons()
+
+    # -- what the window calls ------------------------------------------------------------------------------------
+
+    def new_picture(self, description: str) -> None:
+        self._turns = []
+        self.can_regenerate = False
+        self._blocks.append(f"<p style='color:#666'><i>New picture: {html.escape(description)}</i></p>")
+        self._render()
+
+    def begin_answer(self, question: str) -> None:
+        self._pending = _Pending(question, time.time())
+        self.set_busy(True)
+        self._render()
+
+    def append(self, text: str) -> None:
+        if self._pending is not None:
+            self._pending.text += text
+            self._render()
+
+    def finish(self, reply: Reply) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        text = reply.text or pending.text.strip()
+        if reply.finish_reason == "cancelled" and not text:
+            self._blocks.append(self._turn_html(pending.question, "", "stopped before the first word"))
+        else:
+            turn = ChatTurn(pending.question, text, pending.asked_at, reply.summary)
+            self._turns.append(turn)
+            self._blocks.append(self._turn_html(turn.question, turn.answer, turn.stats))
+            for note in reply.notes:
+                self._blocks.append(f"<p style='color:#8a5a00'>{html.escape(note)}</p>")
+        self.set_busy(False)
+        self._render()
+
+    def fail(self, message: str) -> None:
+        pending, self._pending = self._pending, None
+        question = pending.question if pending is not None else ""
+        self._blocks.append(self._turn_html(question, "", "") if question else "")
+        self._blocks.append(f"<p style='color:#a00'>{html.escape(message)}</p>")
+        self.set_busy(False)
+        self._render()
+
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self._update_buttons()
+
+    def drop_last_turn(self) -> ChatTurn | None:
+        """Forget the last answer (before regenerating it); the transcript keeps showing it, with a note."""
+        if not self._turns:
+            return None
+        turn = self._turns.pop()
+        self._blocks.append("<p style='color:#666'><i>Regenerating the last answer…</i></p>")
+        self._render()
+        return turn
+
+    @property
+    def turns(self) -> list[ChatTurn]:
+        return list(self._turns)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def last_answer(self) -> str:
+        return self._turns[-1].answer if self._turns else ""
+
+    def copy_last(self) -> None:
+        if self.last_answer():
+            QGuiApplication.clipboard().setText(self.last_answer())
+
+    def plain_text(self) -> str:
+        return self.transcript.toPlainText()
+
+    # -- drawing --------------------------------------------------------------------------------------------------
+
+    def _update_buttons(self) -> None:
+        self.send_button.setEnabled(not self._busy)
+        self.stop_button.setEnabled(self._busy)
+        has = bool(self._turns)
+        self.copy_button.setEnabled(has)
+        self.export_button.setEnabled(has)
+        self.regenerate_button.setEnabled(has and self.can_regenerate and not self._busy)
+
+    def set_can_regenerate(self, on: bool) -> None:
+        self.can_regenerate = on
+        self._update_buttons()
+
+    @staticmethod
+    def _turn_html(question: str, answer: str, stats: str) -> str:
+        q = html.escape(question)
+        a = html.escape(answer).replace("\n", "<br>")
+        out = f"<p><b>You:</b> {q}</p><p><b>Glimpse:</b> {a}</p>"
+        if stats:
+            out += f"<p style='color:#777;font-size:small'>{html.escape(stats)}</p>"
+        return out
+
+    def _render(self) -> None:
+        blocks = list(self._blocks)
+        if self._pending is not None:
+            blocks.append(self._turn_html(self._pending.question, self._pending.text or "…", ""))
+        self.transcript.setHtml("".join(blocks))
+        bar = self.transcript.verticalScrollBar()
+        bar.setValue(bar.maximum())
+        self._update_buttons()
+
+    def _send(self) -> None:
+        if self._busy:
+            return
+        question = self.input.text().strip()
+        self.input.clear()
+        emit(self.ask, question)

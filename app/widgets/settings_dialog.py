@@ -1,0 +1,68 @@
+"""Settings that are not on the toolbar: threads, screenshot delay, read-aloud, and where settings are kept."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.settings import MAX_DELAY_S, Settings
+from engine.system import default_threads
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: Settings, *, speech_reason: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self._settings = settings
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 256)
+        self.threads.setSpecialValueText(f"Automatic ({default_threads()})")
+        self.threads.setValue(settings.threads)
+        self.threads.setToolTip("CPU threads for the model. More than the physical cores makes it slower. "
+                                "Takes effect when the model is next loaded.")
+        self.delay = QSpinBox()
+        self.delay.setRange(0, MAX_DELAY_S)
+        self.delay.setSuffix(" s")
+        self.delay.setSpecialValueText("No delay")
+        self.delay.setValue(settings.screenshot_delay)
+        self.read_aloud = QCheckBox("Read captions and answers aloud")
+        self.read_aloud.setChecked(settings.read_aloud and not speech_reason)
+        self.read_aloud.setEnabled(not speech_reason)
+        if speech_reason:
+            self.read_aloud.setToolTip(speech_reason)
+        reason = QLabel(speech_reason)
+        reason.setWordWrap(True)
+        reason.setVisible(bool(speech_reason))
+        where = QLabel(f"Settings are kept in {settings.file_name}")
+        where.setWordWrap(True)
+        where.setStyleSheet("color:#666")
+
+        form = QFormLayout()
+        form.addRow("Model threads", self.threads)
+        form.addRow("Screenshot delay", self.delay)
+        form.addRow("", self.read_aloud)
+        form.addRow("", reason)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(where)
+        layout.addWidget(buttons)
+
+    def apply(self) -> bool:
+        """Store the values; True when the model must be reloaded for them to take effect."""
+        reload = self.threads.value() != self._settings.threads
+        self._settings.threads = self.threads.value()
+        self._settings.screenshot_delay = self.delay.value()
+        if self.read_aloud.isEnabled():
+            self._settings.read_aloud = self.read_aloud.isChecked()
+        return reload

@@ -1,0 +1,376 @@
+"""The main window: the picture on the left, captions or the conversation on the right, a toolbar on top and the
+status line below. It puts the parts together and owns their lifetime; the work happens in the model worker, the
+sources' threads and the model manager's jobs, so the window itself never waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QCloseEvent, QGuiApplication, QIcon
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
+
+from app import paths
+from app.ask_mode import AskAboutPicture
+from app.capture.cameras import Camera, list_cameras, with_camera_permission
+from app.capture.screen import screen_label, unavailable_reason
+from app.export import captions_markdown, captions_srt
+from app.images import IMAGE_FILTER, VIDEO_FILTER, VIDEO_SUFFIXES, to_qimage
+from app.live_mode import LiveCaptions
+from app.settings import Settings
+from app.sources import Sources
+from app.speech import Speaker
+from app.widgets.caption_panel import CaptionPanel
+from app.widgets.chat_panel import ChatPanel
+from app.widgets.message_bar import MessageBar
+from app.widgets.model_manager import ModelManager
+from app.widgets.settings_dialog import SettingsDialog
+from app.widgets.source_view import SourceView
+from app.widgets.status_line import StatusLine
+from app.widgets.toolbar import MainToolbar
+from app.worker import ModelWorker
+from engine.download import DownloadOptions
+from engine.errors import GlimpseError
+from engine.store import Store
+
+U8Array = npt.NDArray[np.uint8]
+OPEN_FILTER = IMAGE_FILTER.replace("Images (", "Images and videos (" + " ".join(f"*{s}" for s in
+                                                                                sorted(VIDEO_SUFFIXES)) + " ")
+PLACEHOLDER = ("Choose a camera or video file under Source, or take a screenshot, paste (Ctrl+V), open (Ctrl+O) or "
+               "drop an image here.")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: Settings, *, store: Store | None = None,
+                 download_options: DownloadOptions | None = None, speech_engine: str | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("Glimpse")
+        icon = paths.asset("glimpse.png")
+        if icon is not None:
+            self.setWindowIcon(QIcon(str(icon)))
+        self.settings = settings
+        self.store = store or Store.default()
+        self._download_options = download_options
+        self.worker = ModelWorker(self)
+        self.sources = Sources(self)
+        self.speaker = Speaker(speech_engine, self)
+        self.manager: ModelManager | None = None
+        self.model_name = ""
+        self._closing = False
+
+        self.toolbar = MainToolbar(settings, self)
+        self.addToolBar(self.toolbar)
+        self.messages = MessageBar()
+        self.view = SourceView()
+        self.captions = CaptionPanel()
+        self.chat = ChatPanel()
+        self.side = QStackedWidget()
+        self.side.addWidget(self.captions)
+        self.side.addWidget(self.chat)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.view)
+        self.splitter.addWidget(self.side)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.messages)
+        layout.addWidget(self.splitter, 1)
+        self.setCentralWidget(central)
+        self.status = StatusLine()
+        self.statusBar().addPermanentWidget(self.status, 1)
+
+        self.live = LiveCaptions(worker=self.worker, sources=self.sources, panel=self.captions, status=self.status,
+                                 presets=self.toolbar.presets, speaker=self.speaker,
+                                 read_aloud=self.toolbar.read_aloud, settings=settings,
+                                 has_model=lambda: bool(self.model_name), error=self.show_error,
+                                 info=lambda m: self.messages.show_message(m, "info"), parent=self)
+        self.asking = AskAboutPicture(worker=self.worker, sources=self.sources, chat=self.chat, status=self.status,
+                                      presets=self.toolbar.presets, speaker=self.speaker,
+                                      read_aloud=self.toolbar.read_aloud, settings=settings,
+                                      model_name=lambda: self.model_name, error=self.show_error, parent=self)
+        self._connect()
+        self._restore()
+        if settings.notices:
+            self.messages.show_message(" ".join(settings.notices), "info")
+        QTimer.singleShot(0, self._start_model)
+
+    # -- wiring ---------------------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        t, w, s = self.toolbar, self.worker, self.sources
+        t.camera_chosen.connect(self.choose_camera)
+        t.video_requested.connect(self._ask_for_video)
+        t.live_off.connect(self.sources.stop_live)
+        t.capture_requested.connect(self.take_screenshot)
+        t.paste_requested.connect(self.sources.paste)
+        t.freeze_requested.connect(self.freeze)
+        self.captions.freeze_requested.connect(self.freeze)
+        t.open_requested.connect(self._ask_for_file)
+        t.mode_chosen.connect(self.set_mode)
+        t.size_chosen.connect(self._size_chosen)
+        t.model_chosen.connect(self.use_model)
+        t.manage_models.connect(self.open_model_manager)
+        t.settings_requested.connect(self.open_settings)
+        t.read_aloud.setEnabled(self.speaker.available)
+        t.read_aloud.setChecked(self.settings.read_aloud and self.speaker.available)
+        t.read_aloud.setToolTip(self.speaker.reason or "Read captions and answers aloud")
+        t.read_aloud.toggled.connect(self._toggle_read_aloud)
+
+        w.state_changed.connect(self.status.set_state)
+        w.model_ready.connect(self._model_ready)
+        w.model_failed.connect(self._model_failed)
+        w.failed.connect(self.show_error)
+
+        s.live_started.connect(self._live_started)
+        s.live_stopped.connect(self._live_stopped)
+        s.live_closed.connect(lambda: self._live_stopped(""))
+        s.frame.connect(self._show_frame)
+        s.still.connect(self.set_still)
+        s.failed.connect(self.show_error)
+        s.grab_started.connect(self.hide)
+        s.grab_finished.connect(self._grab_finished)
+
+        self.view.file_dropped.connect(self.sources.open_file)
+        self.view.image_dropped.connect(lambda image: self.sources.use_image(image, "a dropped image"))
+        self.chat.export.connect(lambda: self._save_as("conversation.md", "Markdown (*.md)", self.asking.export))
+        self.captions.export_markdown.connect(
+            lambda: self._save_as("captions.md", "Markdown (*.md)", self.export_captions_markdown))
+        self.captions.export_srt.connect(
+            lambda: self._save_as("captions.srt", "Subtitles (*.srt)", self.export_captions_srt))
+
+    def _restore(self) -> None:
+        if not self.settings.geometry.isEmpty():
+            self.restoreGeometry(self.settings.geometry)
+        else:
+            self.resize(1200, 760)
+        if not self.settings.splitter.isEmpty():
+            self.splitter.restoreState(self.settings.splitter)
+        cameras, note = list_cameras()
+        self.toolbar.set_cameras(cameras, note)
+        self._update_capture_menu()
+        self.set_mode(self.settings.mode)
+        self.view.clear(PLACEHOLDER)
+        # A camera used last time is opened again in live mode (the app is a camera assistant); never otherwise.
+        last = next((c for c in cameras if c.device_id and c.device_id == self.settings.camera), None)
+        if last is not None and self.settings.mode == "live":
+            self.choose_camera(last)
+
+    def _update_capture_menu(self) -> None:
+        self.toolbar.rebuild_capture_menu([screen_label(i, s) for i, s in enumerate(QGuiApplication.screens())],
+                                          unavailable_reason())
+
+    # -- models ---------------------------------------------------------------------------------------------------
+
+    def _installed(self) -> list[str]:
+        return [m.name for m in self.store.installed() if m.complete]
+
+    def _start_model(self) -> None:
+        installed = self._installed()
+        self.toolbar.set_models(installed, self.settings.model)
+        name = self.settings.model if self.settings.model in installed else (installed[0] if installed else "")
+        if name:
+            self.use_model(name)
+        else:
+            self.open_model_manager(first_run=True)
+
+    def use_model(self, name: str) -> None:
+        if not name:
+            return
+        self.settings.model = name
+        self.toolbar.set_models(self._installed(), name)
+        self.model_name = ""
+        self.status.set_model(f"{name} (loading)")
+        try:
+            path = self.store.path(name)
+        except GlimpseError as e:
+            self._model_failed(str(e))
+            return
+        self.live.stop()
+        self.asking.model_changed()
+        self.worker.load(str(path), self.settings.threads)
+
+    def _model_ready(self, name: str, _default_size: int) -> None:
+        self.model_name = self.settings.model or name
+        self.status.set_model(self.model_name)
+        if self.settings.mode == "live" and self.sources.feed is not None:
+            self.live.start()
+
+    def _model_failed(self, message: str) -> None:
+        self.model_name = ""
+        self.status.set_model("none")
+        self.show_error(f"The model could not be loaded. {message}", ("Manage models", self.open_model_manager))
+
+    def open_model_manager(self, first_run: bool = False) -> ModelManager:
+        if self.manager is None:
+            self.manager = ModelManager(self.settings, options=self._download_options, store=self.store,
+                                        first_run=first_run, parent=self)
+            self.manager.model_chosen.connect(self._manager_chose)
+            self.manager.job_finished.connect(
+                lambda _outcome: self.toolbar.set_models(self._installed(), self.settings.model))
+        self.manager.refresh()
+        self.manager.show()
+        self.manager.raise_()
+        return self.manager
+
+    def _manager_chose(self, name: str) -> None:
+        self.toolbar.set_models(self._installed(), name)
+        self.use_model(name)
+
+    # -- sources and pictures -------------------------------------------------------------------------------------
+
+    def choose_camera(self, camera: Camera) -> None:
+        self.settings.camera = camera.device_id
+        with_camera_permission(self, lambda: self.sources.open_camera(camera), self._camera_denied)
+
+    def _camera_denied(self, message: str) -> None:
+        self.show_error(message)
+        self.toolbar.source.setCurrentIndex(0)
+
+    def _ask_for_video(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Play a video as the camera", "", VIDEO_FILTER)
+        if path:
+            self.sources.open_video(path)
+        else:
+            self.toolbar.source.setCurrentIndex(0)
+
+    def _ask_for_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open an image or video", "", OPEN_FILTER)
+        if path:
+            self.sources.open_file(path)
+
+    def take_screenshot(self, what: str) -> None:
+        reason = unavailable_reason()
+        if reason:
+            self.show_error(reason, ("Paste an image", self.sources.paste))
+            return
+        self.sources.screenshot(what, self.settings.screenshot_delay)
+
+    def _grab_finished(self) -> None:
+        if not self._closing:
+            self.show()
+            self.raise_()
+            self.activateWindow()
+
+    def _live_started(self, label: str) -> None:
+        self.toolbar.show_live_source(label)
+        if self.settings.mode == "live":
+            self.asking.forget_picture()
+            if self.model_name:
+                self.live.start()
+
+    def _live_stopped(self, error: str) -> None:
+        self.toolbar.source.setCurrentIndex(0)
+        if error:
+            self.show_error(error)
+        if self.asking.picture is None:
+            self.view.clear("The live source has stopped. Choose another under Source.")
+        self.status.set_rates(None)
+
+    def _show_frame(self) -> None:
+        feed = self.sources.feed
+        frame = feed.latest() if feed is not None else None
+        if frame is not None and feed is not None and (self.asking.picture is None or self.settings.mode == "live"):
+            self.view.set_image(to_qimage(frame.pixels), f"Live: {feed.name}")
+
+    def set_still(self, pixels: U8Array, description: str) -> None:
+        """A new picture to ask about: show it, switch to Ask mode, start a new conversation about it."""
+        self.asking.set_picture(pixels, description)
+        self.view.set_image(to_qimage(pixels), description[:1].upper() + description[1:])
+        if self.settings.mode != "ask":
+            self.toolbar.mode.setCurrentIndex(self.toolbar.mode.findData("ask"))
+        self.chat.input.setFocus()
+
+    def freeze(self) -> None:
+        if not self.sources.freeze():
+            self.show_error("There is no live picture to freeze: choose a camera or a video file under Source.")
+
+    def ask(self, question: str) -> None:
+        self.asking.ask(question)
+
+    # -- modes ----------------------------------------------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> None:
+        self.settings.mode = mode
+        if self.toolbar.mode.currentData() != mode:
+            self.toolbar.mode.setCurrentIndex(self.toolbar.mode.findData(mode))
+        self.side.setCurrentWidget(self.captions if mode == "live" else self.chat)
+        self.toolbar.presets.length.setEnabled(mode == "ask")
+        self.toolbar.presets.length.setToolTip("" if mode == "ask" else "Live captions are always brief")
+        if mode == "ask":
+            self.live.stop()
+            if self.asking.picture is None and self.sources.feed is not None:
+                self.sources.freeze()
+        else:
+            self.asking.forget_picture()
+            if self.sources.feed is not None and self.model_name and not self.asking.asking:
+                self.live.start()
+
+    # -- export, messages, settings -------------------------------------------------------------------------------
+
+    def export_conversation(self, path: Path) -> None:
+        self.asking.export(path)
+
+    def export_captions_markdown(self, path: Path) -> None:
+        feed = self.sources.feed
+        path.write_text(captions_markdown(self.captions.entries, model=self.model_name,
+                                          source=feed.name if feed is not None else "live source"), encoding="utf-8")
+
+    def export_captions_srt(self, path: Path) -> None:
+        path.write_text(captions_srt(self.captions.entries), encoding="utf-8")
+
+    def _save_as(self, default: str, kinds: str, write: Callable[[Path], None]) -> None:
+        name, _ = QFileDialog.getSaveFileName(self, "Export", default, kinds)
+        if not name:
+            return
+        try:
+            write(Path(name))
+        except OSError as e:
+            self.show_error(f"Could not save {name}: {e.strerror or e}.")
+        else:
+            self.messages.show_message(f"Saved {name}.", "info")
+
+    def show_error(self, message: str, action: tuple[str, Callable[[], object]] | None = None) -> None:
+        self.messages.show_message(message, "error", action)
+
+    def _size_chosen(self, size: int) -> None:
+        self.settings.image_size = size
+        self.live.restart_if_running()  # a question uses the new size with its next picture
+
+    def _toggle_read_aloud(self, on: bool) -> None:
+        self.settings.read_aloud = on
+        if not on:
+            self.speaker.stop()
+
+    def open_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, speech_reason=self.speaker.reason, parent=self)
+        if dialog.exec() == SettingsDialog.DialogCode.Accepted:
+            reload = dialog.apply()
+            self.toolbar.read_aloud.setChecked(self.settings.read_aloud and self.speaker.available)
+            self._update_capture_menu()
+            if reload and self.settings.model:
+                self.use_model(self.settings.model)
+        dialog.deleteLater()
+
+    # -- closing --------------------------------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Stop generation, capture and downloads, and join their threads (a generation stops within a token)."""
+        self._closing = True
+        self.settings.geometry = self.saveGeometry()
+        self.settings.splitter = self.splitter.saveState()
+        self.settings.sync()
+        self.live.close()
+        self.speaker.stop()
+        self.worker.stop()
+        if self.manager is not None:
+            self.manager.shutdown()
+            self.manager.close()
+        self.sources.shutdown()
+        self.worker.shutdown()
+        event.accept()

@@ -1,0 +1,387 @@
+"""The model worker: the one object that owns the engine ``Model``, living on its own QThread.
+
+The window talks to it only through :class:`ModelWorker`, which turns method calls into queued signals, so a load,
+a question or a caption loop never runs on the GUI thread. Requests run one at a time in order. Stopping does not
+wait for the queue: ``ModelWorker.stop`` sets the cancel events of every unfinished request and calls
+``Model.cancel`` directly (the engine allows that from any thread), so the running generation ends after the
+current token and queued requests end at once.
+
+Text reaches the window a few tokens at a time: each signal crosses threads and repaints the chat, so one per
+token would spend more time redrawing than a small model spends generating.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from app.jobs import describe_error
+from app.qtcompat import emit
+from app.threads import new_qthread
+from engine.caption import FrameSource, caption_stream
+from engine.errors import Cancelled, GlimpseError
+from engine.model import Answer, ImageRows, Model, load_model
+
+log = logging.getLogger(__name__)
+
+NO_MODEL, LOADING, IDLE, WATCHING, READING, GENERATING = (
+    "no model", "loading model", "idle", "watching", "reading image", "generating")
+LIVE_SIZE = 512  # live captions trade detail for speed unless the user picks a size
+PIECES_PER_UPDATE = 3
+SECONDS_PER_UPDATE = 0.08
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished answer or caption, with the figures the status line shows."""
+
+    text: str
+    finish_reason: str
+    ttft_ms: float = 0.0
+    encode_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    generated_tokens: int = 0
+    cached_positions: int = 0
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_answer(cls, answer: Answer, *, before_ms: float = 0.0, encode_ms: float | None = None) -> Reply:
+        """``before_ms``: time spent before the engine's stream call (an image encoded up front) that belongs to
+        the time to first token."""
+        t = answer.timings
+        return cls(answer.text.strip(), answer.finish_reason, t.ttft_ms + before_ms,
+                   t.encode_ms if encode_ms is None else encode_ms, t.decode_tokens_per_s, t.generated_tokens,
+                   t.cached_positions, answer.notes)
+
+    @property
+    def summary(self) -> str:
+        parts = [f"first token {self.ttft_ms:.0f} ms"]
+        parts.append(f"encode {self.encode_ms:.0f} ms" if self.encode_ms else "image reused")
+        if self.tokens_per_s:
+            parts.append(f"{self.tokens_per_s:.1f} tok/s")
+        parts.append(f"{self.generated_tokens} tokens")
+        if self.finish_reason == "cancelled":
+            parts.append("stopped")
+        elif self.finish_reason == "length":
+            parts.append("cut at the length limit")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    """A question. With ``image`` it starts a new conversation about that image; without, it follows up on the
+    current one (the image is not encoded again). ``restart`` asks on a fresh conversation about the current,
+    already encoded image (Regenerate)."""
+
+    question: str
+    max_tokens: int = 256
+    image: npt.NDArray[np.uint8] | None = None
+    size: int = 0  # 0: the model's own size
+    temperature: float = 0.0
+    seed: int | None = None
+    restart: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    source: FrameSource
+    prompt: str
+    every: float = 0.0
+    size: int = 0  # 0: LIVE_SIZE
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+class _Batcher:
+    """Joins pieces into a few-token updates; the first piece goes out at once so the first token is seen."""
+
+    def __init__(self, send: Callable[[str], None]) -> None:
+        self._send = send
+        self._buf: list[str] = []
+        self._last = 0.0
+        self._sent_any = False
+
+    def add(self, piece: str) -> None:
+        self._buf.append(piece)
+        now = time.monotonic()
+        if not self._sent_any or len(self._buf) >= PIECES_PER_UPDATE or now - self._last >= SECONDS_PER_UPDATE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            self._send("".join(self._buf))
+            self._buf.clear()
+            self._sent_any = True
+            self._last = time.monotonic()
+
+    @property
+    def started(self) -> bool:
+        return self._sent_any
+
+    def reset(self) -> None:
+        self.flush()
+        self._sent_any = False
+
+
+class _Observed:
+    """The model as ``caption_stream`` sees it, telling the worker the moment a frame goes to the model (the only
+    way to tell "reading image" from "waiting for a changed frame" without rewriting the engine's loop)."""
+
+    def __init__(self, model: Model, on_frame: Callable[[], None]) -> None:
+        self._model = model
+        self._on_frame = on_frame
+
+    def stream(self, image: Any, question: str, **kwargs: Any) -> Iterator[str | Answer]:
+        self._on_frame()
+        return self._model.stream(image, question, **kwargs)
+
+    def cancel(self) -> None:
+        self._model.cancel()
+
+
+class Worker(QObject):
+    """Lives on the worker thread. Use it through :class:`ModelWorker`."""
+
+    state_changed = Signal(str)
+    model_ready = Signal(str, int)  # the model's name, its default image size
+    model_failed = Signal(str)
+    text = Signal(str)  # the next few tokens of the answer or caption being written
+    answered = Signal(object)  # Reply
+    caption_started = Signal()
+    captioned = Signal(object, object)  # engine.caption.Caption, Reply
+    live_ended = Signal(str, str)  # "stopped" | "ended" | "error", and a sentence for the last two
+    failed = Signal(str)
+    request_done = Signal(object)  # the request's cancel event, so the host can forget it
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._model: Model | None = None
+        self._conversation: Any = None
+        self._rows: ImageRows | None = None
+
+    def _state(self, state: str) -> None:
+        emit(self.state_changed, state)
+
+    def _send_text(self, text: str) -> None:
+        emit(self.text, text)
+
+    def cancel_generation(self) -> None:
+        """Any thread: stop the running generation after the current token."""
+        model = self._model
+        if model is not None:
+            model.cancel()
+
+    def _close_model(self) -> None:
+        self._conversation = self._rows = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    @Slot(str, int)
+    def load(self, name_or_path: str, threads: int) -> None:
+        self._close_model()
+        self._state(LOADING)
+        try:
+            model = load_model(name_or_path, threads=threads or None)
+        except Exception as e:
+            if not isinstance(e, GlimpseError):
+                log.exception("loading %s failed", name_or_path)
+            self._state(NO_MODEL)
+            emit(self.model_failed, describe_error(e))
+            return
+        self._model = model
+        emit(self.model_ready, model.name, model.default_size)
+        self._state(IDLE)
+
+    def _stream(self, items: Iterator[str | Answer]) -> Answer:
+        batcher = _Batcher(self._send_text)
+        answer: Answer | None = None
+        for item in items:
+            if isinstance(item, Answer):
+                answer = item
+            else:
+                batcher.add(item)
+        batcher.flush()
+        if answer is None:  # pragma: no cover - the engine always ends a stream with an Answer
+            raise RuntimeError("the answer stream ended without an answer")
+        return answer
+
+    @Slot(object)
+    def ask(self, req: AskRequest) -> None:
+        try:
+            if req.cancel.is_set():
+                raise Cancelled("The question")
+            model = self._model
+            if model is None:
+                raise GlimpseError("No model is loaded.", "Choose or download one in the model manager.")
+            encode_ms = before_ms = 0.0
+            if req.image is not None:
+                self._state(READING)
+                t0 = time.perf_counter()
+                self._rows = model.encode_image(req.image, size=req.size or None)
+                self._conversation = model.conversation(self._rows)
+                before_ms, encode_ms = (time.perf_counter() - t0) * 1e3, self._rows.encode_ms
+            elif req.restart and self._rows is not None:
+                self._conversation = model.conversation(self._rows)
+            if self._conversation is None:
+                raise GlimpseError("There is no image to ask about.",
+                                   "Freeze a camera frame, take a screenshot, paste or open an image first.")
+            if req.cancel.is_set():
+                raise Cancelled("The question")
+            self._state(GENERATING)
+            answer = self._stream(self._conversation.stream(
+                req.question, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
+                cancel=req.cancel))
+            emit(self.answered, Reply.from_answer(answer, before_ms=before_ms, encode_ms=encode_ms))
+        except Cancelled:
+            emit(self.answered, Reply("", "cancelled"))
+        except Exception as e:
+            if not isinstance(e, GlimpseError):
+                log.exception("a question failed")
+            emit(self.failed, describe_error(e))
+        finally:
+            self._state(IDLE if self._model is not None else NO_MODEL)
+            emit(self.request_done, req.cancel)
+
+    @Slot(object)
+    def live(self, req: LiveRequest) -> None:
+        batcher = _Batcher(self._send_text)
+
+        def on_frame() -> None:
+            batcher.reset()
+            self._state(READING)
+            emit(self.caption_started)
+
+        def on_piece(piece: str) -> None:
+            if not batcher.started:
+                self._state(GENERATING)
+            batcher.add(piece)
+
+        kind, message = "stopped", ""
+        try:
+            model = self._model
+            if model is None:
+                raise GlimpseError("No model is loaded.", "Choose or download one in the model manager.")
+            self._state(WATCHING)
+            # The current conversation stays valid: the engine re-injects its cached image rows if captions
+            # used the cache in between.
+            captions = caption_stream(cast(Model, _Observed(model, on_frame)), req.source, every=req.every,
+                                      size=req.size or LIVE_SIZE, prompt=req.prompt, cancel=req.cancel,
+                                      on_piece=on_piece, sleep=req.cancel.wait)
+            for caption in captions:
+                batcher.flush()
+                self._state(WATCHING)
+                if caption.answer.finish_reason != "cancelled":  # half a caption is not worth keeping
+                    emit(self.captioned, caption, Reply.from_answer(caption.answer))
+            if not req.cancel.is_set() and req.source.ended:
+                kind, message = "ended", f"{req.source.name} has ended."
+        except Cancelled:
+            pass
+        except Exception as e:
+            if not isinstance(e, GlimpseError):
+                log.exception("live captions failed")
+            kind, message = "error", describe_error(e)
+        finally:
+            self._state(IDLE if self._model is not None else NO_MODEL)
+            emit(self.live_ended, kind, message)
+            emit(self.request_done, req.cancel)
+
+    @Slot()
+    def shutdown(self) -> None:
+        """Free the model on the thread that used it, then end the thread's event loop."""
+        try:
+            self._close_model()
+        finally:
+            thread = QThread.currentThread()
+            thread.quit()
+
+
+class ModelWorker(QObject):
+    """The GUI thread's handle on the worker. Requests go out as queued signals; the worker's results are relayed
+    by signal-to-signal connections, so they are emitted here, on the GUI thread, and anything may listen to them
+    (a plain Python callable connected to a signal of an object on another thread would run on that thread)."""
+
+    state_changed = Signal(str)
+    model_ready = Signal(str, int)
+    model_failed = Signal(str)
+    text = Signal(str)
+    answered = Signal(object)
+    caption_started = Signal()
+    captioned = Signal(object, object)
+    live_ended = Signal(str, str)
+    failed = Signal(str)
+
+    _load = Signal(str, int)
+    _ask = Signal(object)
+    _live = Signal(object)
+    _shutdown = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.worker = Worker()
+        self._thread = new_qthread("glimpse model worker")
+        self.worker.moveToThread(self._thread)
+        self._load.connect(self.worker.load)
+        self._ask.connect(self.worker.ask)
+        self._live.connect(self.worker.live)
+        self._shutdown.connect(self.worker.shutdown)
+        for name in ("state_changed", "model_ready", "model_failed", "text", "answered", "caption_started",
+                     "captioned", "live_ended", "failed"):
+            getattr(self.worker, name).connect(getattr(self, name))
+        self.worker.request_done.connect(self._forget)
+        self._unfinished: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread.start()
+
+    def load(self, name_or_path: str, threads: int = 0) -> None:
+        self.stop()
+        emit(self._load, name_or_path, threads)
+
+    def ask(self, req: AskRequest) -> None:
+        self._track(req.cancel)
+        emit(self._ask, req)
+
+    def live(self, req: LiveRequest) -> None:
+        self._track(req.cancel)
+        emit(self._live, req)
+
+    def _track(self, event: threading.Event) -> None:
+        if self._closed:
+            raise RuntimeError("the model worker has been shut down")
+        with self._lock:
+            self._unfinished.append(event)
+
+    @Slot(object)
+    def _forget(self, event: object) -> None:
+        with self._lock:
+            self._unfinished = [e for e in self._unfinished if e is not event]
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._unfinished)
+
+    def stop(self) -> None:
+        """Stop the running request after the current token and drop the queued ones; returns at once."""
+        with self._lock:
+            for event in self._unfinished:
+                event.set()
+        self.worker.cancel_generation()
+
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
+        """Stop, free the model and end the thread; True when the thread has ended."""
+        if self._closed:
+            return not self._thread.isRunning()
+        self._closed = True
+        self.stop()
+        emit(self._shutdown)
+        return bool(self._thread.wait(int(timeout_s * 1000)))

@@ -1,0 +1,145 @@
+"""The main window on the tiny model: live captions from a video, asking about pictures, stopping, exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+
+from app.images import to_qimage
+from app.window import MainWindow
+from app.worker import Reply
+
+
+def test_live_captions_from_a_video_file(qtbot: QtBot, window: MainWindow, video: Path, tmp_path: Path) -> None:
+    window.captions.interval.setValue(0.0)  # back to back
+    with qtbot.waitSignal(window.worker.live_ended, timeout=30_000) as ended:
+        window.sources.open_video(video)  # in live mode, with a model: captions start by themselves
+    assert ended.args[0] == "ended"
+    entries = window.captions.entries
+    assert len(entries) >= 2
+    assert all(e.text for e in entries)
+    assert [e.frame_time for e in entries] == sorted(e.frame_time for e in entries)
+    assert window.captions.history.count() == len(entries)
+    assert "TTFT" in window.status.timings.text() and "tok/s" in window.status.timings.text()
+    assert "sweep.avi has ended" in window.messages.text()
+    assert not window.captions.running
+
+    window.export_captions_srt(tmp_path / "c.srt")
+    srt = (tmp_path / "c.srt").read_text(encoding="utf-8")
+    assert srt.startswith("1\n00:00:00,000 --> ") and f"\n{len(entries)}\n" in srt
+    window.export_captions_markdown(tmp_path / "c.md")
+    assert "| time | caption |" in (tmp_path / "c.md").read_text(encoding="utf-8")
+
+
+def test_stop_captions_while_running(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
+    from tests.app.conftest import write_video
+
+    long_video = write_video(tmp_path / "long.avi", frames=200, fps=20)
+    window.captions.interval.setValue(0.0)
+    with qtbot.waitSignal(window.worker.captioned, timeout=20_000):
+        window.sources.open_video(long_video)
+    assert window.captions.running
+    with qtbot.waitSignal(window.worker.live_ended, timeout=5_000) as ended:
+        window.captions.start_button.click()  # now "Stop captions"
+    assert ended.args[0] == "stopped"
+    assert window.captions.start_button.text() == "Start captions"
+
+
+def ask(qtbot: QtBot, window: MainWindow, question: str) -> Reply:
+    window.chat.input.setText(question)
+    with qtbot.waitSignal(window.worker.answered, timeout=20_000) as answered:
+        window.chat.send_button.click()
+    reply = answered.args[0]
+    assert isinstance(reply, Reply)
+    return reply
+
+
+def test_ask_and_follow_up_about_a_picture(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
+                                          tmp_path: Path) -> None:
+    window.settings.image_size = 256
+    window.set_still(picture, "a test picture")
+    assert window.settings.mode == "ask" and window.side.currentWidget() is window.chat
+    first = ask(qtbot, window, "What is in the picture?")
+    assert first.text and first.encode_ms > 0
+    assert window.chat.turns[0].answer == first.text
+    assert window.chat.regenerate_button.isEnabled()
+    assert "encode" in window.status.timings.text()
+
+    second = ask(qtbot, window, "What colour is it?")
+    assert second.encode_ms == 0 and second.cached_positions > 0  # the image was not encoded again
+    assert len(window.chat.turns) == 2
+    assert "image cached" in window.status.timings.text()
+    assert "What colour is it?" in window.chat.plain_text()
+
+    window.chat.copy_button.click()
+    assert QGuiApplication.clipboard().text() == second.text
+    window.export_conversation(tmp_path / "chat.md")
+    md = (tmp_path / "chat.md").read_text(encoding="utf-8")
+    assert "What colour is it?" in md and "a test picture" in md
+
+
+def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: MainWindow,
+                                                      picture: np.ndarray) -> None:
+    window.settings.image_size = 256
+    window.toolbar.presets.choose("Read the text")
+    window.set_still(picture, "a test picture")
+    ask(qtbot, window, "")
+    assert window.chat.turns[0].question.startswith("Read all the text")
+    with qtbot.waitSignal(window.worker.answered, timeout=20_000) as answered:
+        window.chat.regenerate_button.click()
+    assert answered.args[0].encode_ms == 0  # regenerated on the cached image
+    assert len(window.chat.turns) == 1
+
+
+def test_stop_button_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:
+    window.settings.image_size = 256
+    window.toolbar.presets.length.setCurrentIndex(window.toolbar.presets.length.findData("detailed"))
+    window.set_still(picture, "a test picture")
+    window.worker.text.connect(lambda _t: window.chat.stop_button.click() if window.chat.busy else None)
+    reply = ask(qtbot, window, "Describe every detail.")
+    assert reply.finish_reason == "cancelled" and reply.generated_tokens < 512
+    assert not window.chat.busy and window.chat.send_button.isEnabled()
+
+
+def test_paste_and_drop_make_a_new_picture(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
+                                           tmp_path: Path) -> None:
+    QGuiApplication.clipboard().setImage(to_qimage(picture))
+    window.toolbar.paste_action.trigger()
+    assert window.view.badge.startswith("A pasted image (160×120)")
+    assert "pasted image" in window.chat.plain_text()
+
+    from PIL import Image
+
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "photo.png"))])
+    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window.view, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.sources.still, timeout=10_000):
+        QApplication.sendEvent(window.view, drop)
+    assert window.view.badge.startswith("Photo.png (160×120)")
+
+
+def test_freeze_a_live_frame_and_ask(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
+    from tests.app.conftest import write_video
+
+    window.settings.image_size = 256
+    with qtbot.waitSignal(window.sources.frame, timeout=10_000):
+        window.sources.open_video(write_video(tmp_path / "long.avi", frames=200, fps=20))
+    with qtbot.waitSignal(window.worker.live_ended, timeout=10_000) as ended:
+        window.captions.freeze_button.click()  # keeps the frame, stops captions, switches to Ask
+    assert ended.args[0] == "stopped"
+    assert window.settings.mode == "ask" and window.asking.picture is not None
+    assert window.view.badge.startswith("A frame from long.avi at ")
+    reply = ask(qtbot, window, "What is this?")
+    assert reply.encode_ms > 0 and window.chat.turns[0].answer == reply.text
+    assert window.sources.feed is not None  # the camera keeps running for the next freeze

@@ -1,0 +1,136 @@
+"""The model worker on its QThread, on the tiny converted model: load, ask, follow up, stop, fail, live captions."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+from pytestqt.qtbot import QtBot
+
+from app.worker import IDLE, AskRequest, LiveRequest, ModelWorker, Reply
+from engine.caption import open_video
+
+
+@pytest.fixture
+def worker(qtbot: QtBot, tiny_model_dir: Path) -> Iterator[ModelWorker]:
+    w = ModelWorker()
+    with qtbot.waitSignal(w.model_ready, timeout=20_000):
+        w.load(str(tiny_model_dir), threads=1)  # 2 shared cores: more threads spin against each other
+    yield w
+    assert w.shutdown()
+
+
+def ask(qtbot: QtBot, w: ModelWorker, req: AskRequest) -> tuple[Reply, list[str]]:
+    pieces: list[str] = []
+    w.text.connect(pieces.append)
+    try:
+        with qtbot.waitSignal(w.answered, timeout=20_000) as blocker:
+            w.ask(req)
+    finally:
+        w.text.disconnect(pieces.append)
+    reply = blocker.args[0]
+    assert isinstance(reply, Reply)
+    return reply, pieces
+
+
+def test_ask_then_follow_up_streams_and_reuses_the_image(qtbot: QtBot, worker: ModelWorker,
+                                                         picture: np.ndarray) -> None:
+    reply, pieces = ask(qtbot, worker, AskRequest("What is this?", max_tokens=24, image=picture, size=256))
+    assert len(pieces) > 1  # streamed in several updates, not one at the end
+    assert "".join(pieces).strip() == reply.text
+    assert reply.generated_tokens == 24 and reply.encode_ms > 0 and reply.ttft_ms > 0
+
+    follow, pieces = ask(qtbot, worker, AskRequest("And then?", max_tokens=12))
+    assert pieces and follow.generated_tokens == 12
+    assert follow.encode_ms == 0  # no second encode: the image rows came from the cache
+    assert follow.cached_positions > 16  # the image and the first turn were still in llama.cpp's cache
+
+
+def test_follow_up_without_an_image_says_what_to_do(qtbot: QtBot, worker: ModelWorker) -> None:
+    with qtbot.waitSignal(worker.failed, timeout=10_000) as blocker:
+        worker.ask(AskRequest("Hello?"))
+    assert "no image to ask about" in blocker.args[0]
+
+
+def test_stop_ends_generation_within_a_token(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray) -> None:
+    seen: list[str] = []
+
+    def stop_at_once(piece: str) -> None:
+        # Runs on the worker thread (direct connection), so the count of tokens so far is exact.
+        if not seen:
+            worker.stop()
+        seen.append(piece)
+
+    worker.worker.text.connect(stop_at_once, Qt.ConnectionType.DirectConnection)
+    reply, _ = ask(qtbot, worker, AskRequest("Describe it.", max_tokens=2000, image=picture, size=256))
+    assert reply.finish_reason == "cancelled"
+    # The first update carries one token; stop was called while it was being delivered: at most one more.
+    assert reply.generated_tokens <= 2
+
+
+def test_stop_from_the_gui_thread_is_prompt(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray) -> None:
+    worker.text.connect(lambda _: worker.stop())
+    reply, _ = ask(qtbot, worker, AskRequest("Describe it.", max_tokens=3000, image=picture, size=256))
+    assert reply.finish_reason == "cancelled" and reply.generated_tokens < 3000
+
+
+def test_an_exception_in_the_worker_becomes_a_message(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.model import Model
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Model, "encode_image", boom)
+    states: list[str] = []
+    worker.state_changed.connect(states.append)
+    with qtbot.waitSignal(worker.failed, timeout=10_000) as blocker:
+        worker.ask(AskRequest("What?", image=picture))
+    assert "RuntimeError: boom" in blocker.args[0]
+    qtbot.waitUntil(lambda: states[-1:] == [IDLE])
+    monkeypatch.undo()
+    reply, _ = ask(qtbot, worker, AskRequest("Still there?", max_tokens=4, image=picture, size=256))
+    assert reply.generated_tokens == 4  # the worker carries on after a failure
+
+
+def test_model_load_failure_is_a_sentence(qtbot: QtBot, tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.json").write_text("{not json", encoding="utf-8")
+    w = ModelWorker()
+    try:
+        with qtbot.waitSignal(w.model_failed, timeout=10_000) as blocker:
+            w.load(str(tmp_path / "broken"))
+        assert "corrupt" in blocker.args[0]
+    finally:
+        assert w.shutdown()
+
+
+def test_live_captions_from_a_video(qtbot: QtBot, worker: ModelWorker, video: Path) -> None:
+    source = open_video(video, realtime=False)
+    captions = []
+    worker.captioned.connect(lambda c, r: captions.append((c, r)))
+    with qtbot.waitSignal(worker.live_ended, timeout=30_000) as blocker:
+        worker.live(LiveRequest(source, "Describe what you see.", every=0.0, size=256))
+    assert blocker.args[0] == "ended"
+    assert len(captions) >= 3
+    assert all(c.text and r.generated_tokens > 0 for c, r in captions)
+    assert [c.frame_index for c, _ in captions] == sorted(c.frame_index for c, _ in captions)
+    source.close()
+
+
+def test_stop_ends_a_caption_loop(qtbot: QtBot, worker: ModelWorker, video: Path) -> None:
+    source = open_video(video, realtime=True)
+    try:
+        with qtbot.waitSignal(worker.captioned, timeout=20_000):
+            worker.live(LiveRequest(source, "Describe.", every=5.0, size=256))
+        started = threading.Event()
+        worker.live_ended.connect(lambda *_: started.set())
+        with qtbot.waitSignal(worker.live_ended, timeout=5_000) as blocker:
+            worker.stop()  # the loop is waiting out its 5 s interval: it must not finish waiting
+        assert blocker.args[0] == "stopped"
+    finally:
+        source.close()
