@@ -23,13 +23,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     with ProgressBar(enabled=not args.quiet) as bar:
         out = convert_checkpoint(args.src, args.out, quant=args.quant, force=args.force,
-                                 vision_weights=args.vision_weights, progress=bar)
+                                 vision_weights=args.vision_weights, vision_precision=args.vision_precision,
+                                 progress=bar)
     print(f"Model folder written to {out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.convert import DEFAULT_QUANT, DEFAULT_VISION_WEIGHTS, QUANTS, VISION_WEIGHTS
+    from engine.convert import (
+        DEFAULT_QUANT,
+        DEFAULT_VISION_PRECISION,
+        DEFAULT_VISION_WEIGHTS,
+        QUANTS,
+        VISION_PRECISIONS,
+        VISION_WEIGHTS,
+    )
 
     parser = argparse.ArgumentParser(prog="glimpse", description="Glimpse: FastVLM on your own computer.")
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
@@ -43,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"language model weight type (default {DEFAULT_QUANT})")
     p.add_argument("--vision-weights", choices=VISION_WEIGHTS, default=DEFAULT_VISION_WEIGHTS,
                    help="how vision.onnx stores its weights (computation is float32 either way)")
+    p.add_argument("--vision-precision", choices=VISION_PRECISIONS, default=DEFAULT_VISION_PRECISION,
+                   help=f"vision encoder arithmetic (default {DEFAULT_VISION_PRECISION}: int8 when its embeddings "
+                        "pass a quality check against fp32 on held-out images, fp32 otherwise)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)

@@ -1,8 +1,31 @@
-"""VisionEncoder: the one owner of the onnxruntime session that runs ``vision.onnx`` (FastViTHD + projector)."""
+"""VisionEncoder: the one owner of the onnxruntime session that runs ``vision.onnx`` (FastViTHD + projector).
+
+Session options were picked by measurement on the 2-core development machine (docs/benchmarks.md):
+
+- graph optimization level ALL: the blocked NCHWc layout for float convolutions and the int8 QDQ fusions need it
+  (EXTENDED or BASIC were 25-75% slower);
+- one intra-op thread per physical core, sequential execution;
+- no spinning: idle onnxruntime workers otherwise keep spinning after ``run`` returns and slow the llama.cpp
+  prefill that follows (0.1-0.2 s at 1024 px), which costs more than the few ms spinning saves the encoder;
+- no memory pattern: 150 MB less peak memory at 1024 px for the int8 graph, no measurable time.
+
+Start-up: when ``vision.onnx`` is a float graph (fp16-stored weights that onnxruntime folds to float32 and re-lays
+out at every start), the optimized graph is cached in the user cache folder, keyed by the sha256 that model.json
+records, the onnxruntime version and the CPU. Later loads take 0.7 s instead of 1.4 s and half the peak memory. An
+int8 graph starts in 0.4 s and the cache would save only 0.1 s for a second 130 MB copy, so it is not cached by
+default. The model folder is never written to; any cache problem falls back silently to the original file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,24 +37,73 @@ from engine.system import default_threads
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
 PATCH = 64
+CACHE_SUBDIR = "onnx"
+MANIFEST = "model.json"
+
+log = logging.getLogger("glimpse")
+
+
+def cache_dir() -> Path:
+    """Where optimized graphs are cached: $GLIMPSE_HOME/cache/onnx, else the per-user cache folder."""
+    override = os.environ.get("GLIMPSE_HOME", "").strip()
+    if override:
+        return Path(override).expanduser() / "cache" / CACHE_SUBDIR
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("Glimpse", appauthor=False)) / CACHE_SUBDIR
+
+
+def _cpu_tag() -> str:
+    """A short fingerprint of what the optimized graph depends on: the CPU's features and onnxruntime's version.
+
+    An ALL-level graph holds layout choices (NCHWc block width) made for the CPU that optimized it.
+    """
+    parts = [ort.__version__, platform.system(), platform.machine(), os.environ.get("PROCESSOR_IDENTIFIER", "")]
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(("flags", "Features", "model name")):
+                parts.append(line.strip())
+            if not line.strip():  # the first processor's block is enough
+                break
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _recorded(path: Path) -> tuple[str | None, str]:
+    """(the file's sha256 as the model folder's model.json records it, the vision precision it records).
+
+    (None, "fp32") outside a model folder or when model.json does not say.
+    """
+    try:
+        raw = json.loads((path.parent / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, "fp32"
+    try:
+        sha = raw["files"][path.name]["sha256"]
+    except (KeyError, TypeError):
+        sha = None
+    try:
+        precision = str(raw["vision"]["precision"])
+    except (KeyError, TypeError):
+        precision = "fp32"
+    return (sha if isinstance(sha, str) and len(sha) == 64 else None), precision
 
 
 class VisionEncoder:
-    """Runs the image encoder. ``encode`` takes float32 [1, 3, S, S] and returns float32 [tokens, hidden]."""
+    """Runs the image encoder. ``encode`` takes float32 [1, 3, S, S] and returns float32 [tokens, hidden].
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    ``cache``: None (default) uses the optimized-graph cache for float graphs in a model folder whose model.json
+    records the file's sha256; True for any graph in such a folder; False never. ``cached`` says whether this
+    session came from the cache.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, cache: bool | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFolderError(f"{self.path} is missing.", "Convert or download the model again.")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        self.threads = threads or default_threads()
+        self.cached = False
         try:
-            self._session: ort.InferenceSession | None = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session: ort.InferenceSession | None = self._open(cache)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise ModelFolderError(f"{self.path} cannot be loaded by onnxruntime: {e}".rstrip(".") + ".",
                                    "The file is damaged; convert or download the model again.") from e
@@ -42,6 +114,76 @@ class VisionEncoder:
                                    f"outputs {sorted(outputs)}).", "Convert the model again.")
         width = outputs[OUTPUT_NAME].shape[-1]
         self.hidden: int | None = width if isinstance(width, int) else None
+
+    # -- session ---------------------------------------------------------------------------------------------------
+
+    def _options(self, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = level
+        opts.enable_mem_pattern = False
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        return opts
+
+    def _create(self, model: Path, opts: ort.SessionOptions) -> ort.InferenceSession:
+        return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def _open(self, use_cache: bool | None) -> ort.InferenceSession:
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sha, precision = _recorded(self.path) if use_cache is not False else (None, "")
+        if use_cache is None and precision == "int8":
+            sha = None
+        if sha is None:
+            return self._create(self.path, self._options(level))
+        cached = self._cache_file(sha)
+        if cached is not None and cached.is_file():
+            try:
+                # Already optimized at level ALL: running the optimizers again would only cost time.
+                session = self._create(cached, self._options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
+                self.cached = True
+                return session
+            except Exception as e:  # a damaged cache entry: drop it and optimize the original again
+                log.debug("Vision graph cache %s is unusable (%s); rebuilding it.", cached, e)
+                with contextlib.suppress(OSError):
+                    cached.unlink()
+        if cached is None:
+            return self._create(self.path, self._options(level))
+        return self._create_and_cache(cached, level)
+
+    def _cache_file(self, sha: str) -> Path | None:
+        folder = cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return folder / f"vision-{sha[:32]}-{_cpu_tag()}.onnx"
+
+    def _create_and_cache(self, target: Path, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
+        """Create the session from the original file and let onnxruntime write the optimized graph to ``target``."""
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        opts = self._options(level)
+        opts.optimized_model_filepath = str(partial)
+        try:
+            session = self._create(self.path, opts)
+        except Exception as e:  # e.g. the cache folder is not writable: run without the cache
+            log.debug("Could not cache the optimized vision graph in %s (%s).", target, e)
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            return self._create(self.path, self._options(level))
+        try:
+            if partial.is_file() and partial.stat().st_size > 0:
+                os.replace(partial, target)
+        except OSError as e:
+            log.debug("Could not cache the optimized vision graph in %s (%s).", target, e)
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+        return session
+
+    # -- running ---------------------------------------------------------------------------------------------------
 
     def encode(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         if self._session is None:
@@ -62,5 +204,5 @@ class VisionEncoder:
     def __enter__(self) -> VisionEncoder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

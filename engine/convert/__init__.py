@@ -36,6 +36,10 @@ DEFAULT_QUANT = "q8_0"
 VISION_WEIGHTS = ("fp16", "fp32")
 # fp16 storage halves vision.onnx with no measurable loss (bf16 weights are exact in fp16; see docs/benchmarks.md).
 DEFAULT_VISION_WEIGHTS = "fp16"
+# int8 (static, calibrated, behind a cosine gate on held-out images; see convert/vision_int8.py) halves the encoder's
+# time on CPUs; fp32 is kept automatically when the gate fails.
+VISION_PRECISIONS = ("int8", "fp32")
+DEFAULT_VISION_PRECISION = "int8"
 DEFAULT_IMAGE_SIZE = 1024
 PATCH_SIZE = 64
 TEMPLATE = "qwen_2"
@@ -112,6 +116,7 @@ def convert_checkpoint(
     quant: str = DEFAULT_QUANT,
     force: bool = False,
     vision_weights: str = DEFAULT_VISION_WEIGHTS,
+    vision_precision: str = DEFAULT_VISION_PRECISION,
     name: str | None = None,
     source: dict[str, str] | None = None,
     progress: ProgressFn | None = None,
@@ -120,11 +125,14 @@ def convert_checkpoint(
     """Convert the checkpoint folder ``src`` into the model folder ``out`` and return ``out``.
 
     ``quant`` picks the language model's weight type (``QUANTS``); ``vision_weights`` how the ONNX graph stores its
-    weights (it always computes in float32). ``source`` is recorded in model.json (e.g. repo and revision).
+    weights; ``vision_precision`` "int8" quantizes the graph when its embeddings stay within the quality gate of
+    float32 on held-out images (and keeps float32 otherwise), "fp32" never quantizes. ``source`` is recorded in
+    model.json (e.g. repo and revision).
     Raises a GlimpseError subclass with a readable sentence on every expected failure.
     """
     from engine.convert.llm_gguf import write_llm_gguf
     from engine.convert.vision_graph import build_vision_onnx
+    from engine.convert.vision_int8 import apply_vision_precision
 
     src, out = Path(src), Path(out)
     if quant not in QUANTS:
@@ -132,6 +140,9 @@ def convert_checkpoint(
     if vision_weights not in VISION_WEIGHTS:
         raise ConversionError(f"Unknown vision weight type '{vision_weights}'.",
                               f"Choose one of: {', '.join(VISION_WEIGHTS)}.")
+    if vision_precision not in VISION_PRECISIONS:
+        raise ConversionError(f"Unknown vision precision '{vision_precision}'.",
+                              f"Choose one of: {', '.join(VISION_PRECISIONS)}.")
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"{out} already exists.", "Choose another folder, or pass --force to replace it.")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
@@ -150,11 +161,13 @@ def convert_checkpoint(
         try:
             tmp.mkdir()
             vision = build_vision_onnx(ckpt, tmp / VISION_FILE, weight_dtype=vision_weights, report=report)
+            precision = apply_vision_precision(tmp / VISION_FILE, vision_precision, report=report)
             write_llm_gguf(ckpt, geo, tmp / LLM_FILE, quant=quant, name=name or src.name, report=report)
             license_name = _copy_license(src, tmp)
             report("checking", 0, 1)
             manifest = _manifest(name or src.name, geo, vision, quant=quant, vision_weights=vision_weights,
-                                 src=src, source=source, license_name=license_name, folder=tmp)
+                                 src=src, source=source, license_name=license_name, folder=tmp,
+                                 precision=precision)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             report("checking", 1, 1)
             _move_into_place(tmp, out)
@@ -166,7 +179,8 @@ def convert_checkpoint(
 
 
 def _manifest(name: str, geo: LlmGeometry, vision: Any, *, quant: str, vision_weights: str, src: Path,
-              source: dict[str, str] | None, license_name: str | None, folder: Path) -> dict[str, Any]:
+              source: dict[str, str] | None, license_name: str | None, folder: Path,
+              precision: dict[str, Any] | None = None) -> dict[str, Any]:
     files = {n: file_entry(folder / n) for n in (VISION_FILE, LLM_FILE)}
     for extra in (LICENSE_FILE, NOTICE_FILE):
         if (folder / extra).is_file():
@@ -183,6 +197,7 @@ def _manifest(name: str, geo: LlmGeometry, vision: Any, *, quant: str, vision_we
             "output": "image_embeddings",
             "weights": vision_weights,
             "precision": "fp32",
+            **(precision or {}),
             **vision_info,
         },
         "llm": {
