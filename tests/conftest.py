@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from engine.synthetic import CheckpointSpec, write_checkpoint
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Session-wide too, not only per test: module-scoped fixtures load models before the per-test fixture runs, and
+# nothing a test does may write into the real user folders (caches included).
+os.environ["GLIMPSE_HOME"] = tempfile.mkdtemp(prefix="glimpse-test-home-")
 
 
 @pytest.fixture(autouse=True)

@@ -94,10 +94,12 @@ def test_captions_only_changed_frames(model: Model, video: Path) -> None:
 
 
 def test_realtime_playback_drops_frames_instead_of_queueing(model: Model, tmp_path: Path) -> None:
-    path = write_video(tmp_path / "fast.avi", frames_per_scene=30, fps=200.0)
+    path = write_video(tmp_path / "fast.avi", frames_per_scene=150, fps=200.0)  # 3 s: room for a slow first caption
     source = open_video(path, realtime=True)
     try:
-        captions = list(caption_stream(model, source, size=256, max_tokens=24, count=3))
+        # A slow consumer (10 ms per streamed piece) against a 200 fps source, whatever the machine's speed.
+        captions = list(caption_stream(model, source, size=256, max_tokens=24, count=3,
+                                       on_piece=lambda _piece: time.sleep(0.01)))
     finally:
         source.close()
     assert len(captions) >= 2
