@@ -1,8 +1,8 @@
 """Ask mode: the picture being asked about, the questions sent to the worker, and the conversation panel.
 
 A new picture starts a new conversation (its image is encoded with the first question); follow-ups reuse the
-engine's cached image. Regenerate answers the first question again on the same encoded image: later answers
-cannot be regenerated because the engine's Conversation cannot drop a turn.
+engine's cached image. Regenerate takes back the last answer, whichever it is, and answers its question again with
+some variety: the earlier turns stay, and the image and the conversation so far come from the engine's cache.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class AskAboutPicture(QObject):
         self.description = ""
         self._picture_is_new = False  # the next question starts a new conversation about it
         self.asking = False
-        self._sent = ""  # the last question as sent (with the length hint), for Regenerate
         chat.ask.connect(self.ask)
         chat.stop.connect(worker.stop)
         chat.regenerate.connect(self.regenerate)
@@ -58,8 +57,10 @@ class AskAboutPicture(QObject):
         self.picture = None
 
     def model_changed(self) -> None:
-        """A newly loaded model has no conversation: the next question sends the picture again."""
+        """A newly loaded model has no conversation: the next question sends the picture again, and the answers
+        shown so far cannot be regenerated."""
         self._picture_is_new = self.picture is not None
+        self._chat.set_can_regenerate(False)
 
     def ask(self, typed: str) -> None:
         if self.asking:
@@ -73,7 +74,6 @@ class AskAboutPicture(QObject):
             return
         shown = typed or self._presets.current().prompt
         question, max_tokens = compose(shown, self._presets.length_key())
-        self._sent = question
         image = self.picture if self._picture_is_new else None
         self._picture_is_new = False
         self.asking = True
@@ -81,16 +81,17 @@ class AskAboutPicture(QObject):
         self._worker.ask(AskRequest(question, max_tokens=max_tokens, image=image, size=self._settings.image_size))
 
     def regenerate(self) -> None:
-        if self.asking or len(self._chat.turns) != 1:
+        """Answer the last question again. The worker asks the question as the engine's conversation holds it
+        (with its length hint), so only the answer's length and sampling are chosen here."""
+        if self.asking or not self._chat.can_regenerate:
             return
-        turn = self._chat.drop_last_turn()
+        turn = self._chat.begin_regenerate()
         if turn is None:
             return
         self.asking = True
-        self._chat.begin_answer(turn.question)
         _, max_tokens = compose(turn.question, self._presets.length_key())
-        self._worker.ask(AskRequest(self._sent, max_tokens=max_tokens, restart=True,
-                                    temperature=REGENERATE_TEMPERATURE, seed=random.randrange(2**31)))
+        self._worker.ask(AskRequest(regenerate=True, max_tokens=max_tokens, temperature=REGENERATE_TEMPERATURE,
+                                    seed=random.randrange(2**31)))
 
     def _text(self, text: str) -> None:
         if self.asking:
@@ -101,7 +102,7 @@ class AskAboutPicture(QObject):
             return
         self.asking = False
         self._chat.finish(reply)
-        self._chat.set_can_regenerate(len(self._chat.turns) == 1)
+        self._update_regenerate()
         if reply.generated_tokens:
             self._status.set_reply(reply)
         if self._read_aloud.isChecked() and reply.text:
@@ -113,6 +114,11 @@ class AskAboutPicture(QObject):
             # The picture may never have reached the model (it failed while encoding): send it again.
             self._picture_is_new = self._picture_is_new or not self._chat.turns
             self._chat.fail(message)
+            self._update_regenerate()
+
+    def _update_regenerate(self) -> None:
+        """The last finished answer can be regenerated while the worker still holds this conversation."""
+        self._chat.set_can_regenerate(bool(self._chat.turns) and not self._picture_is_new)
 
     def export(self, path: Path) -> None:
         path.write_text(conversation_markdown(self._chat.turns, model=self._model_name(), source=self.description),

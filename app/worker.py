@@ -27,8 +27,9 @@ from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import new_qthread
 from engine.caption import FrameSource, caption_stream
+from engine.conversation import Conversation
 from engine.errors import Cancelled, GlimpseError
-from engine.model import Answer, ImageRows, Model, load_model
+from engine.model import Answer, Model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,17 @@ class Reply:
 @dataclass(frozen=True)
 class AskRequest:
     """A question. With ``image`` it starts a new conversation about that image; without, it follows up on the
-    current one (the image is not encoded again). ``restart`` asks on a fresh conversation about the current,
-    already encoded image (Regenerate)."""
+    current one (the image is not encoded again). ``regenerate`` takes back the current conversation's last answer
+    and asks its question again (``question`` is then unused): the earlier turns stay and the image, the earlier
+    turns and the question come from the cache."""
 
-    question: str
+    question: str = ""
     max_tokens: int = 256
     image: npt.NDArray[np.uint8] | None = None
     size: int = 0  # 0: the model's own size
     temperature: float = 0.0
     seed: int | None = None
-    restart: bool = False
+    regenerate: bool = False
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
@@ -164,8 +166,7 @@ class Worker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self._model: Model | None = None
-        self._conversation: Any = None
-        self._rows: ImageRows | None = None
+        self._conversation: Conversation | None = None
 
     def _state(self, state: str) -> None:
         emit(self.state_changed, state)
@@ -180,7 +181,7 @@ class Worker(QObject):
             model.cancel()
 
     def _close_model(self) -> None:
-        self._conversation = self._rows = None
+        self._conversation = None
         if self._model is not None:
             self._model.close()
             self._model = None
@@ -216,7 +217,11 @@ class Worker(QObject):
 
     @Slot(object)
     def ask(self, req: AskRequest) -> None:
+        question = req.question
         try:
+            if req.regenerate and self._conversation is not None:
+                # Even for a request stopped before it ran: the chat has already taken the answer back.
+                question, _ = self._conversation.drop_last_turn()
             if req.cancel.is_set():
                 raise Cancelled("The question")
             model = self._model
@@ -226,20 +231,22 @@ class Worker(QObject):
             if req.image is not None:
                 self._state(READING)
                 t0 = time.perf_counter()
-                self._rows = model.encode_image(req.image, size=req.size or None)
-                self._conversation = model.conversation(self._rows)
-                before_ms, encode_ms = (time.perf_counter() - t0) * 1e3, self._rows.encode_ms
-            elif req.restart and self._rows is not None:
-                self._conversation = model.conversation(self._rows)
-            if self._conversation is None:
+                rows = model.encode_image(req.image, size=req.size or None)
+                self._conversation = model.conversation(rows)
+                before_ms, encode_ms = (time.perf_counter() - t0) * 1e3, rows.encode_ms
+            conversation = self._conversation
+            if conversation is None:
                 raise GlimpseError("There is no image to ask about.",
                                    "Freeze a camera frame, take a screenshot, paste or open an image first.")
             if req.cancel.is_set():
                 raise Cancelled("The question")
             self._state(GENERATING)
-            answer = self._stream(self._conversation.stream(
-                req.question, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
-                cancel=req.cancel))
+            answer = self._stream(conversation.stream(
+                question, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed, cancel=req.cancel))
+            if answer.finish_reason == "cancelled" and not answer.text.strip():
+                # Stopped before the first word: the chat keeps no turn for it, so neither does the conversation
+                # (Regenerate takes back the conversation's last turn and must find the chat's last answer).
+                conversation.drop_last_turn()
             emit(self.answered, Reply.from_answer(answer, before_ms=before_ms, encode_ms=encode_ms))
         except Cancelled:
             emit(self.answered, Reply("", "cancelled"))

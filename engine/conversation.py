@@ -7,6 +7,10 @@ conversation resumed after another one used the cache re-injects its stored rows
 
 When a turn would not fit the context (prompt plus ``max_tokens``), the oldest turns are dropped and the image
 stays, attached to the oldest kept question; the answer's ``dropped_turns`` says how many went.
+
+:meth:`Conversation.drop_last_turn` takes back the last answer (to regenerate it): asking its question again
+rebuilds a prompt that the cache already holds, so nothing is encoded and only the last position is evaluated
+before the new answer starts.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Conversation:
         self._tiles = tiles
         self._system = system
         self._turns: list[_Turn] = []
+        self._writing: _Turn | None = None  # the turn whose answer is being generated
         self._first_kept = 0
         self._tokens: dict[str, list[int]] = {}
 
@@ -60,6 +65,22 @@ class Conversation:
     @property
     def image_rows(self) -> ImageRows | None:
         return self._rows
+
+    def drop_last_turn(self) -> tuple[str, str]:
+        """Take back the last question and its answer; returns them as (question, answer).
+
+        Ask the question again to regenerate the answer: the earlier turns stay, and the image and everything
+        before the question come from llama.cpp's cache. Raises :class:`InputError` when there is no answer yet
+        or the last one is still being generated.
+        """
+        if not self._turns:
+            raise InputError("There is no answer to take back in this conversation.", "Ask a question first.")
+        if self._turns[-1] is self._writing:
+            raise InputError("The last answer is still being written.", "Stop it or let it finish first.")
+        turn = self._turns.pop()
+        # Turns left out to fit the context stay left out, but a kept turn must never be skipped.
+        self._first_kept = min(self._first_kept, len(self._turns))
+        return turn.question, self._model.llm.detokenize(turn.answer_ids)
 
     # -- prompt ----------------------------------------------------------------------------------------------------
 
@@ -140,6 +161,7 @@ class Conversation:
         t_decode = time.perf_counter()
         turn = _Turn(question, ids)
         self._turns.append(turn)
+        self._writing = turn
         try:
             logits = llm.logits()
             for _ in range(options.max_tokens):
@@ -168,6 +190,8 @@ class Conversation:
             # The turn is incomplete in the cache; the next prompt's prefix match repairs the cache from here.
             self._turns.pop()
             raise
+        finally:
+            self._writing = None
         t_end = time.perf_counter()
         decode_s = t_end - t_decode
         timings = Timings(

@@ -1,5 +1,9 @@
 """Ask mode's panel: the conversation about the current picture, streaming in, with Stop, Copy, Regenerate and
-Export."""
+Export.
+
+The transcript is a list of HTML blocks: pictures, notes, errors, and one block per answered turn. Regenerate
+writes the new answer into the block of the answer it replaces, so the transcript reads as if it had been the
+answer all along."""
 
 from __future__ import annotations
 
@@ -69,7 +73,9 @@ class ChatPanel(QWidget):
 
         self._blocks: list[str] = []  # finished HTML blocks: pictures, turns, errors
         self._turns: list[ChatTurn] = []  # the conversation about the current picture
+        self._turn_blocks: list[int] = []  # the index in _blocks of each turn's block
         self._pending: _Pending | None = None
+        self._slot: int | None = None  # the block the pending answer replaces; None: a new block at the end
         self._busy = False
         self.can_regenerate = False
         self._update_buttons()
@@ -77,7 +83,7 @@ class ChatPanel(QWidget):
     # -- what the window calls ------------------------------------------------------------------------------------
 
     def new_picture(self, description: str) -> None:
-        self._turns = []
+        self._turns, self._turn_blocks, self._slot = [], [], None
         self.can_regenerate = False
         self._blocks.append(f"<p style='color:#666'><i>New picture: {html.escape(description)}</i></p>")
         self._render()
@@ -86,6 +92,24 @@ class ChatPanel(QWidget):
         self._pending = _Pending(question, time.time())
         self.set_busy(True)
         self._render()
+
+    def begin_regenerate(self) -> ChatTurn | None:
+        """Take back the last answer and write the next one in its place; returns the turn taken back."""
+        if not self._turns or self._pending is not None:
+            return None
+        turn = self._turns.pop()
+        self._slot = self._turn_blocks.pop()
+        self.begin_answer(turn.question)
+        return turn
+
+    def _put(self, block: str) -> int:
+        """Add a finished block where the pending answer was shown; returns its index."""
+        slot, self._slot = self._slot, None
+        if slot is None:
+            self._blocks.append(block)
+            return len(self._blocks) - 1
+        self._blocks[slot] = block
+        return slot
 
     def append(self, text: str) -> None:
         if self._pending is not None:
@@ -98,36 +122,26 @@ class ChatPanel(QWidget):
             return
         text = reply.text or pending.text.strip()
         if reply.finish_reason == "cancelled" and not text:
-            self._blocks.append(self._turn_html(pending.question, "", "stopped before the first word"))
+            self._put(self._turn_html(pending.question, "", "stopped before the first word"))
         else:
             turn = ChatTurn(pending.question, text, pending.asked_at, reply.summary)
+            notes = "".join(f"<p style='color:#8a5a00'>{html.escape(note)}</p>" for note in reply.notes)
+            self._turn_blocks.append(self._put(self._turn_html(turn.question, turn.answer, turn.stats) + notes))
             self._turns.append(turn)
-            self._blocks.append(self._turn_html(turn.question, turn.answer, turn.stats))
-            for note in reply.notes:
-                self._blocks.append(f"<p style='color:#8a5a00'>{html.escape(note)}</p>")
         self.set_busy(False)
         self._render()
 
     def fail(self, message: str) -> None:
         pending, self._pending = self._pending, None
         question = pending.question if pending is not None else ""
-        self._blocks.append(self._turn_html(question, "", "") if question else "")
-        self._blocks.append(f"<p style='color:#a00'>{html.escape(message)}</p>")
+        self._put((self._turn_html(question, "", "") if question else "")
+                  + f"<p style='color:#a00'>{html.escape(message)}</p>")
         self.set_busy(False)
         self._render()
 
     def set_busy(self, busy: bool) -> None:
         self._busy = busy
         self._update_buttons()
-
-    def drop_last_turn(self) -> ChatTurn | None:
-        """Forget the last answer (before regenerating it); the transcript keeps showing it, with a note."""
-        if not self._turns:
-            return None
-        turn = self._turns.pop()
-        self._blocks.append("<p style='color:#666'><i>Regenerating the last answer…</i></p>")
-        self._render()
-        return turn
 
     @property
     def turns(self) -> list[ChatTurn]:
@@ -173,7 +187,11 @@ class ChatPanel(QWidget):
     def _render(self) -> None:
         blocks = list(self._blocks)
         if self._pending is not None:
-            blocks.append(self._turn_html(self._pending.question, self._pending.text or "…", ""))
+            block = self._turn_html(self._pending.question, self._pending.text or "…", "")
+            if self._slot is None:
+                blocks.append(block)
+            else:
+                blocks[self._slot] = block
         self.transcript.setHtml("".join(blocks))
         bar = self.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())

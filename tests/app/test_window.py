@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QApplication
@@ -94,6 +95,67 @@ def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: Mai
         window.chat.regenerate_button.click()
     assert answered.args[0].encode_ms == 0  # regenerated on the cached image
     assert len(window.chat.turns) == 1
+
+
+def test_regenerate_replaces_the_last_answer_of_a_conversation(qtbot: QtBot, window: MainWindow,
+                                                               picture: np.ndarray,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.model import Model
+
+    window.settings.image_size = 256
+    window.set_still(picture, "a test picture")
+    first = ask(qtbot, window, "What is in the picture?")
+    second = ask(qtbot, window, "What colour is it?")
+    before = window.chat.turns
+    assert window.chat.regenerate_button.isEnabled()  # not only for the first answer
+    encodes: list[object] = []
+    real_encode = Model.encode_image
+    monkeypatch.setattr(Model, "encode_image", lambda *a, **k: encodes.append(a) or real_encode(*a, **k))
+
+    with qtbot.waitSignal(window.worker.answered, timeout=20_000) as answered:
+        window.chat.regenerate_button.click()
+    again = answered.args[0]
+    assert isinstance(again, Reply) and again.text
+    # The worker asked the follow-up again on the cached image and first turn: no encode, a short prefill.
+    assert encodes == [] and again.encode_ms == 0
+    assert again.cached_positions >= second.cached_positions
+    turns = window.chat.turns
+    assert len(turns) == 2
+    assert turns[0] == before[0] and turns[0].answer == first.text  # the first answer stays as it was
+    assert turns[1].question == "What colour is it?" and turns[1].answer == again.text
+    assert turns[1].asked_at > before[1].asked_at
+    # The new answer took the old one's place in the transcript: two questions, two answers, in order.
+    text = window.chat.plain_text()
+    assert text.count("You:") == 2 and text.count("Glimpse:") == 2 and text.count("What colour is it?") == 1
+    assert text.index("What is in the picture?") < text.index("What colour is it?") < text.index(again.text)
+    # The engine's conversation was changed the same way: the old answer is gone from its history.
+    engine_turns = window.worker.worker._conversation.turns  # type: ignore[union-attr]
+    assert len(engine_turns) == 2 and engine_turns[0][1].strip() == first.text
+    assert engine_turns[1][0].startswith("What colour is it?") and engine_turns[1][1].strip() == again.text
+    assert window.chat.regenerate_button.isEnabled()
+
+
+def test_chat_panel_writes_a_regenerated_answer_in_place(qtbot: QtBot) -> None:
+    from app.widgets.chat_panel import ChatPanel
+
+    chat = ChatPanel()
+    qtbot.addWidget(chat)
+    chat.new_picture("a picture")
+    for question, answer in (("Alpha?", "apple"), ("Beta?", "banana")):
+        chat.begin_answer(question)
+        chat.finish(Reply(answer, "stop"))
+    chat.begin_answer("Gamma?")
+    chat.fail("It broke.")
+    turn = chat.begin_regenerate()
+    assert turn is not None and turn.answer == "banana"
+    assert chat.busy and "banana" not in chat.plain_text() and len(chat.turns) == 1
+    chat.append("cher")
+    assert "Beta?" in chat.plain_text() and "cher" in chat.plain_text()
+    chat.finish(Reply("cherry", "stop"))
+    text = chat.plain_text()
+    assert [t.answer for t in chat.turns] == ["apple", "cherry"]
+    assert "banana" not in text and text.count("Beta?") == 1
+    assert text.index("apple") < text.index("cherry") < text.index("Gamma?") < text.index("It broke.")
 
 
 def test_stop_button_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:

@@ -50,6 +50,49 @@ def test_ask_then_follow_up_streams_and_reuses_the_image(qtbot: QtBot, worker: M
     assert follow.cached_positions > 16  # the image and the first turn were still in llama.cpp's cache
 
 
+def test_regenerate_takes_back_the_last_answer_only(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.model import Model
+
+    first, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=8, image=picture, size=256))
+    second, _ = ask(qtbot, worker, AskRequest("And then?", max_tokens=8))
+    encodes: list[object] = []
+    real_encode = Model.encode_image
+    monkeypatch.setattr(Model, "encode_image", lambda *a, **k: encodes.append(a) or real_encode(*a, **k))
+
+    # At temperature 0 the same question gives the same answer: proof it was the same question, same history.
+    same, pieces = ask(qtbot, worker, AskRequest(regenerate=True, max_tokens=8))
+    assert pieces and same.text == second.text and same.encode_ms == 0
+    assert same.cached_positions > second.cached_positions  # everything up to the question was cached
+    varied, _ = ask(qtbot, worker, AskRequest(regenerate=True, max_tokens=8, temperature=0.7, seed=5))
+    assert varied.generated_tokens == 8
+    turns = worker.worker._conversation.turns  # type: ignore[union-attr]
+    assert [q for q, _ in turns] == ["What is this?", "And then?"]
+    assert turns[0][1].strip() == first.text and turns[1][1].strip() == varied.text
+    assert encodes == []
+
+
+def test_an_answer_stopped_before_its_first_word_leaves_no_turn(qtbot: QtBot, worker: ModelWorker,
+                                                                picture: np.ndarray,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.conversation import Conversation
+
+    ask(qtbot, worker, AskRequest("What is this?", max_tokens=4, image=picture, size=256))
+    req = AskRequest("And then?", max_tokens=50)
+    real_sync = Conversation._sync
+
+    def sync_then_stop(self: Conversation, positions: list[int]) -> int:
+        cached = real_sync(self, positions)
+        req.cancel.set()  # after the prefill, before the first token
+        return cached
+
+    monkeypatch.setattr(Conversation, "_sync", sync_then_stop)
+    reply, _ = ask(qtbot, worker, req)
+    assert reply.finish_reason == "cancelled" and reply.generated_tokens == 0
+    # The chat shows no answer for it, so Regenerate must find the first answer as the last one.
+    assert [q for q, _ in worker.worker._conversation.turns] == ["What is this?"]  # type: ignore[union-attr]
+
+
 def test_follow_up_without_an_image_says_what_to_do(qtbot: QtBot, worker: ModelWorker) -> None:
     with qtbot.waitSignal(worker.failed, timeout=10_000) as blocker:
         worker.ask(AskRequest("Hello?"))

@@ -133,6 +133,68 @@ def test_switching_conversations_reinjects_rows_without_encoding(model: Model, i
     assert again.timings.encode_ms == 0.0 and again.timings.image_tokens == 16
 
 
+def test_drop_last_turn_then_ask_again_reuses_the_cache(model: Model, image: np.ndarray,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = model.conversation(image, size=SIZE)
+    first = conv.ask("What is this?", max_tokens=6)
+    second = conv.ask("Say more.", max_tokens=6)
+    encodes: list[object] = []
+    real_encode = model.vision.encode
+    monkeypatch.setattr(model.vision, "encode", lambda *a, **k: encodes.append(a) or real_encode(*a, **k))
+
+    assert conv.drop_last_turn() == ("Say more.", second.text)
+    assert conv.turns == [("What is this?", first.text)]
+    again = conv.ask("Say more.", max_tokens=6)  # temperature 0: the same answer as before
+    assert again.token_ids == second.token_ids and again.text == second.text
+    assert conv.turns == [("What is this?", first.text), ("Say more.", again.text)]
+    # Nothing encoded; the image, the first turn and the question were all still in llama.cpp's cache.
+    assert encodes == [] and again.timings.encode_ms == 0.0
+    t, before = again.timings, second.timings
+    assert t.cached_positions + t.prefill_positions == before.cached_positions + before.prefill_positions
+    assert t.prefill_positions <= len(model.llm.tokenize(next_turn("Say more.")))
+    assert t.cached_positions > before.cached_positions
+
+
+def test_drop_every_turn_then_ask_the_first_question_again(model: Model, image: np.ndarray) -> None:
+    conv = model.conversation(image, size=SIZE)
+    first = conv.ask("What is this?", max_tokens=5)
+    conv.ask("And then?", max_tokens=5)
+    conv.drop_last_turn()
+    assert conv.drop_last_turn() == ("What is this?", first.text)
+    assert conv.turns == []
+    with pytest.raises(InputError, match="no answer to take back"):
+        conv.drop_last_turn()
+    again = conv.ask("What is this?", max_tokens=5)
+    assert again.token_ids == first.token_ids and again.timings.encode_ms == 0.0
+    assert conv.turns == [("What is this?", again.text)]
+
+
+def test_the_answer_being_written_cannot_be_dropped(model: Model, image: np.ndarray) -> None:
+    conv = model.conversation(image, size=SIZE)
+    conv.ask("What is this?", max_tokens=3)
+    stream = conv.stream("Go on.", max_tokens=20)
+    assert isinstance(next(stream), str)
+    with pytest.raises(InputError, match="still being written"):
+        conv.drop_last_turn()
+    stream.close()  # an abandoned answer is not kept
+    assert [q for q, _ in conv.turns] == ["What is this?"]
+
+
+def test_dropping_turns_after_the_context_filled_keeps_later_turns_in_the_prompt(tiny_model_dir: Path,
+                                                                                image: np.ndarray) -> None:
+    with load_model(tiny_model_dir, n_ctx=512, threads=2) as small:
+        conv = small.conversation(image, size=SIZE)
+        answers = [conv.ask(f"Question number {i}?", max_tokens=100) for i in range(6)]
+        assert sum(a.dropped_turns for a in answers) >= 2
+        while len(conv.turns) > 1:
+            conv.drop_last_turn()
+        follow = conv.ask("Still there?", max_tokens=4)
+        last = conv.ask("And now?", max_tokens=4)
+        # The prompt of the last question holds the answer before it: it came from the cache.
+        assert last.timings.cached_positions >= follow.timings.cached_positions + follow.timings.prefill_positions
+        assert [q for q, _ in conv.turns] == ["Question number 0?", "Still there?", "And now?"]
+
+
 def test_cancel_stops_within_one_token(model: Model, image: np.ndarray) -> None:
     asked = threading.Event()
     done = threading.Event()
