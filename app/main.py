@@ -36,8 +36,10 @@ def make_app(qt_args: list[str]) -> QApplication:
     QCoreApplication.setApplicationName("Glimpse")
     QCoreApplication.setApplicationVersion(__version__)
     QGuiApplication.setDesktopFileName("glimpse")
-    # Qt Multimedia reports every optional codec library it does not find (VA-API, PipeWire): noise to users.
-    QLoggingCategory.setFilterRules("qt.multimedia.symbolsresolver=false")
+    # Qt Multimedia reports every optional codec library it does not find (VA-API, PipeWire) and relays FFmpeg's own
+    # chatter for every decoded frame: noise to users (real failures still arrive through errorOccurred).
+    QLoggingCategory.setFilterRules("qt.multimedia.symbolsresolver=false\nqt.multimedia.ffmpeg*=false\n"
+                                    "qt.multimedia.playbackengine*=false")
     app = QApplication(["glimpse", *qt_args])
     icon = paths.asset("glimpse.png")
     if icon is not None:

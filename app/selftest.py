@@ -40,6 +40,52 @@ def _first_window(work: Path, report: SelfTestReport) -> None:
     app.processEvents()
 
 
+def _video_check(work: Path, report: SelfTestReport) -> None:
+    """Play a generated animated GIF through Qt Multimedia, as the app plays videos and cameras: this proves the
+    multimedia plugin and its FFmpeg libraries are there (a frozen build can easily miss them)."""
+    import numpy as np
+    from PIL import Image
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    from app.main import make_app
+    from app.sources import Sources
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    frames = [Image.new("RGB", (64, 48), c) for c in colours]
+    path = work / "colours.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=80, loop=0)
+    app = make_app([])
+    sources = Sources()
+    seen: list[tuple[int, int, int]] = []
+    outcome: list[str] = []
+    loop = QEventLoop()
+
+    def frame() -> None:
+        latest = sources.feed.latest() if sources.feed is not None else None
+        if latest is not None:
+            seen.append(tuple(int(v) for v in np.asarray(latest.pixels)[24, 32]))  # type: ignore[arg-type]
+
+    def stopped(error: str) -> None:
+        outcome.append(error)
+        loop.quit()
+
+    sources.frame.connect(frame)
+    sources.live_stopped.connect(stopped)
+    QTimer.singleShot(20_000, loop.quit)
+    started = time.perf_counter()
+    sources.open_video(path)
+    loop.exec()
+    sources.shutdown()
+    app.processEvents()
+    if outcome != [""]:
+        raise RuntimeError(f"the video did not play: {outcome[0] if outcome else 'timed out'}")
+    close = [c for c in colours if any(max(abs(a - b) for a, b in zip(c, s, strict=True)) < 40 for s in seen)]
+    if not close:
+        raise RuntimeError(f"the video's frames came out wrong: {seen[:5]}")
+    report.versions["video playback"] = (f"{len(seen)} frames, {len(close)} of {len(colours)} colours seen, "
+                                         f"{time.perf_counter() - started:.2f} s")
+
+
 def _window_check(work: Path, model_dir: Path, report: SelfTestReport) -> None:
     from PySide6.QtCore import QEventLoop, QTimer
 
@@ -86,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="glimpse-selftest-") as tmp:
         work = Path(tmp)
         report.step("open the main window offscreen", lambda: _first_window(work, report))
+        report.step("play a video through Qt Multimedia", lambda: _video_check(work, report))
         model_dir = run_engine_selftest(report, work)
         if model_dir is not None:
             report.step("open the main window offscreen, load the model, close it",

@@ -1,33 +1,37 @@
-"""What the window is looking at: a live feed (a camera, or a video file played as one) for captions and freezing,
-and stills (a frozen frame, a screenshot, a pasted, dropped or opened image) to ask about.
+"""What the window is looking at: a live feed (a camera, a video file played as one, or the screen) for captions
+and freezing, and stills (a frozen frame, a screenshot, a pasted, dropped or opened image) to ask about.
 
-Nothing here blocks the GUI thread: cameras open and frames arrive on ``FrameFeed``'s threads, image files are
-decoded by a ``Job``. Screenshots are the exception Qt imposes (see ``app.capture.screen``).
+Nothing here blocks the GUI thread: cameras and videos run on QtMultimedia's threads and frames are converted on
+``FrameFeed``'s thread; image files are decoded by a ``Job``. Screen grabs are the exception Qt imposes (see
+``app.capture.screen``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QRect, Signal
 from PySide6.QtGui import QGuiApplication, QImage
 
-from app.capture.cameras import Camera
+from app.capture.cameras import Camera, find_device, multimedia_problem
 from app.capture.feed import FrameFeed
-from app.capture.screen import ScreenCapture
+from app.capture.live import LiveSource
+from app.capture.screen import LiveScreen, ScreenCapture
 from app.images import from_qimage, is_video, read_image_file
 from app.jobs import Job
 from app.qtcompat import emit
-from engine.caption import open_camera, open_video
+from engine.caption import FrameSource
+from engine.errors import CaptureError
 
 U8Array = npt.NDArray[np.uint8]
 
 
 class Sources(QObject):
-    live_started = Signal(str)  # what is playing: "Camera: <name>" or "Video: <file name>"
+    live_started = Signal(str)  # what is playing: "Camera: <name>", "Video: <file name>" or "Screen: <what>"
     live_stopped = Signal(str)  # the feed ended by itself: "" at the end of a video, else why it failed
     live_closed = Signal()  # the feed was closed on purpose (another source, or none)
     frame = Signal()  # a new live frame: read feed.latest()
@@ -42,19 +46,53 @@ class Sources(QObject):
         self._old_feeds: list[FrameFeed] = []
         self.screen = ScreenCapture(self)
         self.screen.captured.connect(self._screenshot)
+        self.screen.region_chosen.connect(self._live_region_chosen)
+        self._live_region = ""  # set: the next region picked on the overlay is for a live feed, not a screenshot
         self.screen.failed.connect(self._grab_failed)
-        self.screen.cancelled.connect(lambda: emit(self.grab_finished))
+        self.screen.cancelled.connect(self._grab_cancelled)
         self._loader: Job | None = None
         self._spent: Job | None = None
 
     # -- live -----------------------------------------------------------------------------------------------------
 
     def open_camera(self, camera: Camera) -> None:
-        self._start_feed(FrameFeed(lambda: open_camera(camera.index), camera.name, self), f"Camera: {camera.name}")
+        problem = multimedia_problem()
+        device = None if problem else find_device(camera)
+        if device is None:
+            error = CaptureError(problem or f"The camera {camera.name} is not connected.",
+                                 "" if problem else "Plug it in, or choose another camera under Source.")
+            self._start_feed(FrameFeed(_failing(error), camera.name, self), f"Camera: {camera.name}")
+            return
+        from app.capture.media import MediaSource
+
+        self._start_live(MediaSource.camera(device, self), f"Camera: {camera.name}")
 
     def open_video(self, path: str | Path) -> None:
         path = Path(path)
-        self._start_feed(FrameFeed(lambda: open_video(path, realtime=True), path.name, self), f"Video: {path.name}")
+        problem = multimedia_problem()
+        if problem:
+            self._start_feed(FrameFeed(_failing(CaptureError(problem)), path.name, self), f"Video: {path.name}")
+            return
+        from app.capture.media import MediaSource
+
+        self._start_live(MediaSource.video(path, self), f"Video: {path.name}")
+
+    def open_screen(self, what: str, label: str) -> None:
+        """The screen as a live source: ``"desktop"``, ``"screen:N"``, or ``"region"`` (picked on the overlay first);
+        ``label`` is what the source list calls it."""
+        if what == "region":
+            self._live_region = label
+            self.screenshot("region")
+            return
+        self._start_live(LiveScreen(what, parent=self), label)
+
+    def _live_region_chosen(self, index: int, rect: QRect) -> None:
+        label, self._live_region = self._live_region, ""
+        if label:
+            self._start_live(LiveScreen(f"screen:{index}", rect, self), label)
+
+    def _start_live(self, source: LiveSource, label: str) -> None:
+        self._start_feed(FrameFeed(source.wait_ready, source.name, self), label)
 
     def _start_feed(self, feed: FrameFeed, label: str) -> None:
         self.stop_live()
@@ -97,11 +135,17 @@ class Sources(QObject):
 
     def _screenshot(self, pixels: U8Array, description: str) -> None:
         emit(self.grab_finished)
-        emit(self.still, pixels, f"a screenshot of {description}")
+        if not self._live_region:  # a live region's feed starts from region_chosen instead
+            emit(self.still, pixels, f"a screenshot of {description}")
 
     def _grab_failed(self, message: str) -> None:
+        self._live_region = ""
         emit(self.grab_finished)
         emit(self.failed, message)
+
+    def _grab_cancelled(self) -> None:
+        self._live_region = ""
+        emit(self.grab_finished)
 
     def paste(self) -> None:
         """An image on the clipboard, or an image file copied in a file manager."""
@@ -160,3 +204,10 @@ class Sources(QObject):
         if self._loader is not None:
             ok = self._loader.wait(timeout_s) and ok
         return ok
+
+
+def _failing(error: CaptureError) -> Callable[[], FrameSource]:
+    """An opener that fails at once, so a source that cannot open is reported the way every other failure is."""
+    def opener() -> FrameSource:
+        raise error
+    return opener

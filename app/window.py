@@ -20,6 +20,7 @@ from app.capture.cameras import Camera, list_cameras, with_camera_permission
 from app.capture.screen import screen_label, unavailable_reason
 from app.export import captions_markdown, captions_srt
 from app.images import IMAGE_FILTER, VIDEO_FILTER, VIDEO_SUFFIXES, to_qimage
+from app.jobs import describe_error
 from app.live_mode import LiveCaptions
 from app.settings import Settings
 from app.sources import Sources
@@ -106,6 +107,7 @@ class MainWindow(QMainWindow):
         t, w, s = self.toolbar, self.worker, self.sources
         t.camera_chosen.connect(self.choose_camera)
         t.video_requested.connect(self._ask_for_video)
+        t.screen_live_requested.connect(self.watch_screen)
         t.live_off.connect(self.sources.stop_live)
         t.capture_requested.connect(self.take_screenshot)
         t.paste_requested.connect(self.sources.paste)
@@ -162,8 +164,9 @@ class MainWindow(QMainWindow):
             self.choose_camera(last)
 
     def _update_capture_menu(self) -> None:
-        self.toolbar.rebuild_capture_menu([screen_label(i, s) for i, s in enumerate(QGuiApplication.screens())],
-                                          unavailable_reason())
+        screens = [screen_label(i, s) for i, s in enumerate(QGuiApplication.screens())]
+        self.toolbar.rebuild_capture_menu(screens, unavailable_reason())
+        self.toolbar.set_screens(screens, unavailable_reason())
 
     # -- models ---------------------------------------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class MainWindow(QMainWindow):
         try:
             path = self.store.path(name)
         except GlimpseError as e:
-            self._model_failed(str(e))
+            self._model_failed(describe_error(e))
             return
         self.live.stop()
         self.asking.model_changed()
@@ -244,6 +247,15 @@ class MainWindow(QMainWindow):
         if path:
             self.sources.open_file(path)
 
+    def watch_screen(self, what: str, label: str) -> None:
+        """The screen as the live source (captions of what is on it, or freeze it to ask about it)."""
+        reason = unavailable_reason()
+        if reason:
+            self.show_error(reason, ("Paste an image", self.sources.paste))
+            self.toolbar.source.setCurrentIndex(0)
+            return
+        self.sources.open_screen(what, label)
+
     def take_screenshot(self, what: str) -> None:
         reason = unavailable_reason()
         if reason:
@@ -252,6 +264,8 @@ class MainWindow(QMainWindow):
         self.sources.screenshot(what, self.settings.screenshot_delay)
 
     def _grab_finished(self) -> None:
+        if self.sources.feed is None and (self.toolbar.source.currentData() or ("",))[0] == "screen":
+            self.toolbar.source.setCurrentIndex(0)  # a live region that was cancelled (or is about to start)
         if not self._closing:
             self.show()
             self.raise_()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -156,18 +156,25 @@ class _CaptureThread:
         self._thread.join(timeout=5)
 
 
-def _quiet_cv2() -> None:
-    """OpenCV prints its own warnings for a missing camera; we raise a sentence instead."""
-    import cv2
+def _cv2() -> Any:
+    """OpenCV, quietened (it prints its own warnings for a missing camera; we raise a sentence instead).
 
+    Only headless capture from the command line uses it; the desktop app reads cameras and videos with QtMultimedia,
+    and its packaged build leaves OpenCV out."""
+    try:
+        import cv2
+    except ImportError:
+        raise CaptureError("Camera and video capture from the command line needs OpenCV, which this installation "
+                           "does not include.",
+                           "Use the Glimpse window (Source menu), or install Glimpse from source with pip, which "
+                           "includes OpenCV.") from None
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return cv2
 
 
 def open_camera(index: int) -> _CaptureThread:
     """Open camera ``index`` (0 is the default camera) and start reading it."""
-    import cv2
-
-    _quiet_cv2()
+    cv2 = _cv2()
     cap = cv2.VideoCapture(index)
     if not cap.isOpened():
         cap.release()
@@ -179,12 +186,10 @@ def open_camera(index: int) -> _CaptureThread:
 
 def open_video(path: str | Path, *, realtime: bool = True) -> _CaptureThread:
     """Play a video file as if it were a camera (``realtime``) or as fast as frames are taken."""
-    import cv2
-
     path = Path(path)
     if not path.is_file():
         raise CaptureError(f"{path} does not exist.", "Check the path of the video.")
-    _quiet_cv2()
+    cv2 = _cv2()
     cap = cv2.VideoCapture(str(path))
     ok = cap.isOpened()
     fps = cap.get(cv2.CAP_PROP_FPS) if ok else 0.0
@@ -281,12 +286,11 @@ def open_source(spec: str, *, realtime: bool = True) -> FrameSource:
 
 
 def thumbnail(pixels: U8Array) -> npt.NDArray[np.float32]:
-    """A 32x32 grey thumbnail for change detection (area-averaged, so sensor noise mostly cancels)."""
-    import cv2
+    """A 32x32 grey thumbnail for change detection (box-averaged, so sensor noise mostly cancels)."""
+    from PIL import Image
 
-    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
-    small: npt.NDArray[np.float32] = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-    return small
+    grey = Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB").convert("L")
+    return np.asarray(grey.resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
 
 
 def changed(previous: npt.NDArray[np.float32] | None, current: npt.NDArray[np.float32],

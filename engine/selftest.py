@@ -57,7 +57,7 @@ def versions() -> dict[str, str]:
     from importlib import import_module, metadata
 
     for module, dist in (("numpy", "numpy"), ("PIL", "pillow"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
-                         ("llama_cpp", "llama-cpp-python"), ("gguf", "gguf"), ("cv2", "opencv-python-headless")):
+                         ("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")):
         try:
             version = getattr(import_module(module), "__version__", None)
         except Exception as e:  # a missing native library is exactly what the self-test is for

@@ -1,42 +1,62 @@
-"""Camera names from QtMultimedia, capture by OpenCV, and the operating system's camera permission.
+"""The cameras QtMultimedia lists, by name, and the operating system's camera permission.
 
-QtMultimedia knows the cameras' names; OpenCV (through ``engine.caption.open_camera``) reads them on a background
-thread. The two number cameras independently: on Linux the device id names the /dev/videoN node, which is OpenCV's
-index; elsewhere both follow the system's enumeration order, so the position in Qt's list is used.
+A camera is remembered by its device id (stable across restarts, unlike its position in the list) and looked up
+again when it is opened, so a camera unplugged in the meantime is reported rather than opened by mistake.
+QtMultimedia is imported only when needed: where it cannot load (a system without its audio libraries), the window
+still opens and says so, and screenshots, files and pasting still work.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt
 
-_V4L2 = re.compile(r"/dev/video(\d+)$")
+if TYPE_CHECKING:
+    from PySide6.QtMultimedia import QCameraDevice
 
 
 @dataclass(frozen=True)
 class Camera:
     name: str
-    device_id: str
-    index: int  # OpenCV's camera index
+    device_id: str  # empty: the system's default camera
+
+
+def multimedia_problem() -> str:
+    """Why cameras and videos cannot be used here, or "" when QtMultimedia loads."""
+    try:
+        import PySide6.QtMultimedia  # noqa: F401
+    except ImportError as e:
+        return (f"Cameras and videos are unavailable because Qt Multimedia cannot load ({e}). "
+                "Screenshots, pasted and opened images still work.")
+    return ""
 
 
 def list_cameras() -> tuple[list[Camera], str]:
-    """The cameras, and a note when names cannot be listed (then the default camera is offered unnamed)."""
-    try:
-        from PySide6.QtMultimedia import QMediaDevices
-    except ImportError as e:
-        return [Camera("Default camera", "", 0)], (
-            f"Camera names are unavailable because Qt Multimedia cannot load ({e}); the default camera is offered.")
-    cameras = []
-    for position, device in enumerate(QMediaDevices.videoInputs()):
-        device_id = bytes(device.id().data()).decode("utf-8", errors="replace")
-        match = _V4L2.search(device_id)
-        index = int(match.group(1)) if match else position
-        cameras.append(Camera(device.description() or f"Camera {position + 1}", device_id, index))
-    return cameras, ""
+    """The cameras by name, and a sentence when none can be listed because QtMultimedia cannot load."""
+    problem = multimedia_problem()
+    if problem:
+        return [], problem
+    from PySide6.QtMultimedia import QMediaDevices
+
+    from app.capture.media import device_id
+
+    return [Camera(device.description() or f"Camera {position + 1}", device_id(device))
+            for position, device in enumerate(QMediaDevices.videoInputs())], ""
+
+
+def find_device(camera: Camera) -> QCameraDevice | None:
+    """The device behind ``camera`` now, or None when it is no longer connected."""
+    from PySide6.QtMultimedia import QMediaDevices
+
+    from app.capture.media import device_id
+
+    if not camera.device_id:
+        device = QMediaDevices.defaultVideoInput()
+        return None if device.isNull() else device
+    return next((d for d in QMediaDevices.videoInputs() if device_id(d) == camera.device_id), None)
 
 
 DENIED = ("Glimpse is not allowed to use the camera. Allow it in your system's privacy settings "

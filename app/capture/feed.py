@@ -1,10 +1,10 @@
-"""A live source (a camera, or a video file played as one) shared by the preview and the caption loop.
+"""A live source (a camera, a video file played as one, or the screen) shared by the preview and the caption loop.
 
-The engine's capture thread keeps only the newest frame. A second thread here takes each frame from it and hands
-it to two places: a one-frame slot the model worker's caption loop reads (so the model only ever sees the newest
-frame and nothing queues), and the preview, which is told by a signal only when it has drawn the previous frame
-(so a slow window drops frames instead of piling up events). Opening the device also happens on that thread:
-OpenCV can take seconds to open a camera.
+The source keeps only its newest picture (``app.capture.live``). The feed's thread takes each one, converts it to
+RGB, and hands it to two places: a one-frame slot the model worker's caption loop reads (so the model only ever sees
+the newest frame and nothing queues), and the preview, which is told by a signal only when it has drawn the previous
+frame (so a slow window drops frames instead of piling up events). Waiting for a device to open also happens on that
+thread: a camera can take seconds to show its first picture.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ _POLL_S = 0.1  # how long a take() may wait, so stopping never waits long
 
 
 class FrameFeed(QObject):
-    """Frames from ``opener()`` (e.g. ``lambda: open_camera(0)``). Also a ``FrameSource`` for ``caption_stream``."""
+    """Frames from the source ``opener()`` returns (e.g. ``MediaSource.wait_ready``), read on the feed's thread.
+    Also a ``FrameSource`` for ``caption_stream``."""
 
     opened = Signal(str)  # the feed's name
     frame_ready = Signal()  # call latest() to get it

@@ -10,11 +10,13 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, QPoint, QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QImage, QPainter, QPixmap, QScreen
 
+from app.capture.live import LiveSource
 from app.capture.region_overlay import RegionOverlay, crop
 from app.images import from_qimage
 from app.qtcompat import emit
 
 SETTLE_MS = 250  # time for the compositor to remove our own window before the grab
+LIVE_INTERVAL_MS = 500  # the screen as a live source: two pictures a second, plenty for captions
 
 WAYLAND = ("The screen cannot be captured under Wayland: the desktop does not let applications read it. "
            "Take a screenshot with your desktop's tool, then paste it here (Ctrl+V) or open the file.")
@@ -34,6 +36,10 @@ def screen_label(index: int, screen: QScreen) -> str:
     ratio = screen.devicePixelRatio()
     scale = f" at {ratio:g}x" if ratio != 1 else ""
     return f"Screen {index + 1}: {screen.name() or 'display'} ({g.width()}×{g.height()}{scale})"
+
+
+def region_label(index: int, screen: QScreen) -> str:
+    return f"a region of {screen_label(index, screen).split(':')[0].lower()}"
 
 
 def grab(screen: QScreen) -> QPixmap:
@@ -73,11 +79,67 @@ def desktop_image(shots: list[tuple[QScreen, QPixmap]]) -> QImage:
     return canvas
 
 
+def grab_picture(what: str, region: QRect | None = None) -> tuple[QImage, str]:
+    """Grab ``"desktop"`` or ``"screen:N"`` (then optionally only logical ``region`` of it) now; the picture and
+    what it shows. Raises ``ValueError`` with a sentence when the screen is gone or the grab came back blank."""
+    screens = QGuiApplication.screens()
+    if what.startswith("screen:"):
+        index = int(what.split(":", 1)[1])
+        if not 0 <= index < len(screens):
+            raise ValueError(f"Screen {index + 1} is no longer connected.")
+        shot = grab(screens[index])
+        if region is None:
+            image, label = shot.toImage(), screen_label(index, screens[index])
+        else:
+            image = crop(shot, region)
+            label = f"{region_label(index, screens[index])} ({image.width()}×{image.height()})"
+    else:
+        image = desktop_image([(s, grab(s)) for s in screens])
+        label = f"the whole desktop ({image.width()}×{image.height()})"
+    if is_blank(image):
+        raise ValueError(BLANK)
+    return image, label
+
+
+class LiveScreen(LiveSource):
+    """The screen as a live source: ``"desktop"``, ``"screen:N"`` or a region of screen N, grabbed twice a second on
+    the GUI thread (Qt grabs only there; a grab is a few milliseconds, the RGB conversion happens on the feed's
+    thread)."""
+
+    def __init__(self, what: str, region: QRect | None = None, parent: QObject | None = None) -> None:
+        super().__init__("screen", parent)
+        self._what = what
+        self._region = QRect(region) if region is not None else None
+        self._timer = QTimer(self)
+        self._timer.setInterval(LIVE_INTERVAL_MS)
+        self._timer.timeout.connect(self._grab)
+        reason = unavailable_reason()
+        if reason:
+            self._finish(reason)
+            return
+        self._grab()
+        self._timer.start()
+
+    def _grab(self) -> None:
+        try:
+            image, label = grab_picture(self._what, self._region)
+        except ValueError as e:
+            self._timer.stop()
+            self._finish(str(e))
+            return
+        self.name = label[0].upper() + label[1:]
+        self._offer(image)
+
+    def _stop(self) -> None:
+        self._timer.stop()
+
+
 class ScreenCapture(QObject):
     """``capture("desktop" | "screen:N" | "region", delay_s)``; then exactly one of ``captured``, ``failed`` or
     ``cancelled``."""
 
     captured = Signal(object, str)  # RGB uint8 array, a description of what it shows
+    region_chosen = Signal(int, QRect)  # the screen's index and the logical rectangle (a live region needs both)
     failed = Signal(str)
     cancelled = Signal()
 
@@ -109,24 +171,19 @@ class ScreenCapture(QObject):
         self._close_overlays(cancelled=True)
 
     def _grab(self) -> None:
-        screens = QGuiApplication.screens()
-        shots = [(s, grab(s)) for s in screens]
-        if not shots or all(is_blank(shot.toImage()) for _, shot in shots):
-            emit(self.failed, BLANK)
+        if self._what == "region":
+            shots = [(s, grab(s)) for s in QGuiApplication.screens()]
+            if not shots or all(is_blank(shot.toImage()) for _, shot in shots):
+                emit(self.failed, BLANK)
+            else:
+                self._pick_region(shots)
             return
-        what = self._what
-        if what == "region":
-            self._pick_region(shots)
-        elif what.startswith("screen:"):
-            index = int(what.split(":", 1)[1])
-            if not 0 <= index < len(shots):
-                emit(self.failed, f"Screen {index + 1} is no longer connected.")
-                return
-            screen, shot = shots[index]
-            emit(self.captured, from_qimage(shot.toImage()), screen_label(index, screen))
-        else:
-            image = desktop_image(shots)
-            emit(self.captured, from_qimage(image), f"the whole desktop ({image.width()}×{image.height()})")
+        try:
+            image, label = grab_picture(self._what)
+        except ValueError as e:
+            emit(self.failed, str(e))
+            return
+        emit(self.captured, from_qimage(image), label)
 
     def _pick_region(self, shots: list[tuple[QScreen, QPixmap]]) -> None:
         self._shots = shots
@@ -146,8 +203,8 @@ class ScreenCapture(QObject):
         screen, shot = self._shots[index]
         image = crop(shot, rect)
         self._close_overlays(cancelled=False)
-        emit(self.captured, from_qimage(image),
-             f"a region of {screen_label(index, screen).split(':')[0].lower()} ({image.width()}×{image.height()})")
+        emit(self.captured, from_qimage(image), f"{region_label(index, screen)} ({image.width()}×{image.height()})")
+        emit(self.region_chosen, index, QRect(rect))
 
     def _close_overlays(self, *, cancelled: bool) -> None:
         had = bool(self._overlays)

@@ -19,6 +19,7 @@ MANAGE = "__manage__"
 class MainToolbar(QToolBar):
     camera_chosen = Signal(object)  # Camera
     video_requested = Signal()
+    screen_live_requested = Signal(str, str)  # "desktop" | "screen:N" | "region", and the item's text
     live_off = Signal()
     capture_requested = Signal(str)  # "desktop", "screen:N", "region"
     freeze_requested = Signal()
@@ -38,8 +39,12 @@ class MainToolbar(QToolBar):
         self.source = QComboBox()
         self.source.setAccessibleName("Live source")
         self.source.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.source.setToolTip("The camera or video file to caption or freeze")
+        self.source.setToolTip("The camera, video file or screen to caption or freeze")
         self.source.activated.connect(self._source_activated)
+        self._cameras: list[Camera] = []
+        self._camera_note = ""
+        self._screens: list[str] = []
+        self._screen_reason = ""
         self.addWidget(QLabel(" Source "))
         self.addWidget(self.source)
 
@@ -103,22 +108,42 @@ class MainToolbar(QToolBar):
     # -- sources --------------------------------------------------------------------------------------------------
 
     def set_cameras(self, cameras: list[Camera], note: str = "") -> None:
+        self._cameras, self._camera_note = cameras, note
+        self._rebuild_sources()
+
+    def set_screens(self, screens: list[str], reason: str = "") -> None:
+        """``screens``: labels from ``screen_label``; ``reason``: why the screen cannot be captured here."""
+        self._screens, self._screen_reason = screens, reason
+        self._rebuild_sources()
+
+    def _rebuild_sources(self) -> None:
+        model = self.source.model()
         self.source.clear()
         self.source.addItem("No live source", ("off", None))
-        for camera in cameras:
+        for camera in self._cameras:
             self.source.addItem(f"Camera: {camera.name}", ("camera", camera))
-        if not cameras:
+        if not self._cameras:
             self.source.addItem("No camera found", ("none", None))
-            item = self.source.model().item(self.source.count() - 1)  # type: ignore[attr-defined]
-            item.setEnabled(False)
+            model.item(self.source.count() - 1).setEnabled(False)  # type: ignore[attr-defined]
         self.source.addItem("Video file…", ("video", None))
-        self.source.setToolTip(note or "The camera or video file to caption or freeze")
+        screens = [("desktop", "Screen: whole desktop" if len(self._screens) > 1 else "Screen: whole screen")]
+        if len(self._screens) > 1:
+            screens += [(f"screen:{i}", f"Screen: {label.split(': ', 1)[0].lower()} only")
+                        for i, label in enumerate(self._screens)]
+        screens.append(("region", "Screen: a region…"))
+        for what, text in screens:
+            self.source.addItem(text, ("screen", what))
+            item = model.item(self.source.count() - 1)  # type: ignore[attr-defined]
+            item.setToolTip(self._screen_reason or "Caption what is on the screen, twice a second")
+            item.setEnabled(not self._screen_reason)
+        self.source.setToolTip(self._camera_note or "The camera, video file or screen to caption or freeze")
 
     def show_live_source(self, label: str) -> None:
         """Show what is playing (a video file is not in the list until it is opened)."""
         index = self.source.findText(label)
         if index < 0:
-            self.source.insertItem(self.source.count() - 1, label, ("file", None))
+            video = next(i for i in range(self.source.count()) if self.source.itemData(i)[0] == "video")
+            self.source.insertItem(video, label, ("file", None))
             index = self.source.findText(label)
         self.source.setCurrentIndex(index)
 
@@ -126,6 +151,8 @@ class MainToolbar(QToolBar):
         kind, camera = self.source.itemData(index)
         if kind == "camera":
             emit(self.camera_chosen, camera)
+        elif kind == "screen":
+            emit(self.screen_live_requested, str(camera), self.source.itemText(index))
         elif kind == "video":
             emit(self.video_requested)
         elif kind == "off":

@@ -24,14 +24,14 @@ from engine.store import Store
 
 def test_no_camera(qtbot: QtBot, window: MainWindow) -> None:
     with qtbot.waitSignal(window.sources.live_stopped, timeout=10_000):
-        window.choose_camera(Camera("Missing camera", "", 99))
-    assert "No camera could be opened at index 99" in window.messages.text()
+        window.choose_camera(Camera("Missing camera", "/dev/video99"))
+    assert "The camera Missing camera is not connected" in window.messages.text()
     assert window.sources.feed is None
 
 
 def test_camera_permission_denied(qtbot: QtBot, window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(QApplication, "checkPermission", lambda self, p: Qt.PermissionStatus.Denied)
-    window.choose_camera(Camera("Webcam", "/dev/video0", 0))
+    window.choose_camera(Camera("Webcam", "/dev/video0"))
     assert "not allowed to use the camera" in window.messages.text()
     assert window.sources.feed is None
 
@@ -43,9 +43,9 @@ def test_camera_permission_asked_first(qtbot: QtBot, window: MainWindow, monkeyp
     monkeypatch.setattr(QApplication, "requestPermission",
                         lambda self, p, context, answered: (asked.append(p), answered(p)))
     with qtbot.waitSignal(window.sources.live_stopped, timeout=10_000):
-        window.choose_camera(Camera("Missing camera", "", 99))  # allowed: then it is opened (and not found)
+        window.choose_camera(Camera("Missing camera", "/dev/video99"))  # allowed: then it is opened (and not found)
     assert len(asked) == 1
-    assert "No camera could be opened at index 99" in window.messages.text()
+    assert "The camera Missing camera is not connected" in window.messages.text()
 
 
 class _UnpluggedCamera:
@@ -187,11 +187,11 @@ def test_corrupt_settings_fall_back_with_a_notice(qtbot: QtBot, tmp_path: Path, 
     window.close()
 
 
-def test_camera_names_and_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_camera_names_and_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     from PySide6.QtCore import QByteArray
     from PySide6.QtMultimedia import QMediaDevices
 
-    from app.capture.cameras import list_cameras
+    from app.capture.cameras import find_device, list_cameras
 
     class Device:
         def __init__(self, device_id: bytes, name: str) -> None:
@@ -207,12 +207,16 @@ def test_camera_names_and_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
         Device(b"/dev/video2", "USB webcam"), Device(b"\\\\?\\usb#vid_046d", "")]))
     cameras, note = list_cameras()
     assert note == ""
-    assert [(c.name, c.index) for c in cameras] == [("USB webcam", 2), ("Camera 2", 1)]
+    assert cameras == [Camera("USB webcam", "/dev/video2"), Camera("Camera 2", "\\\\?\\usb#vid_046d")]
+    found = find_device(cameras[1])
+    assert found is not None and found.description() == ""
+    assert find_device(Camera("USB webcam", "/dev/video0")) is None  # the same name on another node is not it
 
 
 def test_no_camera_is_said_in_the_list(window: MainWindow) -> None:
     window.toolbar.set_cameras([])
     texts = [window.toolbar.source.itemText(i) for i in range(window.toolbar.source.count())]
-    assert texts == ["No live source", "No camera found", "Video file…"]
-    window.toolbar.set_cameras([Camera("Webcam", "/dev/video0", 0)])
+    assert texts[:3] == ["No live source", "No camera found", "Video file…"]
+    assert texts[3:] == ["Screen: whole screen", "Screen: a region…"]  # offscreen Qt has one screen
+    window.toolbar.set_cameras([Camera("Webcam", "/dev/video0")])
     assert window.toolbar.source.itemText(1) == "Camera: Webcam"

@@ -158,3 +158,15 @@ def test_cli_caption_without_camera(tiny_model_dir: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("glimpse: error: No camera could be opened at index 7.")
     assert "Traceback" not in result.stderr
+
+
+def test_capture_without_opencv_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The packaged app leaves OpenCV out: headless capture then explains itself instead of failing to import."""
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    with pytest.raises(CaptureError, match="needs OpenCV") as raised:
+        open_camera(0)
+    assert "Glimpse window" in str(raised.value)
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"x")
+    with pytest.raises(CaptureError, match="needs OpenCV"):
+        open_video(video)

@@ -1,0 +1,213 @@
+"""Live sources read through Qt: a video file played by QtMultimedia, the screen (whole, or a region picked on the
+overlay) grabbed twice a second, and what a camera that goes away reports."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint
+from PySide6.QtGui import QColor, QImage, QPixmap
+from pytestqt.qtbot import QtBot
+
+from app.capture.feed import FrameFeed
+from app.capture.live import LiveSource
+from app.capture.media import MediaSource
+from app.sources import Sources
+from app.window import MainWindow
+from engine.errors import CaptureError
+from tests.app.conftest import write_video
+from tests.app.test_region_overlay import drag, patterned_shot
+
+
+def _frames(feed: FrameFeed, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
+    got: list[np.ndarray] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline and not feed.ended:
+        frame = feed.take(timeout=0.1)
+        if frame is not None:
+            got.append(frame.pixels)
+    return got
+
+
+def test_a_video_plays_through_qt_multimedia(qtbot: QtBot, tmp_path: Path) -> None:
+    path = write_video(tmp_path / "sweep.avi", frames=12, fps=24)
+    sources = Sources()
+    shown: list[tuple[int, ...]] = []
+    sources.frame.connect(lambda: shown.append(sources.feed.latest().pixels.shape) if sources.feed else None)
+    try:
+        with qtbot.waitSignal(sources.live_started, timeout=10_000) as started:
+            sources.open_video(path)
+        assert started.args[0] == "Video: sweep.avi"
+        with qtbot.waitSignal(sources.live_stopped, timeout=10_000) as stopped:
+            pass
+        assert stopped.args[0] == ""  # the end of a video is not an error
+        assert shown and set(shown) == {(120, 160, 3)}
+        assert sources.feed is None
+    finally:
+        assert sources.shutdown()
+
+
+def test_the_feed_hands_qt_frames_over_in_order(qtbot: QtBot, tmp_path: Path) -> None:
+    import cv2
+
+    path = write_video(tmp_path / "sweep.avi", frames=12, fps=12)
+    reference = []
+    cap = cv2.VideoCapture(str(path))
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        reference.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(int))
+    source = MediaSource.video(path)
+    feed = FrameFeed(source.wait_ready, "sweep.avi")
+    feed.start()
+    try:
+        frames: list[np.ndarray] = []
+        qtbot.waitUntil(lambda: frames.extend(_frames(feed, 12, 0.05)) or feed.ended, timeout=10_000)
+    finally:
+        feed.close()
+        assert feed.wait(5)
+    assert len(frames) >= 6  # 12 frames at 12 fps; the test takes them as fast as they come
+    # Each frame is the closest to one of the file's frames, and they come in the file's order.
+    matches = [int(np.argmin([np.abs(f.astype(int) - r).mean() for r in reference])) for f in frames]
+    assert matches == sorted(matches) and len(set(matches)) == len(matches)
+    assert all(np.abs(f.astype(int) - reference[m]).mean() < 6 for f, m in zip(frames, matches, strict=True))
+
+
+def test_an_unreadable_video_says_so(qtbot: QtBot, tmp_path: Path) -> None:
+    broken = tmp_path / "holiday.mp4"
+    broken.write_bytes(b"this is not a video at all\n" * 100)
+    sources = Sources()
+    try:
+        with qtbot.waitSignal(sources.live_stopped, timeout=15_000) as stopped:
+            sources.open_video(broken)
+        assert "holiday.mp4" in stopped.args[0] and "MP4, AVI, MKV or WebM" in stopped.args[0]
+        with qtbot.waitSignal(sources.live_stopped, timeout=15_000) as stopped:
+            sources.open_video(tmp_path / "gone.avi")
+        assert "gone.avi does not exist" in stopped.args[0]
+        assert sources.feed is None
+    finally:
+        assert sources.shutdown()
+
+
+def test_the_whole_screen_as_a_live_source(qtbot: QtBot, window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.capture import screen
+
+    shot, pixels = patterned_shot(1600, 1600, 2.0)  # the offscreen screen: 800 x 800 logical pixels at 200 %
+    monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))
+    window.toolbar.mode.setCurrentIndex(window.toolbar.mode.findData("ask"))  # no captions: only the feed
+    index = window.toolbar.source.findText("Screen: whole screen")
+    assert index > 0
+    with qtbot.waitSignal(window.sources.live_started, timeout=10_000) as started:
+        window.toolbar.source.setCurrentIndex(index)
+        window.toolbar._source_activated(index)
+    assert started.args[0] == "Screen: whole screen"
+    assert window.toolbar.source.currentText() == "Screen: whole screen"
+    feed = window.sources.feed
+    assert feed is not None
+    qtbot.waitUntil(lambda: feed.latest() is not None, timeout=5_000)
+    latest = feed.latest()
+    assert latest is not None and np.array_equal(latest.pixels, pixels)
+
+    black = QPixmap(1600, 1600)
+    black.fill(QColor("black"))
+    monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(black))  # the desktop stops letting us read it
+    with qtbot.waitSignal(window.sources.live_stopped, timeout=5_000) as stopped:
+        pass
+    assert "came back empty" in stopped.args[0]
+    assert "came back empty" in window.messages.text()
+
+
+def test_a_screen_region_as_a_live_source_gets_captions(qtbot: QtBot, window: MainWindow,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.capture import screen
+
+    shot, pixels = patterned_shot(1600, 1600, 2.0)
+    monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))
+    window.captions.interval.setValue(0.0)
+    window.watch_screen("region", "Screen: a region…")
+    qtbot.waitUntil(lambda: bool(window.sources.screen.overlays), timeout=5_000)
+    assert not window.isVisible()  # out of its own picture while the region is picked
+    overlay = window.sources.screen.overlays[0]
+    overlay.setGeometry(0, 0, 800, 800)
+    with qtbot.waitSignal(window.sources.live_started, timeout=5_000) as started:
+        drag(overlay, QPoint(100, 50), QPoint(300, 250))
+    assert started.args[0] == "Screen: a region…"
+    assert window.isVisible() and window.settings.mode == "live"
+    assert window.asking.picture is None  # a live region is not a screenshot to ask about
+    feed = window.sources.feed
+    assert feed is not None
+    qtbot.waitUntil(lambda: feed.latest() is not None, timeout=5_000)
+    latest = feed.latest()
+    assert latest is not None and np.array_equal(latest.pixels, pixels[100:500, 200:600])
+    qtbot.waitUntil(lambda: len(window.captions.entries) >= 1, timeout=30_000)
+    assert window.captions.entries[0].text
+    window.sources.stop_live()
+
+
+def test_cancelling_a_live_region_leaves_no_source(qtbot: QtBot, window: MainWindow,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from app.capture import screen
+
+    shot, _ = patterned_shot(1600, 1600, 2.0)
+    monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))
+    window.toolbar.source.setCurrentIndex(window.toolbar.source.findText("Screen: a region…"))
+    window.watch_screen("region", "Screen: a region…")
+    qtbot.waitUntil(lambda: bool(window.sources.screen.overlays), timeout=5_000)
+    with qtbot.waitSignal(window.sources.grab_finished, timeout=5_000):
+        QTest.keyClick(window.sources.screen.overlays[0], Qt.Key.Key_Escape)
+    assert window.sources.feed is None and window.isVisible()
+    assert window.toolbar.source.currentIndex() == 0
+    shot_taken: list[object] = []
+    window.sources.still.connect(lambda *a: shot_taken.append(a))
+    window.take_screenshot("region")  # the next region is a screenshot again, not a live source
+    qtbot.waitUntil(lambda: bool(window.sources.screen.overlays), timeout=5_000)
+    overlay = window.sources.screen.overlays[0]
+    overlay.setGeometry(0, 0, 800, 800)
+    with qtbot.waitSignal(window.sources.still, timeout=5_000):
+        drag(overlay, QPoint(10, 10), QPoint(60, 60))
+    assert window.sources.feed is None
+
+
+class _Device(LiveSource):
+    """A live source with a short stall limit, fed by hand."""
+
+    stall_s = 0.3
+    stalled = "{name} went quiet."
+
+
+def test_a_quiet_or_disconnected_camera_is_reported(qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PySide6.QtMultimedia import QMediaDevices
+
+    source = _Device("Webcam")
+    image = QImage(8, 6, QImage.Format.Format_RGB888)
+    image.fill(0x336699)
+    source._offer(image)
+    frame = source.wait_ready(1.0).take(0.1)
+    assert frame is not None and frame.pixels.shape == (6, 8, 3) and tuple(frame.pixels[0, 0]) == (0x33, 0x66, 0x99)
+    assert source.take(0.1) is None and source.error is None  # quiet, but not for long yet
+    time.sleep(0.35)
+    assert source.take(0.05) is None
+    assert source.ended and source.error == "Webcam went quiet."
+
+    camera = MediaSource("USB webcam")
+    camera._camera_id = "/dev/video4"
+    monkeypatch.setattr(QMediaDevices, "videoInputs", staticmethod(lambda: []))
+    camera._devices_changed()
+    assert camera.ended and camera.error is not None and "USB webcam was disconnected" in camera.error
+    for s in (source, camera):
+        s.close()
+        s.close()  # closing twice is harmless
+
+
+def test_a_source_that_never_shows_a_picture_times_out() -> None:
+    source = _Device("Capture card")
+    with pytest.raises(CaptureError, match=r"Capture card showed no picture within 0\.2 seconds"):
+        source.wait_ready(0.2)
+    assert source.ended
