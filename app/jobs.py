@@ -7,6 +7,7 @@ what it returns or raises comes back as ``done`` or ``failed`` with a sentence t
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +24,22 @@ log = logging.getLogger(__name__)
 JobFn = Callable[[ProgressFn, threading.Event], Any]
 
 
+# Advice written for a terminal: a --flag, a `glimpse ...` command, "run the command again".
+_CLI_ADVICE = re.compile(r"(?<![\w-])--[a-z]|`glimpse\b|\bglimpse (?:models|convert|ask|caption|bench|self-test)\b"
+                         r"|\bthe command again\b")
+
+
 def describe_error(e: BaseException) -> str:
-    """A sentence for the window: the engine's own sentence for expected failures, a short report for bugs."""
+    """A sentence for the window: the engine's own sentence for expected failures, a short report for bugs.
+
+    Expected failures show the error's ``gui_hint`` (advice in the window's terms). An error raised without one
+    whose hint is written for a terminal shows its message alone: no advice is better than advice to type a
+    command the user never sees."""
     if isinstance(e, GlimpseError):
-        return str(e)
+        if _CLI_ADVICE.search(e.gui_hint):
+            log.warning("%s has no advice for the window: %s", type(e).__name__, e.gui_hint)
+            return e.message
+        return e.gui_text
     return (f"Something went wrong inside Glimpse ({type(e).__name__}: {e}). "
             "Try again; if it keeps happening, please report it.")
 

@@ -97,7 +97,9 @@ def _read_header(path: Path) -> list[TensorInfo]:
     if data_end > size:
         raise CheckpointError(
             f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_end:,}.",
-            "The download was probably interrupted; download the checkpoint again (pull resumes where it stopped).")
+            "The download was probably interrupted; download the checkpoint again (pull resumes where it stopped).",
+            gui_hint="The download was probably interrupted; download it again in the model manager (it resumes "
+                     "where it stopped).")
     return infos
 
 
@@ -177,7 +179,9 @@ class Checkpoint:
             if missing:
                 raise CheckpointError(
                     f"{self.folder} is missing {len(missing)} of {len(names)} weight shards: {', '.join(missing)}.",
-                    "Download the missing files (glimpse models pull resumes), then try again.")
+                    "Download the missing files (glimpse models pull resumes), then try again.",
+                    gui_hint="Download the model in the model manager (it resumes), or import a complete "
+                             "checkpoint folder.")
             return [self.folder / n for n in names]
         if single.is_file():
             return [single]

@@ -226,7 +226,8 @@ class Conversation:
                     f"room for {max_tokens} answer tokens need {len(positions) + max_tokens} positions, but the "
                     f"context holds {n_ctx}.",
                     "Use a smaller image size, a shorter question or fewer max tokens, or load the model with a "
-                    "larger n_ctx.")
+                    "larger n_ctx.",
+                    gui_hint="Choose a smaller image size or a shorter answer length, or ask a shorter question.")
             first += 1
         dropped = first - self._first_kept
         self._first_kept = first

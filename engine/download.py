@@ -64,6 +64,10 @@ _TRUE = {"1", "on", "yes", "true"}
 _REPORT_EVERY_S = 0.1
 _RATE_WINDOW_S = 5.0
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+# The window's wording of advice that the command line gives as commands (GlimpseError.gui_hint).
+_IMPORT_GUI = "import a checkpoint folder you already have with Import folder… in the model manager."
+_OFFLINE_GUI = "Connect to the internet and download it again (it resumes), or " + _IMPORT_GUI
+_LAYOUT_CHANGED_GUI = "The repository layout changed; update Glimpse, or " + _IMPORT_GUI
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,7 @@ class _Downloader:
         elif SINGLE_WEIGHTS not in names and any(f.name.endswith(".safetensors") for f in self.entry.files):
             raise DownloadError(f"{self.entry.repo} has neither {SINGLE_WEIGHTS} nor {INDEX_FILE}.",
                                 "The repository layout changed; update Glimpse, or import a checkpoint folder "
-                                "with `glimpse models import`.")
+                                "with `glimpse models import`.", gui_hint=_LAYOUT_CHANGED_GUI)
         return remotes
 
     def _shards(self) -> list[str]:
@@ -378,12 +382,14 @@ class _Downloader:
                     fresh = self.resolve(remote.spec)  # CDN addresses are signed and expire: ask for a new one
                     if fresh is None or fresh.etag != remote.etag:
                         raise DownloadError(f"{name} changed on the server during the download.",
-                                            "Run the command again to download the new version.") from e
+                                            "Run the command again to download the new version.",
+                                            gui_hint="Download it again to get the new version.") from e
                     remote.url = fresh.url
         size = part.stat().st_size if part.is_file() else 0
         if remote.size is not None and size != remote.size:
             raise DownloadError(f"{name} ended after {size:,} of {remote.size:,} bytes.",
-                                "Run the command again to resume the download.")
+                                "Run the command again to resume the download.",
+                                gui_hint="Download it again to resume.")
         ok, actual = digest.matches()
         if not ok:
             part.unlink(missing_ok=True)
@@ -393,7 +399,9 @@ class _Downloader:
                 f"{name} of {self.entry.display_name} arrived corrupted: its {digest.kind} is "
                 f"{actual}, but {digest.expected} was expected. The bad copy was deleted.",
                 "Run the command again to download it afresh; if it happens again, a proxy or the disk may be "
-                "damaging data.")
+                "damaging data.",
+                gui_hint="Download it again to fetch it afresh; if it happens again, a proxy or the disk may be "
+                         "damaging data.")
         os.replace(part, final)
         self.state["files"][name] = {"etag": remote.etag, "size": size, "verified": True,
                                      "method": digest.method, **({"sha256": actual} if "sha256" in digest.method
@@ -505,7 +513,9 @@ def check_disk_space(folder: Path, needed: int, entry: CatalogEntry | None = Non
             f"Downloading {what} needs {human_bytes(needed)} ({needed:,} bytes) more, but only {human_bytes(free)} "
             f"({free:,} bytes) is free on the disk holding {folder}.",
             "Free some space, or set GLIMPSE_HOME to a folder on a bigger disk, then run the command again "
-            "(what was downloaded so far is kept).")
+            "(what was downloaded so far is kept).",
+            gui_hint="Free some space, or start Glimpse with GLIMPSE_HOME set to a folder on a bigger disk, then "
+                     "download again (what was downloaded so far is kept).")
 
 
 def _mkdir(folder: Path) -> None:
@@ -524,7 +534,8 @@ def _require_online(entry: CatalogEntry, folder: Path, opts: DownloadOptions) ->
     raise OfflineError(
         f"Offline mode is on (HF_HUB_OFFLINE) and {entry.display_name} is not fully downloaded{have}.",
         f"Connect to the internet and run `glimpse models pull {entry.name}` (it resumes), or use "
-        "`glimpse models import PATH` with a checkpoint folder you already have.")
+        "`glimpse models import PATH` with a checkpoint folder you already have.",
+        gui_hint=_OFFLINE_GUI)
 
 
 @contextmanager
@@ -560,38 +571,46 @@ def _status(e: HfHubHTTPError) -> int | None:
 
 def _translate(e: Exception, entry: CatalogEntry, endpoint: str, revision: str) -> GlimpseError:
     resume = f"Run `glimpse models pull {entry.name}` again to resume; what arrived so far is kept."
+    resume_gui = "Download it again to resume; what arrived so far is kept."
     offline_hint = (f"Check your internet connection and run `glimpse models pull {entry.name}` again (it resumes), "
                     "or use `glimpse models import PATH` with a checkpoint folder you already have.")
+    offline_gui = "Check your internet connection and download it again (it resumes), or " + _IMPORT_GUI
     if isinstance(e, OfflineModeIsEnabled):
         return OfflineError(f"Offline mode is on (HF_HUB_OFFLINE) and {entry.display_name} is not fully "
-                            "downloaded.", offline_hint)
+                            "downloaded.", offline_hint, gui_hint=_OFFLINE_GUI)
     if isinstance(e, httpx2.ConnectError):
-        return OfflineError(f"Could not connect to {endpoint} to download {entry.display_name}.", offline_hint)
+        return OfflineError(f"Could not connect to {endpoint} to download {entry.display_name}.", offline_hint,
+                            gui_hint=offline_gui)
     if isinstance(e, httpx2.TimeoutException):
         return DownloadError(f"The connection to {endpoint} stalled while downloading {entry.display_name}.",
-                             resume)
+                             resume, gui_hint=resume_gui)
     if isinstance(e, httpx2.TransportError):
         return DownloadError(f"The connection to {endpoint} broke while downloading {entry.display_name} ({e}).",
-                             resume)
+                             resume, gui_hint=resume_gui)
     if isinstance(e, RepositoryNotFoundError):
         return DownloadError(f"The repository {entry.repo} was not found on {endpoint}.",
                              "Check HF_ENDPOINT, or update Glimpse if the model moved.")
     if isinstance(e, RevisionNotFoundError):
         return DownloadError(f"Revision {revision} of {entry.repo} was not found on {endpoint}.",
-                             f"Remove the partial download (`glimpse models remove {entry.name}`) and pull again.")
+                             f"Remove the partial download (`glimpse models remove {entry.name}`) and pull again.",
+                             gui_hint="Remove the partial download in the model manager and download it again.")
     if isinstance(e, RemoteEntryNotFoundError):
         return DownloadError(f"A file {entry.display_name} needs is missing from {entry.repo}@{revision}.",
-                             "The repository layout changed; update Glimpse, or use `glimpse models import`.")
+                             "The repository layout changed; update Glimpse, or use `glimpse models import`.",
+                             gui_hint=_LAYOUT_CHANGED_GUI)
     if isinstance(e, HfHubHTTPError):
         return DownloadError(f"{endpoint} answered HTTP {_status(e)} while downloading {entry.display_name}.",
-                             "The server may be busy; try again later. " + resume)
+                             "The server may be busy; try again later. " + resume,
+                             gui_hint="The server may be busy; try again later. " + resume_gui)
     if isinstance(e, FileMetadataError):
         return DownloadError(f"{endpoint} does not answer like a Hugging Face Hub ({e}).",
                              "Check HF_ENDPOINT and any proxy settings.")
     if isinstance(e, OSError):
         if e.errno == errno.ENOSPC:
             return DiskFullError(f"The disk filled up while downloading {entry.display_name}.",
-                                 "Free some space and run the command again; what arrived so far is kept.")
+                                 "Free some space and run the command again; what arrived so far is kept.",
+                                 gui_hint="Free some space and download again; what arrived so far is kept.")
         return DownloadError(f"Could not write the download of {entry.display_name}: {e.strerror or e}.",
                              "Check the folder is writable, or set GLIMPSE_HOME to another folder.")
-    return DownloadError(f"Downloading {entry.display_name} failed: {type(e).__name__}: {e}.", resume)
+    return DownloadError(f"Downloading {entry.display_name} failed: {type(e).__name__}: {e}.", resume,
+                         gui_hint=resume_gui)

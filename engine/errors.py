@@ -1,22 +1,36 @@
 """One error family for Glimpse.
 
 Every error carries a sentence saying what went wrong and, where there is one, what the user can do about it.
-The CLI and the app print ``str(error)`` and never a traceback.
+The CLI prints ``str(error)`` and never a traceback. Where the advice names command-line things (a ``--flag``, a
+``glimpse`` command, "run the command again"), the error also carries ``gui_hint``, the same advice in the desktop
+window's terms (the model manager, the Download button); the app shows ``message`` with ``gui_hint``.
 """
 
 from __future__ import annotations
 
 
 class GlimpseError(Exception):
-    """Base class: ``message`` says what happened, ``hint`` what to do."""
+    """Base class: ``message`` says what happened, ``hint`` what to do (at the command line or in Python), and
+    ``gui_hint`` what to do in the window; it is ``hint`` unless that names command-line things."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", *, gui_hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.gui_hint = hint if gui_hint is None else gui_hint
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}".strip()
+
+    @property
+    def gui_text(self) -> str:
+        """The sentence for the desktop window: the message and the window's own advice."""
+        return f"{self.message} {self.gui_hint}".strip()
+
+
+# Advice repeated by many model-folder errors: at the command line, and in the window.
+REDO_MODEL = "Convert or download the model again."
+REDO_MODEL_GUI = "Remove it in the model manager, then download or import it again."
 
 
 class CheckpointError(GlimpseError):

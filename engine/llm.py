@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import ContextFullError, InferenceError, ModelFolderError
+from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
 from engine.system import default_threads
 
 if TYPE_CHECKING:
@@ -125,20 +125,22 @@ def check_gguf(path: Path) -> None:
     import gguf
 
     hint = "Convert the model again, or remove it and download it again."
+    gui = REDO_MODEL_GUI
     try:
         if not path.exists():
-            raise ModelFolderError(f"The language model file {path} does not exist.", hint)
+            raise ModelFolderError(f"The language model file {path} does not exist.", hint, gui_hint=gui)
         if not path.is_file():
-            raise ModelFolderError(f"{path} is not a file.", hint)
+            raise ModelFolderError(f"{path} is not a file.", hint, gui_hint=gui)
         size = path.stat().st_size
         with path.open("rb") as f:
             if f.read(4) != _GGUF_MAGIC:
-                raise ModelFolderError(f"{path.name} is not a GGUF file (it does not start with 'GGUF').", hint)
+                raise ModelFolderError(f"{path.name} is not a GGUF file (it does not start with 'GGUF').", hint,
+                                       gui_hint=gui)
             h = _Header(f, size)
             version = h.u32()
             if version not in (2, 3):
                 raise ModelFolderError(f"{path.name} is GGUF version {version}; only versions 2 and 3 are read.",
-                                       hint)
+                                       hint, gui_hint=gui)
             n_tensors, n_kv = h.u64(), h.u64()
             if n_tensors > _LIMIT or n_kv > _LIMIT:
                 raise ValueError(f"{n_tensors} tensors and {n_kv} keys")
@@ -168,10 +170,11 @@ def check_gguf(path: Path) -> None:
         raise ModelFolderError(f"Cannot read {path}: {e.strerror or e}.",
                                "Check the file exists and is readable.") from e
     except ValueError as e:
-        raise ModelFolderError(f"{path.name} has a corrupt header ({e}).", hint) from e
+        raise ModelFolderError(f"{path.name} has a corrupt header ({e}).", hint, gui_hint=gui) from e
     if data_start + end > size:
         raise ModelFolderError(
-            f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_start + end:,}.", hint)
+            f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_start + end:,}.", hint,
+            gui_hint=gui)
 
 
 # -- the model --------------------------------------------------------------------------------------------------------
@@ -208,7 +211,9 @@ class LanguageModel:
                 n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFolderError(f"llama.cpp could not load {self.path.name} ({e}).",
-                                   "The file may be damaged or made for another model; convert it again.") from e
+                                   "The file may be damaged or made for another model; convert it again.",
+                                   gui_hint=f"The file may be damaged or made for another model. {REDO_MODEL_GUI}"
+                                   ) from e
         llama = self._llama
         # Llama sizes input_ids by the n_ctx asked for; llama.cpp may round its own window up.
         self._n_ctx = min(llama.n_ctx(), int(llama.input_ids.shape[0]))
@@ -293,7 +298,8 @@ class LanguageModel:
         if self.n_past + n > self._n_ctx:
             raise ContextFullError(
                 f"The {what} ({n} positions) does not fit: {self.n_past} of the {self._n_ctx} context positions "
-                "are already used.", "Start a new conversation, or use a smaller image size.")
+                "are already used.", "Start a new conversation, or use a smaller image size.",
+                gui_hint="Ask about a new picture to start a new conversation, or choose a smaller image size.")
 
     # -- evaluation ------------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import InputError, ModelFolderError
+from engine.errors import REDO_MODEL_GUI, InputError, ModelFolderError
 from engine.llm import LanguageModel
 from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
 from engine.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
@@ -113,7 +113,8 @@ class Model:
             raise ModelFolderError(
                 f"The files in {folder} do not belong together: embedding widths "
                 + ", ".join(f"{k} {v}" for k, v in widths.items()) + ".",
-                "Convert the model again so both halves come from one checkpoint.")
+                "Convert the model again so both halves come from one checkpoint.",
+                gui_hint=f"{REDO_MODEL_GUI} Both halves must come from one checkpoint.")
         self.stop_ids = self._special_id(IM_END), self._special_id(ENDOFTEXT)
         self._cancel = threading.Event()
         self._warm_up()
@@ -130,7 +131,8 @@ class Model:
         if len(ids) != 1:
             self.close()
             raise ModelFolderError(f"{self.folder / LLM_FILE} has no single token for {text}.",
-                                   "This is not a FastVLM (Qwen2) language model; convert the model again.")
+                                   "This is not a FastVLM (Qwen2) language model; convert the model again.",
+                                   gui_hint=f"This is not a FastVLM (Qwen2) language model. {REDO_MODEL_GUI}")
         return ids[0]
 
     # -- lifetime --------------------------------------------------------------------------------------------------
@@ -244,7 +246,8 @@ def resolve_model(path_or_name: str | Path) -> Path:
     text = str(path_or_name)
     if path.exists() or "/" in text or "\\" in text:
         raise ModelFolderError(f"{path} is not a model folder.",
-                               "Give a folder made by `glimpse convert`, or the name of an installed model.")
+                               "Give a folder made by `glimpse convert`, or the name of an installed model.",
+                               gui_hint="Choose an installed model, or download or import one in the model manager.")
     from engine.store import Store
 
     return Store.default().path(text)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelFolderError
+from engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -69,18 +69,20 @@ def read_manifest(folder: str | Path) -> ModelManifest:
     path = folder / MANIFEST
     if not path.is_file():
         raise ModelFolderError(f"{folder} is not a Glimpse model folder (no {MANIFEST}).",
-                               "Convert a checkpoint with `glimpse convert` or get one with `glimpse models pull`.")
+                               "Convert a checkpoint with `glimpse convert` or get one with `glimpse models pull`.",
+                               gui_hint="Download a model or import a model folder in the model manager.")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path} is corrupt ({e}).", "Convert or download the model again.") from e
+        raise ModelFolderError(f"{path} is corrupt ({e}).", REDO_MODEL, gui_hint=REDO_MODEL_GUI) from e
     if not isinstance(raw, dict):
-        raise ModelFolderError(f"{path} is corrupt (not a JSON object).", "Convert or download the model again.")
+        raise ModelFolderError(f"{path} is corrupt (not a JSON object).", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFolderError(
             f"{path} has format version {version!r}; this Glimpse reads version {FORMAT_VERSION}.",
-            "Update Glimpse, or convert the model again with this version.")
+            "Update Glimpse, or convert the model again with this version.",
+            gui_hint="Update Glimpse, or remove the model in the model manager and download or import it again.")
     try:
         return ModelManifest(
             name=str(raw["name"]),
@@ -94,8 +96,8 @@ def read_manifest(folder: str | Path) -> ModelManifest:
             raw=raw,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ModelFolderError(f"{path} is missing a required entry ({e}).",
-                               "Convert or download the model again.") from e
+        raise ModelFolderError(f"{path} is missing a required entry ({e}).", REDO_MODEL,
+                               gui_hint=REDO_MODEL_GUI) from e
 
 
 def verify(folder: str | Path, *, check_hashes: bool = True) -> ModelManifest:
@@ -107,16 +109,17 @@ def verify(folder: str | Path, *, check_hashes: bool = True) -> ModelManifest:
     manifest = read_manifest(folder)
     for required in (VISION_FILE, LLM_FILE):
         if required not in manifest.files:
-            raise ModelFolderError(f"{folder / MANIFEST} does not list {required}.", "Convert the model again.")
+            raise ModelFolderError(f"{folder / MANIFEST} does not list {required}.", "Convert the model again.",
+                                   gui_hint=REDO_MODEL_GUI)
     for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
-            raise ModelFolderError(f"{path} is missing.", "Convert or download the model again.")
+            raise ModelFolderError(f"{path} is missing.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
         size = path.stat().st_size
         if size != entry.get("size"):
             raise ModelFolderError(f"{path} has {size:,} bytes but model.json records {entry.get('size'):,}; "
-                                   "the file is truncated or was replaced.", "Convert or download the model again.")
+                                   "the file is truncated or was replaced.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
         if check_hashes and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
-            raise ModelFolderError(f"{path} is corrupt: its sha256 does not match model.json.",
-                                   "Convert or download the model again.")
+            raise ModelFolderError(f"{path} is corrupt: its sha256 does not match model.json.", REDO_MODEL,
+                                   gui_hint=REDO_MODEL_GUI)
     return manifest

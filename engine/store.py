@@ -68,6 +68,12 @@ def normalize_name(name: str) -> str:
     return cleaned
 
 
+def _already_installed(name: str) -> OutputExistsError:
+    return OutputExistsError(f"A model called '{name}' is already installed.",
+                             "Pass --name to import it under another name, or --force to replace it.",
+                             gui_hint="Remove it in the model manager first, then import again.")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64] or "model"
 
@@ -158,16 +164,22 @@ class Store:
 
         path = self.models_dir / self.resolve(name)
         if not is_model_folder(path):
-            raise ModelNotFoundError(f"No model called '{name}' is installed.", self._install_hint(name))
+            hint, gui_hint = self._install_hint(name)
+            raise ModelNotFoundError(f"No model called '{name}' is installed.", hint, gui_hint=gui_hint)
         return path
 
-    def _install_hint(self, name: str) -> str:
+    def _install_hint(self, name: str) -> tuple[str, str]:
+        """What to do about a model that is not installed: (at the command line, in the window)."""
         entry = catalog.find(name)
         if entry is not None:
-            return f"Get it with `glimpse models pull {entry.name}`."
+            return (f"Get it with `glimpse models pull {entry.name}`.",
+                    f"Download {entry.display_name} in the model manager.")
         installed = ", ".join(m.name for m in self.installed())
-        return ("Installed: " + installed + "." if installed
-                else "Get one with `glimpse models pull fastvlm-0.5b` or `glimpse models import PATH`.")
+        if installed:
+            return (f"Installed: {installed}.",
+                    f"Installed: {installed}. Choose one, or get another in the model manager.")
+        return ("Get one with `glimpse models pull fastvlm-0.5b` or `glimpse models import PATH`.",
+                "Download or import one in the model manager.")
 
     def remove(self, name: str, *, keep_download: bool = False) -> list[tuple[Path, int]]:
         """Delete a model folder and (unless ``keep_download``) its download. Returns (path, bytes freed) pairs."""
@@ -177,7 +189,9 @@ class Store:
             targets.append(self.downloads_dir / resolved)
         targets = [t for t in targets if t.exists()]
         if not targets:
-            raise ModelNotFoundError(f"Nothing called '{name}' is installed or downloading.", self._install_hint(name))
+            hint, gui_hint = self._install_hint(name)
+            raise ModelNotFoundError(f"Nothing called '{name}' is installed or downloading.", hint,
+                                     gui_hint=gui_hint)
         removed = []
         for target in targets:
             size = folder_size(target) if target.is_dir() else target.stat().st_size
@@ -233,7 +247,8 @@ class Store:
         if confirm is None or not confirm(entry, text):
             raise LicenseNotAcceptedError(
                 f"{entry.display_name} is under the {catalog.LICENSE_NAME}, which has not been accepted.",
-                "Read it and accept it at the prompt, or pass --accept-license to accept it in a script.")
+                "Read it and accept it at the prompt, or pass --accept-license to accept it in a script.",
+                gui_hint="Download it again and accept the licence when it is shown.")
         self.accept_license(entry.license_id, text, entry.name)
 
     # -- getting models in ------------------------------------------------------------------------------------
@@ -262,7 +277,8 @@ class Store:
         out = self.model_path(entry.name)
         if is_model_folder(out) and not force:
             raise OutputExistsError(f"{entry.display_name} is already installed in {out}.",
-                                    "Pass --force to convert it again, or remove it first.")
+                                    "Pass --force to convert it again, or remove it first.",
+                                    gui_hint="Remove it first to download and convert it again.")
         self.ensure_license(entry, confirm_license, options=options, cancel=cancel)
         result = download_model(entry, self.download_path(entry.name), options=options, progress=progress,
                                 cancel=cancel)
@@ -301,13 +317,16 @@ class Store:
     def _import_model_folder(self, src: Path, name: str | None, force: bool) -> Path:
         from engine.model_folder import verify
 
-        manifest = verify(src)  # full hash check: the copy is only as good as its source
+        try:
+            manifest = verify(src)  # full hash check: the copy is only as good as its source
+        except ModelFolderError as e:
+            e.gui_hint = "Import an intact copy of the model folder, or download the model in the model manager."
+            raise
         out = self.model_path(name or _slug(manifest.name or src.name))
         if out.resolve() == src.resolve():
             return out
         if out.exists() and not force:
-            raise OutputExistsError(f"A model called '{out.name}' is already installed.",
-                                    "Pass --name to import it under another name, or --force to replace it.")
+            raise _already_installed(out.name)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.import-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -341,8 +360,11 @@ class Store:
             entry = catalog.guess_from_folder_name(label)
             name = entry.name if entry is not None else _slug(label)
         out = self.model_path(name)
-        return convert_checkpoint(src, out, quant=quant or DEFAULT_QUANT, force=force, name=out.name,
-                                  source={"path": str(src.resolve())}, progress=progress, cancel=cancel)
+        try:
+            return convert_checkpoint(src, out, quant=quant or DEFAULT_QUANT, force=force, name=out.name,
+                                      source={"path": str(src.resolve())}, progress=progress, cancel=cancel)
+        except OutputExistsError as e:
+            raise _already_installed(out.name) from e
 
 
 def _visible_dirs(parent: Path) -> list[Path]:

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from engine.errors import InputError, ModelFolderError
+from engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
 from engine.system import default_threads
 
 INPUT_NAME = "pixel_values"
@@ -99,19 +99,21 @@ class VisionEncoder:
     def __init__(self, path: str | Path, *, threads: int | None = None, cache: bool | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelFolderError(f"{self.path} is missing.", "Convert or download the model again.")
+            raise ModelFolderError(f"{self.path} is missing.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
         self.threads = threads or default_threads()
         self.cached = False
         try:
             self._session: ort.InferenceSession | None = self._open(cache)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise ModelFolderError(f"{self.path} cannot be loaded by onnxruntime: {e}".rstrip(".") + ".",
-                                   "The file is damaged; convert or download the model again.") from e
+                                   "The file is damaged; convert or download the model again.",
+                                   gui_hint=f"The file is damaged. {REDO_MODEL_GUI}") from e
         inputs = {i.name for i in self._session.get_inputs()}
         outputs = {o.name: o for o in self._session.get_outputs()}
         if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
             raise ModelFolderError(f"{self.path} is not a Glimpse vision encoder (inputs {sorted(inputs)}, "
-                                   f"outputs {sorted(outputs)}).", "Convert the model again.")
+                                   f"outputs {sorted(outputs)}).", "Convert the model again.",
+                                   gui_hint=REDO_MODEL_GUI)
         width = outputs[OUTPUT_NAME].shape[-1]
         self.hidden: int | None = width if isinstance(width, int) else None
 

@@ -144,7 +144,8 @@ def convert_checkpoint(
         raise ConversionError(f"Unknown vision precision '{vision_precision}'.",
                               f"Choose one of: {', '.join(VISION_PRECISIONS)}.")
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(f"{out} already exists.", "Choose another folder, or pass --force to replace it.")
+        raise OutputExistsError(f"{out} already exists.", "Choose another folder, or pass --force to replace it.",
+                                gui_hint="Remove it first, then try again.")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise ConversionError(f"The output folder {out} is inside the checkpoint folder.",
                               "Choose an output folder outside the checkpoint.")

@@ -343,7 +343,8 @@ def quantize_vision(src: str | Path, dst: str | Path, *, calibration: Sequence[P
     heldout = list(heldout_images() if heldout is None else heldout)
     if not calibration or not heldout:
         raise ConversionError(f"The int8 quantizer found {len(calibration)} calibration and {len(heldout)} held-out "
-                              f"images (in {assets_dir()}).", "Reinstall Glimpse, or use --vision-precision fp32.")
+                              f"images (in {assets_dir()}).", "Reinstall Glimpse, or use --vision-precision fp32.",
+                              gui_hint="Reinstall Glimpse: its calibration images are missing.")
     overlap = {p.resolve() for p in calibration} & {p.resolve() for p in heldout}
     if overlap:
         raise ConversionError(f"{sorted(p.name for p in overlap)} are both calibration and held-out images.",

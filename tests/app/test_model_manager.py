@@ -125,6 +125,7 @@ def test_offline_says_so_and_import_still_works(qtbot: QtBot, settings: Settings
     with qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
         dialog.import_folder(tiny_model_dir)  # converted from the same checkpoint: same name
     assert finished.args == ["failed"] and "already installed" in dialog.detail.text()
+    assert "--" not in dialog.detail.text() and "model manager" in dialog.detail.text()  # no command-line advice
 
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
