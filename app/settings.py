@@ -6,6 +6,8 @@ a damaged file) is dropped, the default is used, and a notice says so once, in t
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -64,9 +66,10 @@ class Settings:
     def __init__(self, store: QSettings) -> None:
         self._s = store
         self.notices: list[str] = []
+        self._kept: str | None = None
         if store.status() != QSettings.Status.NoError:
             self.notices.append(f"The settings file {store.fileName()} could not be read; Glimpse started with "
-                                "default settings and will write a new one.")
+                                f"default settings and will write a new one.{self._keep_copy()}")
             store.clear()
 
     @classmethod
@@ -88,9 +91,27 @@ class Settings:
         try:
             return convert(raw)
         except (TypeError, ValueError):
+            kept = self._keep_copy()
             self._s.remove(key)
-            self.notices.append(f"The saved {label} setting was not valid; the default is used instead.")
+            self.notices.append(f"The saved {label} setting was not valid; the default is used instead.{kept}")
             return default
+
+    def _keep_copy(self) -> str:
+        """Copy the settings file aside once, before anything in it is dropped (a hand-edited preset list is the
+        user's work); a sentence naming the copy, the first time only."""
+        if self._kept is not None:
+            return ""
+        self._kept = ""
+        source = Path(self._s.fileName())
+        if source.is_file():
+            copy = source.with_name(f"{source.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+            try:
+                shutil.copy2(source, copy)
+            except OSError:
+                return ""
+            self._kept = str(copy)
+            return f" The file as it was is kept in {copy}."
+        return ""
 
     def _set(self, key: str, value: object) -> None:
         self._s.setValue(key, value)
