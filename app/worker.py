@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +25,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import new_qthread
-from engine.caption import FrameSource, caption_stream
+from engine.caption import Frame, FrameSource, caption_stream
 from engine.conversation import Conversation
 from engine.errors import Cancelled, GlimpseError
 from engine.model import Answer, Model, load_model
@@ -131,22 +130,6 @@ class _Batcher:
     def reset(self) -> None:
         self.flush()
         self._sent_any = False
-
-
-class _Observed:
-    """The model as ``caption_stream`` sees it, telling the worker the moment a frame goes to the model (the only
-    way to tell "reading image" from "waiting for a changed frame" without rewriting the engine's loop)."""
-
-    def __init__(self, model: Model, on_frame: Callable[[], None]) -> None:
-        self._model = model
-        self._on_frame = on_frame
-
-    def stream(self, image: Any, question: str, **kwargs: Any) -> Iterator[str | Answer]:
-        self._on_frame()
-        return self._model.stream(image, question, **kwargs)
-
-    def cancel(self) -> None:
-        self._model.cancel()
 
 
 class Worker(QObject):
@@ -262,7 +245,7 @@ class Worker(QObject):
     def live(self, req: LiveRequest) -> None:
         batcher = _Batcher(self._send_text)
 
-        def on_frame() -> None:
+        def on_frame(_frame: Frame) -> None:
             batcher.reset()
             self._state(READING)
             emit(self.caption_started)
@@ -280,9 +263,9 @@ class Worker(QObject):
             self._state(WATCHING)
             # The current conversation stays valid: the engine re-injects its cached image rows if captions
             # used the cache in between.
-            captions = caption_stream(cast(Model, _Observed(model, on_frame)), req.source, every=req.every,
-                                      size=req.size or LIVE_SIZE, prompt=req.prompt, cancel=req.cancel,
-                                      on_piece=on_piece, sleep=req.cancel.wait)
+            captions = caption_stream(model, req.source, every=req.every, size=req.size or LIVE_SIZE,
+                                      prompt=req.prompt, cancel=req.cancel, on_piece=on_piece,
+                                      on_frame=on_frame, sleep=req.cancel.wait)
             for caption in captions:
                 batcher.flush()
                 self._state(WATCHING)

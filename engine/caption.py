@@ -117,7 +117,8 @@ class _CaptureThread:
                         break
                     failures += 1
                     if failures >= 50:  # about 2.5 s of nothing from a camera: unplugged or taken away
-                        self._error = f"The camera {self.name} stopped sending frames (unplugged or in use?)."
+                        self._error = (f"The camera {self.name} stopped sending frames (unplugged, or taken by "
+                                       "another program?). Reconnect it and start again.")
                         break
                     time.sleep(0.05)
                     continue
@@ -322,9 +323,11 @@ class Caption:
 def caption_stream(model: Model, source: FrameSource, *, every: float = 0.0, size: int = 512,
                    prompt: str | None = None, count: int | None = None, cancel: threading.Event | None = None,
                    max_tokens: int = CAPTION_MAX_TOKENS, on_piece: Callable[[str], None] | None = None,
+                   on_frame: Callable[[Frame], None] | None = None,
                    sleep: Callable[[float], object] = time.sleep) -> Iterator[Caption]:
     """Caption the newest frame, at most once per ``every`` seconds (0: back to back), until ``count`` captions,
-    the source ends, or ``cancel`` is set. Unchanged frames are skipped."""
+    the source ends, or ``cancel`` is set. Unchanged frames are skipped. ``on_frame`` is told each frame the
+    moment it goes to the model (a window shows "reading image" then), ``on_piece`` each piece of caption text."""
     if every < 0:
         raise InputError(f"The interval must be 0 or more seconds, not {every}.")
     question = caption_prompt(prompt)
@@ -341,7 +344,7 @@ def caption_stream(model: Model, source: FrameSource, *, every: float = 0.0, siz
         frame = source.take(timeout=0.5)
         if frame is None:
             if source.error:
-                raise CaptureError(source.error, "Reconnect the camera and start again.")
+                raise CaptureError(source.error)  # sources' sentences already say what to do
             if source.ended:
                 return
             continue
@@ -349,6 +352,8 @@ def caption_stream(model: Model, source: FrameSource, *, every: float = 0.0, siz
         if not changed(last_thumb, thumb):
             skipped += 1
             continue
+        if on_frame is not None:
+            on_frame(frame)
         answer: Answer | None = None
         for item in model.stream(frame.pixels, question, size=size, max_tokens=max_tokens):
             if isinstance(item, Answer):

@@ -87,8 +87,10 @@ def test_prompt_gets_the_brief_suffix() -> None:
 
 def test_captions_only_changed_frames(model: Model, video: Path) -> None:
     source = open_video(video, realtime=False)
-    captions = list(caption_stream(model, source, size=256, max_tokens=4))
+    sent: list[int] = []
+    captions = list(caption_stream(model, source, size=256, max_tokens=4, on_frame=lambda f: sent.append(f.index)))
     assert [c.frame_index for c in captions] == [0, 5, 10, 15]
+    assert sent == [0, 5, 10, 15]  # told of exactly the frames that went to the model
     assert captions[-1].skipped_unchanged == 12  # frames 1-4, 6-9 and 11-14 (16-19 come after the last one)
     assert all(c.text and c.answer.timings.image_tokens == 16 for c in captions)
 
