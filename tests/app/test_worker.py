@@ -65,7 +65,7 @@ def test_regenerate_takes_back_the_last_answer_only(qtbot: QtBot, worker: ModelW
     assert pieces and same.text == second.text and same.encode_ms == 0
     assert same.cached_positions > second.cached_positions  # everything up to the question was cached
     varied, _ = ask(qtbot, worker, AskRequest(regenerate=True, max_tokens=8, temperature=0.7, seed=5))
-    assert varied.generated_tokens == 8
+    assert varied.finish_reason in ("length", "stop")
     turns = worker.worker._conversation.turns  # type: ignore[union-attr]
     assert [q for q, _ in turns] == ["What is this?", "And then?"]
     assert turns[0][1].strip() == first.text and turns[1][1].strip() == varied.text
