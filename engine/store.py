@@ -192,6 +192,8 @@ class Store:
             hint, gui_hint = self._install_hint(name)
             raise ModelNotFoundError(f"Nothing called '{name}' is installed or downloading.", hint,
                                      gui_hint=gui_hint)
+        model = self.models_dir / resolved
+        cached_sha = _vision_sha(model) if model.exists() else None
         removed = []
         for target in targets:
             size = folder_size(target) if target.is_dir() else target.stat().st_size
@@ -204,6 +206,10 @@ class Store:
                 raise GlimpseError(f"Could not remove {target}: {e.strerror or e}.",
                                    "Close any program using the model and try again.") from e
             removed.append((target, size))
+        if cached_sha is not None and cached_sha not in {_vision_sha(m.path) for m in self.installed()}:
+            from engine.vision import drop_cached  # onnxruntime is imported only when there may be a cache to clean
+
+            removed += drop_cached(cached_sha)
         return removed
 
     # -- licences ---------------------------------------------------------------------------------------------
@@ -371,3 +377,12 @@ def _visible_dirs(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return []
     return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _vision_sha(folder: Path) -> str | None:
+    """The sha256 model.json records for a model folder's vision graph (the key of its optimized-graph cache)."""
+    try:
+        sha = json.loads((folder / "model.json").read_text(encoding="utf-8"))["files"]["vision.onnx"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sha if isinstance(sha, str) else None

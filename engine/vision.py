@@ -53,6 +53,20 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("Glimpse", appauthor=False)) / CACHE_SUBDIR
 
 
+def drop_cached(sha: str) -> list[tuple[Path, int]]:
+    """Delete the optimized graphs cached for the vision graph whose sha256 is ``sha`` (for every CPU they were made
+    on); returns (path, bytes freed) pairs. Silent about files it cannot delete: a cache is never worth an error."""
+    freed = []
+    for entry in cache_dir().glob(f"vision-{sha[:32]}-*.onnx"):
+        try:
+            size = entry.stat().st_size
+            entry.unlink()
+        except OSError:
+            continue
+        freed.append((entry, size))
+    return freed
+
+
 def _cpu_tag() -> str:
     """A short fingerprint of what the optimized graph depends on: the CPU's features and onnxruntime's version.
 

@@ -65,9 +65,14 @@ def _vision_params(ckpt: Checkpoint) -> int:
     return total
 
 
-def estimate_output_bytes(ckpt: Checkpoint, geo: LlmGeometry, quant: str, vision_weights: str) -> int:
-    """Bytes the model folder will take (plus the temporary F16 file a K-quant is made from)."""
-    vision = _vision_params(ckpt) * (4 if vision_weights == "fp32" else 2)
+def estimate_output_bytes(ckpt: Checkpoint, geo: LlmGeometry, quant: str, vision_weights: str,
+                          vision_precision: str = "fp32") -> int:
+    """Bytes the conversion needs at its peak: the model folder, plus the temporary F16 file a K-quant is made from
+    and, for an int8 encoder, the instrumented copy of the float graph and the int8 graph written beside it."""
+    vision_params = _vision_params(ckpt)
+    vision = vision_params * (4 if vision_weights == "fp32" else 2)
+    if vision_precision == "int8":
+        vision += vision + vision_params  # the calibration probe (a float copy), then the int8 graph (1 byte each)
     llm_params = _llm_params(geo)
     llm = int(llm_params * _BYTES_PER_WEIGHT[quant])
     if quant == "q4_k_m":
@@ -156,7 +161,7 @@ def convert_checkpoint(
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _os_error(e, out) from e
-        _check_space(out.parent, estimate_output_bytes(ckpt, geo, quant, vision_weights))
+        _check_space(out.parent, estimate_output_bytes(ckpt, geo, quant, vision_weights, vision_precision))
         tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:

@@ -476,7 +476,7 @@ def apply_vision_precision(path: str | Path, precision: str, *, threshold: float
     info["int8_gate"] = result.to_json()
     if result.passed:
         out.replace(path)
-        info["precision"] = "int8"
+        info["precision"] = info["weights"] = "int8"  # "weights" was the float graph's storage type
     else:
         out.unlink(missing_ok=True)
         info["precision_note"] = (f"int8 embeddings reached a cosine of only {result.min_cosine:.4f} against float32 "

@@ -307,3 +307,22 @@ def test_pull_refuses_existing_without_force(glimpse_home: Path, model_folder: P
     store.import_model(model_folder, name="fastvlm-0.5b")
     with pytest.raises(OutputExistsError):
         store.pull_model(catalog.lookup("0.5b"))
+
+
+def test_remove_drops_the_optimized_graph_cache(glimpse_home: Path, model_folder: Path) -> None:
+    from engine.vision import VisionEncoder, cache_dir
+
+    store = Store.default()
+    store.import_model(model_folder, name="mine")
+    store.import_model(model_folder, name="twin")  # the same vision graph, installed twice
+    with VisionEncoder(glimpse_home / "models" / "mine" / "vision.onnx", cache=True):
+        pass
+    cached = list(cache_dir().glob("vision-*.onnx"))
+    assert len(cached) == 1 and str(cache_dir()).startswith(str(glimpse_home))
+
+    removed = store.remove("mine")
+    assert [p for p, _ in removed] == [glimpse_home / "models" / "mine"]
+    assert cached[0].is_file()  # "twin" still uses it
+    removed = store.remove("twin")
+    assert (cached[0], removed[-1][1]) in removed and removed[-1][1] > 0
+    assert not cached[0].exists()

@@ -280,7 +280,7 @@ def test_converter_records_the_precision(tiny_checkpoint: Path, tmp_path: Path,
     monkeypatch.setattr(vi, "GATE_COSINE", 1.0 + 1e-9)  # a gate nothing passes: float32 must be kept
     out = convert_checkpoint(tiny_checkpoint, tmp_path / "m", quant="f16")
     vision = json.loads((out / "model.json").read_text())["vision"]
-    assert vision["precision"] == "fp32" and vision["precision_requested"] == "int8"
+    assert vision["precision"] == "fp32" and vision["precision_requested"] == "int8" and vision["weights"] == "fp16"
     assert vision["int8_gate"]["passed"] is False and vision["int8_gate"]["threshold"] == 1.0 + 1e-9
     assert vision["int8_gate"]["calibration_images"] == len(vi.calibration_images())
     assert vision["int8_gate"]["min_cosine"] < 1.0 + 1e-9 and "float32 kept" in vision["precision_note"]
@@ -291,11 +291,28 @@ def test_converter_records_the_precision(tiny_checkpoint: Path, tmp_path: Path,
     out = convert_checkpoint(tiny_checkpoint, tmp_path / "m", quant="f16", force=True)
     manifest = verify(out)
     assert manifest.vision_precision == "int8" and manifest.raw["vision"]["int8_gate"]["passed"] is True
+    assert manifest.raw["vision"]["weights"] == "int8"  # not the float graph's fp16 any more
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out / "vision.onnx")).graph.node}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     with VisionEncoder(out / "vision.onnx") as enc:
         rows = enc.encode(preprocess(vi.heldout_images()[0], SIZE))
     assert rows.shape == ((SIZE // 64) ** 2, manifest.llm_hidden) and np.isfinite(rows).all()
+
+
+def test_space_check_counts_the_int8_working_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The int8 step writes a float copy of the graph (the calibration probe) and the int8 graph beside the float
+    one: the space check must leave room for both."""
+    from engine.checkpoint import Checkpoint, LlmGeometry
+    from engine.convert import estimate_output_bytes
+
+    float_graph = convert_checkpoint(tiny_checkpoint, tmp_path / "f", quant="f16", vision_precision="fp32")
+    graph_bytes = (float_graph / "vision.onnx").stat().st_size
+    with Checkpoint(tiny_checkpoint) as ckpt:
+        geo = LlmGeometry.from_checkpoint(ckpt)
+        plain = estimate_output_bytes(ckpt, geo, "f16", "fp16", "fp32")
+        int8 = estimate_output_bytes(ckpt, geo, "f16", "fp16", "int8")
+    assert plain >= sum(p.stat().st_size for p in float_graph.iterdir()) * 0.9
+    assert int8 - plain >= graph_bytes  # at least the probe copy of the float graph (and room for the int8 one)
 
 
 def test_cli_vision_precision_fp32_keeps_float(tiny_checkpoint: Path, tmp_path: Path) -> None:
