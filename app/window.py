@@ -5,18 +5,19 @@ sources' threads and the model manager's jobs, so the window itself never waits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QGuiApplication, QIcon
+from PySide6.QtGui import QCloseEvent, QGuiApplication, QIcon, QScreen
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
 from app import paths
 from app.ask_mode import AskAboutPicture
-from app.capture.cameras import Camera, list_cameras, with_camera_permission
+from app.capture.cameras import Camera, list_cameras, multimedia_problem, with_camera_permission
 from app.capture.screen import screen_label, unavailable_reason
 from app.export import captions_markdown, captions_srt
 from app.images import IMAGE_FILTER, VIDEO_FILTER, VIDEO_SUFFIXES, to_qimage
@@ -156,6 +157,7 @@ class MainWindow(QMainWindow):
         cameras, note = list_cameras()
         self.toolbar.set_cameras(cameras, note)
         self._update_capture_menu()
+        self._watch_devices()
         self.set_mode(self.settings.mode)
         self.view.clear(PLACEHOLDER)
         # A camera used last time is opened again in live mode (the app is a camera assistant); never otherwise.
@@ -166,7 +168,36 @@ class MainWindow(QMainWindow):
     def _update_capture_menu(self) -> None:
         screens = [screen_label(i, s) for i, s in enumerate(QGuiApplication.screens())]
         self.toolbar.rebuild_capture_menu(screens, unavailable_reason())
-        self.toolbar.set_screens(screens, unavailable_reason())
+        with self._source_choice_kept():
+            self.toolbar.set_screens(screens, unavailable_reason())
+
+    def _watch_devices(self) -> None:
+        """Keep the source list current as cameras and monitors come and go."""
+        app = QGuiApplication.instance()
+        if isinstance(app, QGuiApplication):
+            app.screenAdded.connect(self._screens_changed)  # bound methods: disconnected when the window goes
+            app.screenRemoved.connect(self._screens_changed)
+        if not multimedia_problem():
+            from PySide6.QtMultimedia import QMediaDevices
+
+            self._media_devices = QMediaDevices(self)
+            self._media_devices.videoInputsChanged.connect(self._refresh_cameras)
+
+    def _screens_changed(self, _screen: QScreen) -> None:
+        self._update_capture_menu()
+
+    def _refresh_cameras(self) -> None:
+        cameras, note = list_cameras()
+        with self._source_choice_kept():
+            self.toolbar.set_cameras(cameras, note)
+
+    @contextmanager
+    def _source_choice_kept(self) -> Iterator[None]:
+        """Rebuilding the source list must not make it forget what is playing."""
+        playing = self.toolbar.source.currentText() if self.sources.feed is not None else ""
+        yield
+        if playing:
+            self.toolbar.show_live_source(playing)
 
     # -- models ---------------------------------------------------------------------------------------------------
 

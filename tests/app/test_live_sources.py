@@ -211,3 +211,22 @@ def test_a_source_that_never_shows_a_picture_times_out() -> None:
     with pytest.raises(CaptureError, match=r"Capture card showed no picture within 0\.2 seconds"):
         source.wait_ready(0.2)
     assert source.ended
+
+
+def test_the_source_list_follows_cameras_and_keeps_what_plays(qtbot: QtBot, window: MainWindow, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import window as window_module
+    from app.capture.cameras import Camera
+
+    window.toolbar.mode.setCurrentIndex(window.toolbar.mode.findData("ask"))
+    with qtbot.waitSignal(window.sources.live_started, timeout=10_000):
+        window.sources.open_video(write_video(tmp_path / "long.avi", frames=200, fps=20))
+    assert window.toolbar.source.currentText() == "Video: long.avi"
+    monkeypatch.setattr(window_module, "list_cameras", lambda: ([Camera("New webcam", "/dev/video3")], ""))
+    window._refresh_cameras()  # what QMediaDevices.videoInputsChanged calls when a camera is plugged in
+    texts = [window.toolbar.source.itemText(i) for i in range(window.toolbar.source.count())]
+    assert "Camera: New webcam" in texts and "No camera found" not in texts
+    assert window.toolbar.source.currentText() == "Video: long.avi"  # still shows what is playing
+    window.sources.stop_live()
+    window._refresh_cameras()
+    assert window.toolbar.source.currentIndex() == 0
