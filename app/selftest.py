@@ -86,6 +86,25 @@ def _video_check(work: Path, report: SelfTestReport) -> None:
                                          f"{time.perf_counter() - started:.2f} s")
 
 
+def _speech_check(report: SelfTestReport) -> None:
+    """Qt's text-to-speech plugins are there (the silent "mock" engine always ships with them) and a voice engine
+    starts; which real engines work depends on the system (speech-dispatcher on Linux)."""
+    from PySide6.QtTextToSpeech import QTextToSpeech
+
+    from app.main import make_app
+    from app.speech import Speaker
+
+    make_app([])
+    engines = QTextToSpeech.availableEngines()
+    if "mock" not in engines:
+        raise RuntimeError(f"Qt's text-to-speech plugins are missing (engines found: {engines or 'none'})")
+    if not Speaker("mock").available:
+        raise RuntimeError("Qt's text-to-speech plugins load, but no engine starts")
+    real = Speaker()
+    report.versions["read-aloud"] = (f"engines {', '.join(engines)}; "
+                                     + (f"using {real.engine}" if real.available else f"unavailable: {real.reason}"))
+
+
 def _window_check(work: Path, model_dir: Path, report: SelfTestReport) -> None:
     from PySide6.QtCore import QEventLoop, QTimer
 
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         report.step("open the main window offscreen", lambda: _first_window(work, report))
         report.step("play a video through Qt Multimedia", lambda: _video_check(work, report))
+        report.step("load Qt's text-to-speech plugins", lambda: _speech_check(report))
         model_dir = run_engine_selftest(report, work)
         if model_dir is not None:
             report.step("open the main window offscreen, load the model, close it",
