@@ -22,8 +22,8 @@ from PySide6.QtMultimedia import (
 
 from app.capture.live import LiveSource
 
-NO_BACKEND = ("Qt Multimedia cannot play video here: its FFmpeg plugin did not load. Reinstall Glimpse; "
-              "screenshots, pasted and opened images still work.")
+NO_BACKEND = ("Cameras and videos cannot be used here: Qt Multimedia's FFmpeg plugin did not load. Reinstall "
+              "Glimpse; screenshots, pasted and opened images still work.")
 
 
 def device_id(device: QCameraDevice) -> str:
