@@ -16,7 +16,7 @@ import numpy.typing as npt
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QAction
 
-from app.export import conversation_markdown
+from app.export import conversation_markdown, conversation_text, write_file
 from app.prompts import compose
 from app.settings import Settings
 from app.sources import Sources
@@ -121,5 +121,6 @@ class AskAboutPicture(QObject):
         self._chat.set_can_regenerate(bool(self._chat.turns) and not self._picture_is_new)
 
     def export(self, path: Path) -> None:
-        path.write_text(conversation_markdown(self._chat.turns, model=self._model_name(), source=self.description),
-                        encoding="utf-8")
+        """Markdown, or plain text for a .txt file."""
+        render = conversation_text if path.suffix.lower() == ".txt" else conversation_markdown
+        write_file(path, render(self._chat.turns, model=self._model_name(), source=self.description))

@@ -1,12 +1,15 @@
-"""Transcripts: a conversation or a caption history as Markdown, captions also as SRT subtitles.
+"""Transcripts: a conversation or a caption history as Markdown or plain text, captions also as SRT subtitles.
 
-Pure functions over small records, so the formats are testable without a window.
+Pure functions over small records, so the formats are testable without a window, and one careful writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 LAST_SUBTITLE_S = 4.0
 
@@ -47,6 +50,34 @@ def conversation_markdown(turns: list[ChatTurn], *, model: str, source: str) -> 
         if turn.stats:
             out += [f"*{turn.stats}*", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def conversation_text(turns: list[ChatTurn], *, model: str, source: str) -> str:
+    started = _stamp(turns[0].asked_at) if turns else _stamp(_dt.datetime.now().timestamp())
+    out = [f"Glimpse conversation about {source}, with {model}, started {started}", ""]
+    for turn in turns:
+        out += [f"[{_clock(turn.asked_at)}] You: {turn.question.strip()}", f"Glimpse: {turn.answer.strip()}", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def captions_text(entries: list[CaptionEntry], *, model: str, source: str) -> str:
+    started = _stamp(entries[0].frame_time) if entries else "-"
+    out = [f"Glimpse live captions of {source}, with {model}, started {started}", ""]
+    out += [f"{_clock(e.frame_time)}  {' '.join(e.text.split())}" for e in entries]
+    return "\n".join(out) + "\n"
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a failure (a full disk) never leaves a half-written file or destroys the
+    file it was replacing: write a temporary file beside it, then rename it over."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
 
 
 def captions_markdown(entries: list[CaptionEntry], *, model: str, source: str) -> str:

@@ -19,7 +19,7 @@ from app import paths
 from app.ask_mode import AskAboutPicture
 from app.capture.cameras import Camera, list_cameras, multimedia_problem, with_camera_permission
 from app.capture.screen import screen_label, unavailable_reason
-from app.export import captions_markdown, captions_srt
+from app.export import captions_markdown, captions_srt, captions_text, write_file
 from app.images import IMAGE_FILTER, VIDEO_FILTER, VIDEO_SUFFIXES, to_qimage
 from app.jobs import describe_error
 from app.live_mode import LiveCaptions
@@ -42,6 +42,7 @@ from engine.store import Store
 U8Array = npt.NDArray[np.uint8]
 OPEN_FILTER = IMAGE_FILTER.replace("Images (", "Images and videos (" + " ".join(f"*{s}" for s in
                                                                                 sorted(VIDEO_SUFFIXES)) + " ")
+TRANSCRIPT_KINDS = "Markdown (*.md);;Text (*.txt)"
 PLACEHOLDER = ("Choose a camera or video file under Source, or take a screenshot, paste (Ctrl+V), open (Ctrl+O) or "
                "drop an image here.")
 
@@ -63,6 +64,7 @@ class MainWindow(QMainWindow):
         self.manager: ModelManager | None = None
         self.model_name = ""
         self._closing = False
+        self._live_label = ""
 
         self.toolbar = MainToolbar(settings, self)
         self.addToolBar(self.toolbar)
@@ -141,9 +143,9 @@ class MainWindow(QMainWindow):
 
         self.view.file_dropped.connect(self.sources.open_file)
         self.view.image_dropped.connect(lambda image: self.sources.use_image(image, "a dropped image"))
-        self.chat.export.connect(lambda: self._save_as("conversation.md", "Markdown (*.md)", self.asking.export))
+        self.chat.export.connect(lambda: self._save_as("conversation.md", TRANSCRIPT_KINDS, self.asking.export))
         self.captions.export_markdown.connect(
-            lambda: self._save_as("captions.md", "Markdown (*.md)", self.export_captions_markdown))
+            lambda: self._save_as("captions.md", TRANSCRIPT_KINDS, self.export_captions_markdown))
         self.captions.export_srt.connect(
             lambda: self._save_as("captions.srt", "Subtitles (*.srt)", self.export_captions_srt))
 
@@ -303,6 +305,7 @@ class MainWindow(QMainWindow):
             self.activateWindow()
 
     def _live_started(self, label: str) -> None:
+        self._live_label = label.split(": ", 1)[-1]  # what the captions are of, for their export
         self.toolbar.show_live_source(label)
         if self.settings.mode == "live":
             self.asking.forget_picture()
@@ -362,17 +365,19 @@ class MainWindow(QMainWindow):
         self.asking.export(path)
 
     def export_captions_markdown(self, path: Path) -> None:
-        feed = self.sources.feed
-        path.write_text(captions_markdown(self.captions.entries, model=self.model_name,
-                                          source=feed.name if feed is not None else "live source"), encoding="utf-8")
+        """Markdown, or plain text for a .txt file."""
+        render = captions_text if path.suffix.lower() == ".txt" else captions_markdown
+        write_file(path, render(self.captions.entries, model=self.model_name, source=self._live_label or "live source"))
 
     def export_captions_srt(self, path: Path) -> None:
-        path.write_text(captions_srt(self.captions.entries), encoding="utf-8")
+        write_file(path, captions_srt(self.captions.entries))
 
     def _save_as(self, default: str, kinds: str, write: Callable[[Path], None]) -> None:
-        name, _ = QFileDialog.getSaveFileName(self, "Export", default, kinds)
+        name, chosen = QFileDialog.getSaveFileName(self, "Export", default, kinds)
         if not name:
             return
+        if not Path(name).suffix:  # the format follows the suffix; none typed: the chosen filter's
+            name += chosen[chosen.find("*") + 1:chosen.rfind(")")] if "*" in chosen else ""
         try:
             write(Path(name))
         except OSError as e:

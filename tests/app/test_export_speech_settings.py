@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pytestqt.qtbot import QtBot
 
-from app.export import CaptionEntry, ChatTurn, captions_markdown, captions_srt, conversation_markdown, srt_time
+from app.export import (
+    CaptionEntry,
+    ChatTurn,
+    captions_markdown,
+    captions_srt,
+    captions_text,
+    conversation_markdown,
+    conversation_text,
+    srt_time,
+    write_file,
+)
 from app.settings import Settings
 from app.speech import Speaker
 
@@ -28,6 +39,37 @@ def test_markdown_exports() -> None:
     chat = conversation_markdown([ChatTurn("What?", "A dog.\nBrown.", 0.0, "TTFT 12 ms")], model="tiny",
                                  source="a screenshot")
     assert "> A dog.\n> Brown." in chat and "*TTFT 12 ms*" in chat and "- Image: a screenshot" in chat
+
+
+def test_text_exports() -> None:
+    import datetime as dt
+
+    t = dt.datetime(2026, 11, 27, 9, 30, 5).timestamp()
+    text = captions_text([CaptionEntry("A cat\n on a mat.", t, t + 1), CaptionEntry("Gone.", t + 2, t + 3)],
+                         model="tiny", source="Webcam")
+    assert text == ("Glimpse live captions of Webcam, with tiny, started 2026-11-27 09:30:05\n\n"
+                    "09:30:05  A cat on a mat.\n09:30:07  Gone.\n")
+    chat = conversation_text([ChatTurn("What?", "A dog.", t)], model="tiny", source="a screenshot")
+    assert chat == ("Glimpse conversation about a screenshot, with tiny, started 2026-11-27 09:30:05\n\n"
+                    "[09:30:05] You: What?\nGlimpse: A dog.\n")
+
+
+def test_a_failed_export_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    target = tmp_path / "captions.md"
+    write_file(target, "first transcript\n")
+    assert target.read_text(encoding="utf-8") == "first transcript\n"
+
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        write_file(target, "second transcript\n")
+    assert target.read_text(encoding="utf-8") == "first transcript\n"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.md"]  # no partial file left behind
 
 
 def test_read_aloud_speaks_the_newest_waiting_text(qtbot: QtBot) -> None:

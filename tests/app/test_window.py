@@ -37,6 +37,10 @@ def test_live_captions_from_a_video_file(qtbot: QtBot, window: MainWindow, video
     assert srt.startswith("1\n00:00:00,000 --> ") and f"\n{len(entries)}\n" in srt
     window.export_captions_markdown(tmp_path / "c.md")
     assert "| time | caption |" in (tmp_path / "c.md").read_text(encoding="utf-8")
+    assert "- Source: sweep.avi" in (tmp_path / "c.md").read_text(encoding="utf-8")  # after the video ended
+    window.export_captions_markdown(tmp_path / "c.txt")
+    lines = (tmp_path / "c.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("Glimpse live captions of sweep.avi") and len(lines) == 2 + len(entries)
 
 
 def test_stop_captions_while_running(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
@@ -84,6 +88,9 @@ def test_ask_and_follow_up_about_a_picture(qtbot: QtBot, window: MainWindow, pic
     window.export_conversation(tmp_path / "chat.md")
     md = (tmp_path / "chat.md").read_text(encoding="utf-8")
     assert "What colour is it?" in md and "a test picture" in md
+    window.export_conversation(tmp_path / "chat.txt")
+    txt = (tmp_path / "chat.txt").read_text(encoding="utf-8")
+    assert "You: What colour is it?" in txt and "**" not in txt
 
 
 def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: MainWindow,
