@@ -7,12 +7,15 @@ feed's thread (``app.capture.live``).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QUrl
 from PySide6.QtMultimedia import (
     QCamera,
     QCameraDevice,
+    QCameraFormat,
     QMediaCaptureSession,
     QMediaDevices,
     QMediaPlayer,
@@ -26,8 +29,24 @@ NO_BACKEND = ("Cameras and videos cannot be used here: Qt Multimedia's FFmpeg pl
               "Glimpse; screenshots, pasted and opened images still work.")
 
 
+TARGET_PIXELS = 1280 * 720  # the model reads at most 1024 px: a larger picture only costs decoding and conversion
+MIN_FPS = 15.0
+
+
 def device_id(device: QCameraDevice) -> str:
     return bytes(device.id().data()).decode("utf-8", errors="replace")
+
+
+def choose_format(formats: Sequence[QCameraFormat]) -> QCameraFormat | None:
+    """The camera format to ask for: one that runs at 15 fps or more (a camera's largest format is often a slow
+    one), with the picture size closest to 1280x720; None to leave the camera's default."""
+    def score(f: QCameraFormat) -> tuple[bool, float, float]:
+        size = f.resolution()
+        pixels = max(1, size.width() * size.height())
+        return f.maxFrameRate() >= MIN_FPS, -abs(math.log(pixels / TARGET_PIXELS)), f.maxFrameRate()
+
+    usable = [f for f in formats if not f.isNull() and f.resolution().width() > 0]
+    return max(usable, key=score) if usable else None
 
 
 class MediaSource(LiveSource):
@@ -49,6 +68,9 @@ class MediaSource(LiveSource):
                           "Choose it again under Source.")
         source._camera_id = device_id(device)
         camera = QCamera(device, source)
+        chosen = choose_format(device.videoFormats())
+        if chosen is not None:
+            camera.setCameraFormat(chosen)
         session = QMediaCaptureSession(source)
         session.setCamera(camera)
         session.setVideoSink(source._sink)

@@ -230,3 +230,30 @@ def test_the_source_list_follows_cameras_and_keeps_what_plays(qtbot: QtBot, wind
     window.sources.stop_live()
     window._refresh_cameras()
     assert window.toolbar.source.currentIndex() == 0
+
+
+def test_a_camera_is_asked_for_a_fast_picture_near_720p() -> None:
+    from PySide6.QtCore import QSize
+
+    from app.capture.media import choose_format
+
+    class Format:
+        def __init__(self, w: int, h: int, fps: float) -> None:
+            self._size, self._fps = QSize(w, h), fps
+
+        def resolution(self) -> QSize:
+            return self._size
+
+        def maxFrameRate(self) -> float:
+            return self._fps
+
+        def isNull(self) -> bool:
+            return False
+
+    formats = [Format(3840, 2160, 5), Format(1920, 1080, 5), Format(1920, 1080, 30), Format(1280, 720, 10),
+               Format(640, 480, 30), Format(1280, 720, 30), Format(1280, 720, 60)]
+    best = choose_format(formats)  # type: ignore[arg-type]
+    assert best is formats[-1]  # 720p, and the faster of the two 720p formats
+    slow_only = [Format(3840, 2160, 5), Format(1920, 1080, 7)]
+    assert choose_format(slow_only) is slow_only[1]  # type: ignore[arg-type]  # nothing fast: the nearer size
+    assert choose_format([]) is None
