@@ -7,8 +7,11 @@ and offers clipboard paste instead of showing a black picture.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from PySide6.QtCore import QObject, QPoint, QRect, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QImage, QPainter, QPixmap, QScreen
+from PySide6.QtGui import QColor, QGuiApplication, QImage, QPainter, QPixmap, QScreen
+from PySide6.QtWidgets import QApplication
 
 from app.capture.live import LiveSource
 from app.capture.region_overlay import RegionOverlay, crop
@@ -16,6 +19,7 @@ from app.images import from_qimage
 from app.qtcompat import emit
 
 SETTLE_MS = 250  # time for the compositor to remove our own window before the grab
+HIDDEN = QColor(128, 128, 128)
 LIVE_INTERVAL_MS = 500  # the screen as a live source: two pictures a second, plenty for captions
 
 WAYLAND = ("The screen cannot be captured under Wayland: the desktop does not let applications read it. "
@@ -58,11 +62,17 @@ def is_blank(image: QImage) -> bool:
     return all(small.pixelColor(x, y) == first for y in range(16) for x in range(16))
 
 
+def virtual_geometry(screens: Sequence[QScreen]) -> QRect:
+    """The desktop spanned by ``screens``, in global logical coordinates."""
+    virtual = QRect()
+    for screen in screens:
+        virtual = virtual.united(screen.geometry())
+    return virtual
+
+
 def desktop_image(shots: list[tuple[QScreen, QPixmap]]) -> QImage:
     """All screens as one picture, laid out as the desktop is, at the sharpest screen's pixel density."""
-    virtual = QRect()
-    for screen, _ in shots:
-        virtual = virtual.united(screen.geometry())
+    virtual = virtual_geometry([screen for screen, _ in shots])
     ratio = max(shot.devicePixelRatio() for _, shot in shots)
     canvas = QImage(round(virtual.width() * ratio), round(virtual.height() * ratio), QImage.Format.Format_RGB888)
     canvas.fill(Qt.GlobalColor.black)
@@ -79,26 +89,45 @@ def desktop_image(shots: list[tuple[QScreen, QPixmap]]) -> QImage:
     return canvas
 
 
-def grab_picture(what: str, region: QRect | None = None) -> tuple[QImage, str]:
+def grab_picture(what: str, region: QRect | None = None, *, hide: Sequence[QRect] = ()) -> tuple[QImage, str]:
     """Grab ``"desktop"`` or ``"screen:N"`` (then optionally only logical ``region`` of it) now; the picture and
-    what it shows. Raises ``ValueError`` with a sentence when the screen is gone or the grab came back blank."""
+    what it shows. ``hide``: rectangles in global logical coordinates to paint over in grey (Glimpse's own windows,
+    for a live source). Raises ``ValueError`` with a sentence when the screen is gone or the grab came back blank."""
     screens = QGuiApplication.screens()
     if what.startswith("screen:"):
         index = int(what.split(":", 1)[1])
         if not 0 <= index < len(screens):
             raise ValueError(f"Screen {index + 1} is no longer connected.")
         shot = grab(screens[index])
+        origin, scale = screens[index].geometry().topLeft(), shot.devicePixelRatio()
         if region is None:
             image, label = shot.toImage(), screen_label(index, screens[index])
         else:
             image = crop(shot, region)
+            origin += region.topLeft()
             label = f"{region_label(index, screens[index])} ({image.width()}×{image.height()})"
     else:
-        image = desktop_image([(s, grab(s)) for s in screens])
+        shots = [(s, grab(s)) for s in screens]
+        image = desktop_image(shots)
+        origin = virtual_geometry(screens).topLeft()
+        scale = max((shot.devicePixelRatio() for _, shot in shots), default=1.0)
         label = f"the whole desktop ({image.width()}×{image.height()})"
     if is_blank(image):
         raise ValueError(BLANK)
+    if hide:
+        image = image.convertToFormat(QImage.Format.Format_RGB888)
+        painter = QPainter(image)
+        for rect in hide:
+            r = rect.translated(-origin)
+            painter.fillRect(QRect(round(r.x() * scale), round(r.y() * scale), round(r.width() * scale),
+                                   round(r.height() * scale)), HIDDEN)
+        painter.end()
     return image, label
+
+
+def own_windows() -> list[QRect]:
+    """Where Glimpse's own visible windows are (global logical coordinates, frames included)."""
+    return [w.frameGeometry() for w in QApplication.topLevelWidgets() if w.isVisible() and not w.isMinimized()]
 
 
 class LiveScreen(LiveSource):
@@ -122,7 +151,9 @@ class LiveScreen(LiveSource):
 
     def _grab(self) -> None:
         try:
-            image, label = grab_picture(self._what, self._region)
+            # Glimpse's own window is greyed out: captions of the caption panel would change with every caption,
+            # so the screen would never look unchanged and the captions would be about Glimpse.
+            image, label = grab_picture(self._what, self._region, hide=own_windows())
         except ValueError as e:
             self._timer.stop()
             self._finish(str(e))

@@ -134,7 +134,8 @@ class MainToolbar(QToolBar):
         for what, text in screens:
             self.source.addItem(text, ("screen", what))
             item = model.item(self.source.count() - 1)  # type: ignore[attr-defined]
-            item.setToolTip(self._screen_reason or "Caption what is on the screen, twice a second")
+            item.setToolTip(self._screen_reason or "Caption what is on the screen, twice a second "
+                            "(Glimpse's own window is greyed out)")
             item.setEnabled(not self._screen_reason)
         self.source.setToolTip(self._camera_note or "The camera, video file or screen to caption or freeze")
 

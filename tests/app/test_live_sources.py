@@ -93,6 +93,17 @@ def test_an_unreadable_video_says_so(qtbot: QtBot, tmp_path: Path) -> None:
         assert sources.shutdown()
 
 
+def _own_window_mask(window: MainWindow, shape: tuple[int, ...], *, origin: tuple[int, int],
+                     scale: float) -> np.ndarray:
+    """Which pixels of a picture whose top-left is logical ``origin`` show the window (frame included)."""
+    g = window.frameGeometry()
+    mask = np.zeros(shape[:2], dtype=bool)
+    top, left = round((g.y() - origin[1]) * scale), round((g.x() - origin[0]) * scale)
+    bottom, right = top + round(g.height() * scale), left + round(g.width() * scale)
+    mask[max(0, top):max(0, bottom), max(0, left):max(0, right)] = True
+    return mask
+
+
 def test_the_whole_screen_as_a_live_source(qtbot: QtBot, window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.capture import screen
 
@@ -110,7 +121,11 @@ def test_the_whole_screen_as_a_live_source(qtbot: QtBot, window: MainWindow, mon
     assert feed is not None
     qtbot.waitUntil(lambda: feed.latest() is not None, timeout=5_000)
     latest = feed.latest()
-    assert latest is not None and np.array_equal(latest.pixels, pixels)
+    assert latest is not None and latest.pixels.shape == pixels.shape
+    # Glimpse's own window is greyed out (the captions must not be about themselves); the rest is the screen.
+    hidden = _own_window_mask(window, pixels.shape, origin=(0, 0), scale=2.0)
+    assert 0 < hidden.sum() < hidden.size
+    assert (latest.pixels[hidden] == 128).all() and np.array_equal(latest.pixels[~hidden], pixels[~hidden])
 
     black = QPixmap(1600, 1600)
     black.fill(QColor("black"))
@@ -142,7 +157,10 @@ def test_a_screen_region_as_a_live_source_gets_captions(qtbot: QtBot, window: Ma
     assert feed is not None
     qtbot.waitUntil(lambda: feed.latest() is not None, timeout=5_000)
     latest = feed.latest()
-    assert latest is not None and np.array_equal(latest.pixels, pixels[100:500, 200:600])
+    region = pixels[100:500, 200:600]
+    assert latest is not None and latest.pixels.shape == region.shape
+    hidden = _own_window_mask(window, region.shape, origin=(100, 50), scale=2.0)
+    assert (latest.pixels[hidden] == 128).all() and np.array_equal(latest.pixels[~hidden], region[~hidden])
     qtbot.waitUntil(lambda: len(window.captions.entries) >= 1, timeout=30_000)
     assert window.captions.entries[0].text
     window.sources.stop_live()
