@@ -201,10 +201,12 @@ class Worker(QObject):
     @Slot(object)
     def ask(self, req: AskRequest) -> None:
         question = req.question
+        taken_back: tuple[str, str] | None = None  # a regenerated answer, put back unless a new one replaces it
         try:
             if req.regenerate and self._conversation is not None:
                 # Even for a request stopped before it ran: the chat has already taken the answer back.
-                question, _ = self._conversation.drop_last_turn()
+                taken_back = self._conversation.drop_last_turn()
+                question = taken_back[0]
             if req.cancel.is_set():
                 raise Cancelled("The question")
             model = self._model
@@ -230,16 +232,26 @@ class Worker(QObject):
                 # Stopped before the first word: the chat keeps no turn for it, so neither does the conversation
                 # (Regenerate takes back the conversation's last turn and must find the chat's last answer).
                 conversation.drop_last_turn()
+            else:
+                taken_back = None  # the new answer replaces it
+            self._put_back(taken_back)
             emit(self.answered, Reply.from_answer(answer, before_ms=before_ms, encode_ms=encode_ms))
         except Cancelled:
+            self._put_back(taken_back)
             emit(self.answered, Reply("", "cancelled"))
         except Exception as e:
+            self._put_back(taken_back)
             if not isinstance(e, GlimpseError):
                 log.exception("a question failed")
             emit(self.failed, describe_error(e))
         finally:
             self._state(IDLE if self._model is not None else NO_MODEL)
             emit(self.request_done, req.cancel)
+
+    def _put_back(self, turn: tuple[str, str] | None) -> None:
+        """A regeneration that wrote nothing keeps the answer it was meant to replace (the chat puts it back too)."""
+        if turn is not None and self._conversation is not None:
+            self._conversation.restore_turn(*turn)
 
     @Slot(object)
     def live(self, req: LiveRequest) -> None:

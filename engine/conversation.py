@@ -53,6 +53,7 @@ class Conversation:
         self._system = system
         self._turns: list[_Turn] = []
         self._writing: _Turn | None = None  # the turn whose answer is being generated
+        self._dropped: tuple[_Turn, str] | None = None  # the last turn drop_last_turn took back, and its answer
         self._first_kept = 0
         self._tokens: dict[str, list[int]] = {}
 
@@ -80,7 +81,21 @@ class Conversation:
         turn = self._turns.pop()
         # Turns left out to fit the context stay left out, but a kept turn must never be skipped.
         self._first_kept = min(self._first_kept, len(self._turns))
-        return turn.question, self._model.llm.detokenize(turn.answer_ids)
+        answer = self._model.llm.detokenize(turn.answer_ids)
+        self._dropped = (turn, answer)
+        return turn.question, answer
+
+    def restore_turn(self, question: str, answer: str) -> None:
+        """Put a finished turn back at the end, e.g. the one :meth:`drop_last_turn` took back when its regeneration
+        was stopped before a word or failed. That turn comes back token for token (so llama.cpp's cache still
+        matches it); any other answer is tokenized. Raises :class:`InputError` while an answer is being written."""
+        if self._writing is not None:
+            raise InputError("An answer is still being written.", "Stop it or let it finish first.")
+        dropped, self._dropped = self._dropped, None
+        if dropped is not None and dropped[0].question == question and dropped[1] == answer:
+            self._turns.append(dropped[0])
+        else:
+            self._turns.append(_Turn(question, self._model.llm.tokenize(answer, special=False)))
 
     # -- prompt ----------------------------------------------------------------------------------------------------
 

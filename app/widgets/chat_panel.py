@@ -76,6 +76,7 @@ class ChatPanel(QWidget):
         self._turn_blocks: list[int] = []  # the index in _blocks of each turn's block
         self._pending: _Pending | None = None
         self._slot: int | None = None  # the block the pending answer replaces; None: a new block at the end
+        self._taken_back: tuple[ChatTurn, str] | None = None  # the answer being regenerated, and its block
         self._busy = False
         self.can_regenerate = False
         self._update_buttons()
@@ -83,7 +84,7 @@ class ChatPanel(QWidget):
     # -- what the window calls ------------------------------------------------------------------------------------
 
     def new_picture(self, description: str) -> None:
-        self._turns, self._turn_blocks, self._slot = [], [], None
+        self._turns, self._turn_blocks, self._slot, self._taken_back = [], [], None, None
         self.can_regenerate = False
         self._blocks.append(f"<p style='color:#666'><i>New picture: {html.escape(description)}</i></p>")
         self._render()
@@ -99,8 +100,20 @@ class ChatPanel(QWidget):
             return None
         turn = self._turns.pop()
         self._slot = self._turn_blocks.pop()
+        self._taken_back = (turn, self._blocks[self._slot])
         self.begin_answer(turn.question)
         return turn
+
+    def _put_back(self, note: str) -> bool:
+        """After a regeneration that wrote nothing: show the answer it was meant to replace again, with ``note``;
+        False when the pending answer was not a regeneration."""
+        taken_back, self._taken_back = self._taken_back, None
+        if taken_back is None:
+            return False
+        turn, block = taken_back
+        self._turn_blocks.append(self._put(block + f"<p style='color:#666'><i>{html.escape(note)}</i></p>"))
+        self._turns.append(turn)
+        return True
 
     def _put(self, block: str) -> int:
         """Add a finished block where the pending answer was shown; returns its index."""
@@ -122,8 +135,10 @@ class ChatPanel(QWidget):
             return
         text = reply.text or pending.text.strip()
         if reply.finish_reason == "cancelled" and not text:
-            self._put(self._turn_html(pending.question, "", "stopped before the first word"))
+            if not self._put_back("Regenerating was stopped before the first word; this answer is kept."):
+                self._put(self._turn_html(pending.question, "", "stopped before the first word"))
         else:
+            self._taken_back = None
             turn = ChatTurn(pending.question, text, pending.asked_at, reply.summary)
             notes = "".join(f"<p style='color:#8a5a00'>{html.escape(note)}</p>" for note in reply.notes)
             self._turn_blocks.append(self._put(self._turn_html(turn.question, turn.answer, turn.stats) + notes))
@@ -134,8 +149,11 @@ class ChatPanel(QWidget):
     def fail(self, message: str) -> None:
         pending, self._pending = self._pending, None
         question = pending.question if pending is not None else ""
-        self._put((self._turn_html(question, "", "") if question else "")
-                  + f"<p style='color:#a00'>{html.escape(message)}</p>")
+        if self._put_back("Regenerating failed; this answer is kept."):
+            self._blocks.append(f"<p style='color:#a00'>{html.escape(message)}</p>")
+        else:
+            self._put((self._turn_html(question, "", "") if question else "")
+                      + f"<p style='color:#a00'>{html.escape(message)}</p>")
         self.set_busy(False)
         self._render()
 

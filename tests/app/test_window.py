@@ -170,6 +170,29 @@ def test_chat_panel_writes_a_regenerated_answer_in_place(qtbot: QtBot) -> None:
     assert text.index("apple") < text.index("cherry") < text.index("Gamma?") < text.index("It broke.")
 
 
+def test_chat_panel_keeps_the_answer_a_regenerate_did_not_replace(qtbot: QtBot) -> None:
+    from app.widgets.chat_panel import ChatPanel
+
+    chat = ChatPanel()
+    qtbot.addWidget(chat)
+    chat.new_picture("a picture")
+    for question, answer in (("Alpha?", "apple"), ("Beta?", "banana")):
+        chat.begin_answer(question)
+        chat.finish(Reply(answer, "stop"))
+    assert chat.begin_regenerate() is not None
+    chat.finish(Reply("", "cancelled"))  # stopped before the first word
+    assert [t.answer for t in chat.turns] == ["apple", "banana"] and not chat.busy
+    assert "banana" in chat.plain_text() and "this answer is kept" in chat.plain_text()
+    assert chat.begin_regenerate() is not None
+    chat.fail("The model fell over.")
+    assert [t.answer for t in chat.turns] == ["apple", "banana"]
+    text = chat.plain_text()
+    assert text.count("banana") == 1 and text.index("banana") < text.index("The model fell over.")
+    assert chat.begin_regenerate() is not None  # and it can still be regenerated
+    chat.finish(Reply("blueberry", "stop"))
+    assert [t.answer for t in chat.turns] == ["apple", "blueberry"] and "banana" not in chat.plain_text()
+
+
 def test_stop_button_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:
     window.settings.image_size = 256
     window.toolbar.presets.length.setCurrentIndex(window.toolbar.presets.length.findData("detailed"))

@@ -93,6 +93,35 @@ def test_an_answer_stopped_before_its_first_word_leaves_no_turn(qtbot: QtBot, wo
     assert [q for q, _ in worker.worker._conversation.turns] == ["What is this?"]  # type: ignore[union-attr]
 
 
+def test_a_regenerate_that_writes_nothing_keeps_the_old_answer(qtbot: QtBot, worker: ModelWorker,
+                                                                picture: np.ndarray,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.conversation import Conversation
+
+    first, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=6, image=picture, size=256))
+    req = AskRequest(regenerate=True, max_tokens=50, temperature=0.7, seed=3)
+    real_sync = Conversation._sync
+
+    def sync_then_stop(self: Conversation, positions: list[int]) -> int:
+        cached = real_sync(self, positions)
+        req.cancel.set()  # after the prefill, before the first token
+        return cached
+
+    monkeypatch.setattr(Conversation, "_sync", sync_then_stop)
+    reply, _ = ask(qtbot, worker, req)
+    assert reply.finish_reason == "cancelled" and reply.generated_tokens == 0
+    turns = worker.worker._conversation.turns  # type: ignore[union-attr]
+    assert [(q, a.strip()) for q, a in turns] == [("What is this?", first.text)]
+
+    def broken_sync(self: Conversation, positions: list[int]) -> int:
+        raise RuntimeError("llama.cpp fell over")
+
+    monkeypatch.setattr(Conversation, "_sync", broken_sync)
+    with qtbot.waitSignal(worker.failed, timeout=10_000):
+        worker.ask(AskRequest(regenerate=True, max_tokens=5))
+    assert worker.worker._conversation.turns == turns  # type: ignore[union-attr]
+
+
 def test_follow_up_without_an_image_says_what_to_do(qtbot: QtBot, worker: ModelWorker) -> None:
     with qtbot.waitSignal(worker.failed, timeout=10_000) as blocker:
         worker.ask(AskRequest("Hello?"))

@@ -155,6 +155,24 @@ def test_drop_last_turn_then_ask_again_reuses_the_cache(model: Model, image: np.
     assert t.cached_positions > before.cached_positions
 
 
+def test_a_turn_taken_back_can_be_restored_exactly(model: Model, image: np.ndarray) -> None:
+    conv = model.conversation(image, size=SIZE)
+    first = conv.ask("What is this?", max_tokens=6)
+    second = conv.ask("Say more.", max_tokens=6)
+    follow = conv.ask("And then?", max_tokens=6)  # what a third question gets after the first two
+    conv.drop_last_turn()
+    question, answer = conv.drop_last_turn()
+    conv.restore_turn(question, answer)  # a regeneration that wrote nothing puts the answer back
+    assert conv.turns == [("What is this?", first.text), ("Say more.", second.text)]
+    again = conv.ask("And then?", max_tokens=6)
+    # The restored turn has its original tokens, so the prompt is the same as before: same answer, all cached
+    # up to the new question.
+    assert again.token_ids == follow.token_ids
+    assert again.timings.prefill_positions <= len(model.llm.tokenize(next_turn("And then?")))
+    conv.restore_turn("Typed in by hand?", "Yes.")  # any other turn is tokenized
+    assert conv.turns[-1] == ("Typed in by hand?", "Yes.")
+
+
 def test_drop_every_turn_then_ask_the_first_question_again(model: Model, image: np.ndarray) -> None:
     conv = model.conversation(image, size=SIZE)
     first = conv.ask("What is this?", max_tokens=5)
