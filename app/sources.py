@@ -1,7 +1,7 @@
 """What the window is looking at: a live feed (a camera, a video file played as one, or the screen) for captions
 and freezing, and stills (a frozen frame, a screenshot, a pasted, dropped or opened image) to ask about.
 
-Nothing here blocks the GUI thread: cameras and videos run on QtMultimedia's threads and frames are converted on
+Nothing here blocks the GUI thread: cameras and videos live on the media thread and frames are converted on
 ``FrameFeed``'s thread; image files are decoded by a ``Job``. Screen grabs are the exception Qt imposes (see
 ``app.capture.screen``).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +26,9 @@ from app.images import from_qimage, is_video, read_image_file
 from app.jobs import Job
 from app.qtcompat import emit
 from engine.caption import FrameSource
+
+if TYPE_CHECKING:
+    from app.capture.media import MediaThread
 from engine.errors import CaptureError
 
 U8Array = npt.NDArray[np.uint8]
@@ -44,6 +48,7 @@ class Sources(QObject):
         super().__init__(parent)
         self.feed: FrameFeed | None = None
         self._old_feeds: list[FrameFeed] = []
+        self._media_thread: MediaThread | None = None
         self.screen = ScreenCapture(self)
         self.screen.captured.connect(self._screenshot)
         self.screen.region_chosen.connect(self._live_region_chosen)
@@ -63,9 +68,7 @@ class Sources(QObject):
                                  "" if problem else "Plug it in, or choose another camera under Source.")
             self._start_feed(FrameFeed(_failing(error), camera.name, self), f"Camera: {camera.name}")
             return
-        from app.capture.media import MediaSource
-
-        self._start_live(MediaSource.camera(device, self), f"Camera: {camera.name}")
+        self._start_live(self._media().camera(device), f"Camera: {camera.name}")
 
     def open_video(self, path: str | Path) -> None:
         path = Path(path)
@@ -73,9 +76,15 @@ class Sources(QObject):
         if problem:
             self._start_feed(FrameFeed(_failing(CaptureError(problem)), path.name, self), f"Video: {path.name}")
             return
-        from app.capture.media import MediaSource
+        self._start_live(self._media().video(path), f"Video: {path.name}")
 
-        self._start_live(MediaSource.video(path, self), f"Video: {path.name}")
+    def _media(self) -> MediaThread:
+        """The thread cameras and videos live on (QtMultimedia is imported only when one is first used)."""
+        if self._media_thread is None:
+            from app.capture.media import MediaThread
+
+            self._media_thread = MediaThread()
+        return self._media_thread
 
     def open_screen(self, what: str, label: str) -> None:
         """The screen as a live source: ``"desktop"``, ``"screen:N"``, or ``"region"`` (picked on the overlay first);
@@ -201,6 +210,8 @@ class Sources(QObject):
         self.stop_live()
         ok = all(f.wait(timeout_s) for f in self._old_feeds)
         self._old_feeds = []
+        if self._media_thread is not None:
+            ok = self._media_thread.stop(timeout_s) and ok
         if self._loader is not None:
             ok = self._loader.wait(timeout_s) and ok
         return ok

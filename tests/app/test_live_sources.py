@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPoint
+from PySide6.QtCore import QPoint, QThread
 from PySide6.QtGui import QColor, QImage, QPixmap
 from pytestqt.qtbot import QtBot
 
 from app.capture.feed import FrameFeed
 from app.capture.live import LiveSource
-from app.capture.media import MediaSource
+from app.capture.media import MediaSource, MediaThread
 from app.sources import Sources
 from app.window import MainWindow
 from engine.errors import CaptureError
@@ -61,7 +61,9 @@ def test_the_feed_hands_qt_frames_over_in_order(qtbot: QtBot, tmp_path: Path) ->
         if not ok:
             break
         reference.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(int))
-    source = MediaSource.video(path)
+    media = MediaThread()
+    source = media.video(path)
+    assert source.thread() is not QThread.currentThread()  # the player lives on the media thread
     feed = FrameFeed(source.wait_ready, "sweep.avi")
     feed.start()
     try:
@@ -70,6 +72,7 @@ def test_the_feed_hands_qt_frames_over_in_order(qtbot: QtBot, tmp_path: Path) ->
     finally:
         feed.close()
         assert feed.wait(5)
+        assert media.stop(5)
     assert len(frames) >= 6  # 12 frames at 12 fps; the test takes them as fast as they come
     # Each frame is the closest to one of the file's frames, and they come in the file's order.
     matches = [int(np.argmin([np.abs(f.astype(int) - r).mean() for r in reference])) for f in frames]
@@ -214,7 +217,7 @@ def test_a_quiet_or_disconnected_camera_is_reported(qtbot: QtBot, monkeypatch: p
     assert source.take(0.05) is None
     assert source.ended and source.error == "Webcam went quiet."
 
-    camera = MediaSource("USB webcam")
+    camera = MediaSource("USB webcam", lambda _source: None)  # never started: only its bookkeeping is tested
     camera._camera_id = "/dev/video4"
     monkeypatch.setattr(QMediaDevices, "videoInputs", staticmethod(lambda: []))
     camera._devices_changed()
