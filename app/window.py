@@ -43,8 +43,8 @@ U8Array = npt.NDArray[np.uint8]
 OPEN_FILTER = IMAGE_FILTER.replace("Images (", "Images and videos (" + " ".join(f"*{s}" for s in
                                                                                 sorted(VIDEO_SUFFIXES)) + " ")
 TRANSCRIPT_KINDS = "Markdown (*.md);;Text (*.txt)"
-PLACEHOLDER = ("Choose a camera or video file under Source, or take a screenshot, paste (Ctrl+V), open (Ctrl+O) or "
-               "drop an image here.")
+PLACEHOLDER = ("Choose a camera, a video file or the screen under Source, or take a screenshot, paste (Ctrl+V), "
+               "open (Ctrl+O) or drop an image here.")
 
 
 class MainWindow(QMainWindow):
@@ -336,7 +336,8 @@ class MainWindow(QMainWindow):
 
     def freeze(self) -> None:
         if not self.sources.freeze():
-            self.show_error("There is no live picture to freeze: choose a camera or a video file under Source.")
+            self.show_error("There is no live picture to freeze: choose a camera, a video file or the screen "
+                            "under Source.")
 
     def ask(self, question: str) -> None:
         self.asking.ask(question)

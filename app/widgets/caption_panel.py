@@ -59,7 +59,8 @@ class CaptionPanel(QWidget):
         self.interval.setToolTip("Time between captions; 0 captions back to back, as fast as the model allows")
         self.interval.setAccessibleName("Caption interval")
         self.copy_button = QPushButton("Copy")
-        self.markdown_button = QPushButton("Export Markdown…")
+        self.markdown_button = QPushButton("Export…")
+        self.markdown_button.setToolTip("Save the captions with their times as Markdown or plain text")
         self.srt_button = QPushButton("Export SRT…")
         self.clear_button = QPushButton("Clear")
 
