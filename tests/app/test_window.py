@@ -14,6 +14,7 @@ from pytestqt.qtbot import QtBot
 
 from app import ask_mode
 from app.images import to_qimage
+from app.widgets.chat_panel import ChatPanel
 from app.window import MainWindow
 from app.worker import Reply
 
@@ -147,15 +148,19 @@ def test_regenerate_replaces_the_last_answer_of_a_conversation(qtbot: QtBot, win
     assert window.chat.regenerate_button.isEnabled()
 
 
-def test_chat_panel_writes_a_regenerated_answer_in_place(qtbot: QtBot) -> None:
-    from app.widgets.chat_panel import ChatPanel
-
+def _chat_with_two_answers(qtbot: QtBot) -> ChatPanel:
+    """A chat panel about a picture, with Alpha? answered apple and Beta? answered banana."""
     chat = ChatPanel()
     qtbot.addWidget(chat)
     chat.new_picture("a picture")
     for question, answer in (("Alpha?", "apple"), ("Beta?", "banana")):
         chat.begin_answer(question)
         chat.finish(Reply(answer, "stop"))
+    return chat
+
+
+def test_chat_panel_writes_a_regenerated_answer_in_place(qtbot: QtBot) -> None:
+    chat = _chat_with_two_answers(qtbot)
     chat.begin_answer("Gamma?")
     chat.fail("It broke.")
     turn = chat.begin_regenerate()
@@ -171,14 +176,7 @@ def test_chat_panel_writes_a_regenerated_answer_in_place(qtbot: QtBot) -> None:
 
 
 def test_chat_panel_keeps_the_answer_a_regenerate_did_not_replace(qtbot: QtBot) -> None:
-    from app.widgets.chat_panel import ChatPanel
-
-    chat = ChatPanel()
-    qtbot.addWidget(chat)
-    chat.new_picture("a picture")
-    for question, answer in (("Alpha?", "apple"), ("Beta?", "banana")):
-        chat.begin_answer(question)
-        chat.finish(Reply(answer, "stop"))
+    chat = _chat_with_two_answers(qtbot)
     assert chat.begin_regenerate() is not None
     chat.finish(Reply("", "cancelled"))  # stopped before the first word
     assert [t.answer for t in chat.turns] == ["apple", "banana"] and not chat.busy

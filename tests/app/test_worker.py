@@ -72,21 +72,26 @@ def test_regenerate_takes_back_the_last_answer_only(qtbot: QtBot, worker: ModelW
     assert encodes == []
 
 
-def test_an_answer_stopped_before_its_first_word_leaves_no_turn(qtbot: QtBot, worker: ModelWorker,
-                                                                picture: np.ndarray,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def _stop_after_the_prefill(monkeypatch: pytest.MonkeyPatch, req: AskRequest) -> None:
+    """Make ``req`` stopped by the user after its prompt is in the cache, before the first token."""
     from engine.conversation import Conversation
 
-    ask(qtbot, worker, AskRequest("What is this?", max_tokens=4, image=picture, size=256))
-    req = AskRequest("And then?", max_tokens=50)
     real_sync = Conversation._sync
 
     def sync_then_stop(self: Conversation, positions: list[int]) -> int:
         cached = real_sync(self, positions)
-        req.cancel.set()  # after the prefill, before the first token
+        req.cancel.set()
         return cached
 
     monkeypatch.setattr(Conversation, "_sync", sync_then_stop)
+
+
+def test_an_answer_stopped_before_its_first_word_leaves_no_turn(qtbot: QtBot, worker: ModelWorker,
+                                                                picture: np.ndarray,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    ask(qtbot, worker, AskRequest("What is this?", max_tokens=4, image=picture, size=256))
+    req = AskRequest("And then?", max_tokens=50)
+    _stop_after_the_prefill(monkeypatch, req)
     reply, _ = ask(qtbot, worker, req)
     assert reply.finish_reason == "cancelled" and reply.generated_tokens == 0
     # The chat shows no answer for it, so Regenerate must find the first answer as the last one.
@@ -100,14 +105,7 @@ def test_a_regenerate_that_writes_nothing_keeps_the_old_answer(qtbot: QtBot, wor
 
     first, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=6, image=picture, size=256))
     req = AskRequest(regenerate=True, max_tokens=50, temperature=0.7, seed=3)
-    real_sync = Conversation._sync
-
-    def sync_then_stop(self: Conversation, positions: list[int]) -> int:
-        cached = real_sync(self, positions)
-        req.cancel.set()  # after the prefill, before the first token
-        return cached
-
-    monkeypatch.setattr(Conversation, "_sync", sync_then_stop)
+    _stop_after_the_prefill(monkeypatch, req)
     reply, _ = ask(qtbot, worker, req)
     assert reply.finish_reason == "cancelled" and reply.generated_tokens == 0
     turns = worker.worker._conversation.turns  # type: ignore[union-attr]
