@@ -234,6 +234,7 @@ class MainWindow(QMainWindow):
     def _model_ready(self, name: str, _default_size: int) -> None:
         self.model_name = self.settings.model or name
         self.status.set_model(self.model_name)
+        self.asking.read_ahead()
         if self.settings.mode == "live" and self.sources.feed is not None:
             self.live.start()
 
@@ -391,7 +392,8 @@ class MainWindow(QMainWindow):
 
     def _size_chosen(self, size: int) -> None:
         self.settings.image_size = size
-        self.live.restart_if_running()  # a question uses the new size with its next picture
+        self.live.restart_if_running()
+        self.asking.size_changed()  # a picture not asked about yet is read again at the new size
 
     def _toggle_read_aloud(self, on: bool) -> None:
         self.settings.read_aloud = on

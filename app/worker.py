@@ -51,20 +51,27 @@ class Reply:
     generated_tokens: int = 0
     cached_positions: int = 0
     notes: tuple[str, ...] = ()
+    read_ahead: bool = False  # the image was encoded before the question came (``encode_ms`` is that encoding)
 
     @classmethod
-    def from_answer(cls, answer: Answer, *, before_ms: float = 0.0, encode_ms: float | None = None) -> Reply:
+    def from_answer(cls, answer: Answer, *, before_ms: float = 0.0, encode_ms: float | None = None,
+                    read_ahead: bool = False) -> Reply:
         """``before_ms``: time spent before the engine's stream call (an image encoded up front) that belongs to
         the time to first token."""
         t = answer.timings
         return cls(answer.text.strip(), answer.finish_reason, t.ttft_ms + before_ms,
                    t.encode_ms if encode_ms is None else encode_ms, t.decode_tokens_per_s, t.generated_tokens,
-                   t.cached_positions, answer.notes)
+                   t.cached_positions, answer.notes, read_ahead)
+
+    @property
+    def image_note(self) -> str:
+        if self.read_ahead:
+            return f"image read ahead ({self.encode_ms:.0f} ms)"
+        return f"encode {self.encode_ms:.0f} ms" if self.encode_ms else "image reused"
 
     @property
     def summary(self) -> str:
-        parts = [f"first token {self.ttft_ms:.0f} ms"]
-        parts.append(f"encode {self.encode_ms:.0f} ms" if self.encode_ms else "image reused")
+        parts = [f"first token {self.ttft_ms:.0f} ms", self.image_note]
         if self.tokens_per_s:
             parts.append(f"{self.tokens_per_s:.1f} tok/s")
         parts.append(f"{self.generated_tokens} tokens")
@@ -85,10 +92,22 @@ class AskRequest:
     question: str = ""
     max_tokens: int = 256
     image: npt.NDArray[np.uint8] | None = None
+    picture: int | None = None  # which picture ``image`` is: one already read ahead (``PrepareRequest``) is reused
     size: int = 0  # 0: the model's own size
     temperature: float = 0.0
     seed: int | None = None
     regenerate: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    """Read a picture ahead: encode it and put it in llama.cpp's cache while the user types the first question,
+    which then only evaluates its own words. ``picture`` names it for the ``AskRequest`` that follows."""
+
+    image: npt.NDArray[np.uint8]
+    picture: int
+    size: int = 0  # 0: the model's own size
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
@@ -144,12 +163,15 @@ class Worker(QObject):
     captioned = Signal(object, object)  # engine.caption.Caption, Reply
     live_ended = Signal(str, str)  # "stopped" | "ended" | "error", and a sentence for the last two
     failed = Signal(str)
+    prepared = Signal(int, bool)  # the picture, and whether it is ready (False: not read ahead after all)
     request_done = Signal(object)  # the request's cancel event, so the host can forget it
 
     def __init__(self) -> None:
         super().__init__()
         self._model: Model | None = None
         self._conversation: Conversation | None = None
+        self._picture: int | None = None  # the picture the conversation is about, when the window named it
+        self._read_ahead_ms = 0.0  # how long reading that picture ahead took (0: it was not read ahead)
 
     def _state(self, state: str) -> None:
         emit(self.state_changed, state)
@@ -164,7 +186,7 @@ class Worker(QObject):
             model.cancel()
 
     def _close_model(self) -> None:
-        self._conversation = None
+        self._conversation, self._picture = None, None
         if self._model is not None:
             self._model.close()
             self._model = None
@@ -213,11 +235,17 @@ class Worker(QObject):
             if model is None:
                 raise GlimpseError("No model is loaded.", "Choose or download one in the model manager.")
             encode_ms = before_ms = 0.0
-            if req.image is not None:
+            read_ahead = False
+            if req.image is not None and req.picture is not None and req.picture == self._picture \
+                    and self._conversation is not None:
+                # This picture is already encoded (read ahead while the question was typed, or by a question
+                # that failed after encoding it): only the first answer reports the reading ahead.
+                read_ahead, encode_ms, self._read_ahead_ms = bool(self._read_ahead_ms), self._read_ahead_ms, 0.0
+            elif req.image is not None:
                 self._state(READING)
                 t0 = time.perf_counter()
                 rows = model.encode_image(req.image, size=req.size or None)
-                self._conversation = model.conversation(rows)
+                self._conversation, self._picture, self._read_ahead_ms = model.conversation(rows), req.picture, 0.0
                 before_ms, encode_ms = (time.perf_counter() - t0) * 1e3, rows.encode_ms
             conversation = self._conversation
             if conversation is None:
@@ -235,7 +263,8 @@ class Worker(QObject):
             else:
                 taken_back = None  # the new answer replaces it
             self._put_back(taken_back)
-            emit(self.answered, Reply.from_answer(answer, before_ms=before_ms, encode_ms=encode_ms))
+            emit(self.answered, Reply.from_answer(answer, before_ms=before_ms, encode_ms=encode_ms,
+                                                  read_ahead=read_ahead))
         except Cancelled:
             self._put_back(taken_back)
             emit(self.answered, Reply("", "cancelled"))
@@ -246,6 +275,28 @@ class Worker(QObject):
             emit(self.failed, describe_error(e))
         finally:
             self._state(IDLE if self._model is not None else NO_MODEL)
+            emit(self.request_done, req.cancel)
+
+    @Slot(object)
+    def prepare(self, req: PrepareRequest) -> None:
+        ready = False
+        try:
+            model = self._model
+            if req.cancel.is_set() or model is None:
+                return  # a newer picture came, or the model is going: the question will send the picture itself
+            self._state(READING)
+            rows = model.encode_image(req.image, size=req.size or None)
+            if req.cancel.is_set():
+                return
+            conversation = model.conversation(rows)
+            conversation.prepare()
+            self._conversation, self._picture, self._read_ahead_ms = conversation, req.picture, rows.encode_ms
+            ready = True
+        except Exception as e:  # the question will try again and report it: reading ahead is only a head start
+            log.info("reading picture %d ahead failed: %s", req.picture, e)
+        finally:
+            self._state(IDLE if self._model is not None else NO_MODEL)
+            emit(self.prepared, req.picture, ready)
             emit(self.request_done, req.cancel)
 
     def _put_back(self, turn: tuple[str, str] | None) -> None:
@@ -320,10 +371,12 @@ class ModelWorker(QObject):
     captioned = Signal(object, object)
     live_ended = Signal(str, str)
     failed = Signal(str)
+    prepared = Signal(int, bool)
 
     _load = Signal(str, int)
     _ask = Signal(object)
     _live = Signal(object)
+    _prepare = Signal(object)
     _shutdown = Signal()
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -334,9 +387,11 @@ class ModelWorker(QObject):
         self._load.connect(self.worker.load)
         self._ask.connect(self.worker.ask)
         self._live.connect(self.worker.live)
+        self._prepare.connect(self.worker.prepare)
+        self._reading: threading.Event | None = None  # the last read-ahead's cancel event
         self._shutdown.connect(self.worker.shutdown)
         for name in ("state_changed", "model_ready", "model_failed", "text", "answered", "caption_started",
-                     "captioned", "live_ended", "failed"):
+                     "captioned", "live_ended", "failed", "prepared"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.worker.request_done.connect(self._forget)
         self._unfinished: list[threading.Event] = []
@@ -355,6 +410,14 @@ class ModelWorker(QObject):
     def live(self, req: LiveRequest) -> None:
         self._track(req.cancel)
         emit(self._live, req)
+
+    def prepare(self, req: PrepareRequest) -> None:
+        """Read a picture ahead (see ``PrepareRequest``); a newer one makes an older one still waiting pointless."""
+        if self._reading is not None:
+            self._reading.set()
+        self._reading = req.cancel
+        self._track(req.cancel)
+        emit(self._prepare, req)
 
     def _track(self, event: threading.Event) -> None:
         if self._closed:

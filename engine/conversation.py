@@ -97,6 +97,22 @@ class Conversation:
         else:
             self._turns.append(_Turn(question, self._model.llm.tokenize(answer, special=False)))
 
+    def prepare(self) -> ImageRows:
+        """Encode the image now (if it is not yet) and put the system prompt and the image rows in llama.cpp's
+        cache, so the first question evaluates only its own words. A window calls this as soon as a picture is
+        chosen, while the user is still typing; without it the first question does the same work itself."""
+        if self._writing is not None:
+            raise InputError("An answer is still being written.", "Stop it or let it finish first.")
+        rows = self._ensure_rows()
+        self._sync(self._head() + [image_marker(rows.rows)] * rows.rows.shape[0])
+        return rows
+
+    def _ensure_rows(self) -> ImageRows:
+        if self._rows is None:
+            assert self._image is not None
+            self._rows = self._model.encode_image(self._image, size=self._size, tiles=self._tiles)
+        return self._rows
+
     # -- prompt ----------------------------------------------------------------------------------------------------
 
     def _tok(self, text: str) -> list[int]:
@@ -105,13 +121,15 @@ class Conversation:
             ids = self._tokens[text] = self._model.llm.tokenize(text, special=True)
         return ids
 
+    def _head(self) -> list[int]:
+        """The prompt before the image: the system prompt and the start of the user's turn."""
+        return self._tok(f"{IM_START}system\n{self._system}{IM_END}\n{IM_START}user\n")
+
     def _positions(self, question: str, first: int) -> tuple[list[int], int]:
         """The prompt for ``question`` with turns from ``first`` on: (position ids, text token count)."""
         assert self._rows is not None
         n_rows = self._rows.rows.shape[0]
-        marker = image_marker(self._rows.rows)
-        head = self._tok(f"{IM_START}system\n{self._system}{IM_END}\n{IM_START}user\n")
-        out = head + [marker] * n_rows
+        out = self._head() + [image_marker(self._rows.rows)] * n_rows
         kept = self._turns[first:]
         questions = [t.question for t in kept] + [question]
         out += self._tok(f"\n{questions[0]}{IM_END}\n{IM_START}assistant\n")
@@ -154,9 +172,9 @@ class Conversation:
             return stop.is_set() or (cancel is not None and cancel.is_set())
 
         if self._rows is None:
-            assert self._image is not None
-            self._rows = model.encode_image(self._image, size=self._size, tiles=self._tiles)
-            preprocess_ms, encode_ms = self._rows.preprocess_ms, self._rows.encode_ms
+            rows = self._ensure_rows()
+            preprocess_ms, encode_ms = rows.preprocess_ms, rows.encode_ms
+        assert self._rows is not None
         n_rows = self._rows.rows.shape[0]
 
         positions, text_tokens, dropped = self._fit(question, options.max_tokens)

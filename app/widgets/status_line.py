@@ -37,8 +37,7 @@ class StatusLine(QWidget):
         self.state_key = state
 
     def set_reply(self, reply: Reply) -> None:
-        parts = [f"TTFT {reply.ttft_ms:.0f} ms", f"encode {reply.encode_ms:.0f} ms" if reply.encode_ms
-                 else "image cached"]
+        parts = [f"TTFT {reply.ttft_ms:.0f} ms", reply.image_note if reply.encode_ms else "image cached"]
         if reply.tokens_per_s:
             parts.append(f"{reply.tokens_per_s:.1f} tok/s")
         self.timings.setText(" · ".join(parts))

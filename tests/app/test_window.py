@@ -73,10 +73,10 @@ def test_ask_and_follow_up_about_a_picture(qtbot: QtBot, window: MainWindow, pic
     window.set_still(picture, "a test picture")
     assert window.settings.mode == "ask" and window.side.currentWidget() is window.chat
     first = ask(qtbot, window, "What is in the picture?")
-    assert first.text and first.encode_ms > 0
+    assert first.text and first.encode_ms > 0  # encoded when the question came, or read ahead just before
     assert window.chat.turns[0].answer == first.text
     assert window.chat.regenerate_button.isEnabled()
-    assert "encode" in window.status.timings.text()
+    assert "encode" in window.status.timings.text() or "image read ahead" in window.status.timings.text()
 
     second = ask(qtbot, window, "What colour is it?")
     assert second.encode_ms == 0 and second.cached_positions > 0  # the image was not encoded again
@@ -92,6 +92,42 @@ def test_ask_and_follow_up_about_a_picture(qtbot: QtBot, window: MainWindow, pic
     window.export_conversation(tmp_path / "chat.txt")
     txt = (tmp_path / "chat.txt").read_text(encoding="utf-8")
     assert "You: What colour is it?" in txt and "**" not in txt
+
+
+def test_a_new_picture_is_read_while_the_question_is_typed(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.model import Model
+
+    encodes: list[int] = []
+    real_encode = Model.encode_image
+    monkeypatch.setattr(Model, "encode_image", lambda self, image, **k: encodes.append(k.get("size") or 0)
+                        or real_encode(self, image, **k))
+    window.settings.image_size = 256
+    with qtbot.waitSignal(window.worker.prepared, timeout=20_000) as prepared:
+        window.set_still(picture, "a test picture")  # the worker reads it at once
+    assert prepared.args[1] is True and encodes == [256]
+    first = ask(qtbot, window, "What is in the picture?")
+    assert encodes == [256]  # not encoded again for the question
+    assert first.read_ahead and first.encode_ms > 0 and "image read ahead" in window.status.timings.text()
+    assert "image read ahead" in window.chat.plain_text()
+    follow = ask(qtbot, window, "And the colours?")
+    assert not follow.read_ahead and follow.encode_ms == 0 and encodes == [256]
+
+    # A picture asked about at once (before it was read) is encoded once, and the answer is about it.
+    encodes.clear()
+    other = np.ascontiguousarray(picture[::-1])
+    window.set_still(other, "another picture")
+    reply = ask(qtbot, window, "What is in the picture?")
+    assert reply.text and encodes == [256]
+
+    # A new size before the first question: the picture is read again at that size.
+    encodes.clear()
+    with qtbot.waitSignal(window.worker.prepared, timeout=20_000):
+        window.set_still(picture, "a third picture")
+    with qtbot.waitSignal(window.worker.prepared, timeout=20_000) as prepared:
+        window.toolbar.size_box.setCurrentIndex(window.toolbar.size_box.findData(384))
+    assert prepared.args[1] is True and encodes == [256, 384]
+    assert ask(qtbot, window, "What is it?").read_ahead and encodes == [256, 384]
 
 
 def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: MainWindow,

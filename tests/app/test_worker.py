@@ -11,7 +11,7 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from app.worker import IDLE, AskRequest, LiveRequest, ModelWorker, Reply
+from app.worker import IDLE, AskRequest, LiveRequest, ModelWorker, PrepareRequest, Reply
 from engine.caption import open_video
 
 
@@ -118,6 +118,32 @@ def test_a_regenerate_that_writes_nothing_keeps_the_old_answer(qtbot: QtBot, wor
     with qtbot.waitSignal(worker.failed, timeout=10_000):
         worker.ask(AskRequest(regenerate=True, max_tokens=5))
     assert worker.worker._conversation.turns == turns  # type: ignore[union-attr]
+
+
+def test_a_picture_read_ahead_is_used_only_for_itself(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.model import Model
+
+    encodes: list[object] = []
+    real_encode = Model.encode_image
+    monkeypatch.setattr(Model, "encode_image", lambda *a, **k: encodes.append(a) or real_encode(*a, **k))
+    skipped = PrepareRequest(picture, 1, size=256)
+    skipped.cancel.set()  # superseded before it ran: nothing is encoded
+    with qtbot.waitSignal(worker.prepared, timeout=10_000) as prepared:
+        worker.prepare(skipped)
+    assert prepared.args == [1, False] and encodes == []
+
+    with qtbot.waitSignal(worker.prepared, timeout=10_000) as prepared:
+        worker.prepare(PrepareRequest(picture, 2, size=256))
+    assert prepared.args == [2, True] and len(encodes) == 1
+    reply, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=4, image=picture, picture=2, size=256))
+    assert reply.read_ahead and len(encodes) == 1
+
+    other = np.ascontiguousarray(picture[:, ::-1])
+    reply, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=4, image=other, picture=3, size=256))
+    assert not reply.read_ahead and reply.encode_ms > 0 and len(encodes) == 2  # another picture: encoded
+    reply, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=4, image=picture, picture=2, size=256))
+    assert len(encodes) == 3  # picture 2 is no longer the conversation's: encoded again
 
 
 def test_follow_up_without_an_image_says_what_to_do(qtbot: QtBot, worker: ModelWorker) -> None:

@@ -71,4 +71,5 @@ def test_bench_json(tiny_model_dir: Path) -> None:
     first = report["sizes"][0]
     assert first["image_tokens"] == 16
     assert first["ttft_ms"] >= first["prefill_ms"] > 0 and first["decode_tokens_per_s"] > 0
+    assert first["read_ahead_ttft_ms"] > 0 and first["follow_up_ttft_ms"] > 0
     assert report["peak_rss_mb"] > 0

@@ -155,6 +155,24 @@ def test_drop_last_turn_then_ask_again_reuses_the_cache(model: Model, image: np.
     assert t.cached_positions > before.cached_positions
 
 
+def test_prepare_reads_the_picture_before_the_question(model: Model, image: np.ndarray,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = model.conversation(image, size=SIZE).ask("What is this?", max_tokens=6)
+
+    conv = model.conversation(image, size=SIZE)
+    rows = conv.prepare()  # what a window does while the user types
+    assert rows.encode_ms > 0 and rows.rows.shape[0] == plain.timings.image_tokens
+    encodes: list[object] = []
+    real_encode = model.vision.encode
+    monkeypatch.setattr(model.vision, "encode", lambda *a, **k: encodes.append(a) or real_encode(*a, **k))
+    answer = conv.ask("What is this?", max_tokens=6)
+    assert answer.token_ids == plain.token_ids  # the same prompt, so the same answer at temperature 0
+    assert encodes == [] and answer.timings.encode_ms == 0.0
+    # Only the question's own tokens were evaluated after the question came.
+    assert answer.timings.prefill_positions <= answer.timings.prompt_tokens - len(conv._head())
+    assert answer.timings.cached_positions >= len(conv._head()) + rows.rows.shape[0]
+
+
 def test_a_turn_taken_back_can_be_restored_exactly(model: Model, image: np.ndarray) -> None:
     conv = model.conversation(image, size=SIZE)
     first = conv.ask("What is this?", max_tokens=6)
