@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.selftest import main as selftest
 
         return selftest(args[1:])
+    if args[0] == "caption":
+        from app.capture.headless import install_if_needed
+
+        install_if_needed()  # the packaged app has no OpenCV: capture through QtMultimedia instead
     from engine.cli import main as cli
 
     return cli(args)

@@ -28,6 +28,13 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
+def quiet_multimedia_logs() -> None:
+    """Qt Multimedia reports every optional codec library it does not find (VA-API, PipeWire) and relays FFmpeg's
+    own chatter for every decoded frame: noise to users (real failures still arrive through errorOccurred)."""
+    QLoggingCategory.setFilterRules("qt.multimedia.symbolsresolver=false\nqt.multimedia.ffmpeg*=false\n"
+                                    "qt.multimedia.playbackengine*=false")
+
+
 def make_app(qt_args: list[str]) -> QApplication:
     existing = QApplication.instance()
     if isinstance(existing, QApplication):
@@ -36,10 +43,7 @@ def make_app(qt_args: list[str]) -> QApplication:
     QCoreApplication.setApplicationName("Glimpse")
     QCoreApplication.setApplicationVersion(__version__)
     QGuiApplication.setDesktopFileName("glimpse")
-    # Qt Multimedia reports every optional codec library it does not find (VA-API, PipeWire) and relays FFmpeg's own
-    # chatter for every decoded frame: noise to users (real failures still arrive through errorOccurred).
-    QLoggingCategory.setFilterRules("qt.multimedia.symbolsresolver=false\nqt.multimedia.ffmpeg*=false\n"
-                                    "qt.multimedia.playbackengine*=false")
+    quiet_multimedia_logs()
     app = QApplication(["glimpse", *qt_args])
     icon = paths.asset("glimpse.png")
     if icon is not None:

@@ -157,11 +157,30 @@ class _CaptureThread:
         self._thread.join(timeout=5)
 
 
+@dataclass(frozen=True)
+class CaptureBackend:
+    """Another way to open cameras and videos than OpenCV (the desktop app's QtMultimedia, in its packaged build,
+    which leaves OpenCV out). ``open_video(path)`` plays the file in real time, as a camera."""
+
+    name: str
+    open_camera: Callable[[int], FrameSource]
+    open_video: Callable[[Path], FrameSource]
+
+
+class _Capture:
+    backend: CaptureBackend | None = None
+
+
+def use_capture_backend(backend: CaptureBackend | None) -> None:
+    """Open cameras and real-time videos with ``backend`` from now on (None: OpenCV again)."""
+    _Capture.backend = backend
+
+
 def _cv2() -> Any:
     """OpenCV, quietened (it prints its own warnings for a missing camera; we raise a sentence instead).
 
-    Only headless capture from the command line uses it; the desktop app reads cameras and videos with QtMultimedia,
-    and its packaged build leaves OpenCV out."""
+    Only headless capture uses it, unless a ``CaptureBackend`` is installed (the desktop app reads cameras and videos
+    with QtMultimedia, and its packaged build leaves OpenCV out)."""
     try:
         import cv2
     except ImportError:
@@ -173,8 +192,10 @@ def _cv2() -> Any:
     return cv2
 
 
-def open_camera(index: int) -> _CaptureThread:
+def open_camera(index: int) -> FrameSource:
     """Open camera ``index`` (0 is the default camera) and start reading it."""
+    if _Capture.backend is not None:
+        return _Capture.backend.open_camera(index)
     cv2 = _cv2()
     cap = cv2.VideoCapture(index)
     if not cap.isOpened():
@@ -185,11 +206,13 @@ def open_camera(index: int) -> _CaptureThread:
     return _CaptureThread(cap, f"#{index}", pace=None)
 
 
-def open_video(path: str | Path, *, realtime: bool = True) -> _CaptureThread:
+def open_video(path: str | Path, *, realtime: bool = True) -> FrameSource:
     """Play a video file as if it were a camera (``realtime``) or as fast as frames are taken."""
     path = Path(path)
     if not path.is_file():
         raise CaptureError(f"{path} does not exist.", "Check the path of the video.")
+    if _Capture.backend is not None and realtime:
+        return _Capture.backend.open_video(path)
     cv2 = _cv2()
     cap = cv2.VideoCapture(str(path))
     ok = cap.isOpened()
@@ -198,7 +221,7 @@ def open_video(path: str | Path, *, realtime: bool = True) -> _CaptureThread:
         cap.release()
         raise CaptureError(f"{path} cannot be read as a video.", "Use an MP4, AVI, MKV or WebM file.")
     if not realtime:
-        return _PullVideo(cap, path.name)  # type: ignore[return-value]
+        return _PullVideo(cap, path.name)
     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
     return _CaptureThread(cap, path.name, pace=1.0 / fps if fps and fps > 0 else 1 / 25)
 

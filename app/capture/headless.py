@@ -1,0 +1,73 @@
+"""Camera and video capture for the command line through QtMultimedia, where OpenCV is missing.
+
+The packaged app leaves OpenCV out (it would add 155 MB); its window captures through QtMultimedia, and so, with
+this backend installed by the launcher, does ``glimpse caption --source 0`` (or a video file) in the bundle. No
+window and no event loop on the main thread are needed: the sources live on the media thread
+(``app.capture.media``), and an offscreen Qt application only has to exist.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.caption import CaptureBackend, FrameSource, use_capture_backend
+from engine.errors import CaptureError
+
+if TYPE_CHECKING:
+    from app.capture.media import MediaThread
+
+
+def install_if_needed() -> bool:
+    """Give the engine QtMultimedia capture when OpenCV is not installed; True when it did."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return False
+    use_capture_backend(CaptureBackend("QtMultimedia", _open_camera, _open_video))
+    return True
+
+
+@functools.cache
+def _media_thread() -> MediaThread:
+    """The Qt application (offscreen) and the media thread, made on first use; the thread is stopped at exit."""
+    from PySide6.QtGui import QGuiApplication
+
+    from app.capture.cameras import multimedia_problem
+    from app.capture.media import MediaThread
+
+    problem = multimedia_problem()
+    if problem:
+        raise CaptureError(problem)
+    if QGuiApplication.instance() is None:
+        from app.main import quiet_multimedia_logs
+
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        quiet_multimedia_logs()
+        _keep.append(QGuiApplication(["glimpse"]))
+    media = MediaThread()
+    atexit.register(media.stop)
+    return media
+
+
+_keep: list[object] = []  # the Qt application made here, referenced for the life of the process
+
+
+def _open_camera(index: int) -> FrameSource:
+    from PySide6.QtMultimedia import QMediaDevices
+
+    media = _media_thread()
+    devices = QMediaDevices.videoInputs()
+    if not 0 <= index < len(devices):
+        raise CaptureError(f"There is no camera {index}: {len(devices)} camera(s) found.",
+                           "Check it is connected, or give another number to --source.")
+    return media.camera(devices[index]).wait_ready()
+
+
+def _open_video(path: Path) -> FrameSource:
+    return _media_thread().video(path).wait_ready()
