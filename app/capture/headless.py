@@ -39,16 +39,16 @@ def _media_thread() -> MediaThread:
     from PySide6.QtGui import QGuiApplication
 
     from app.capture.cameras import multimedia_problem
-    from app.capture.media import MediaThread
+    from app.main import quiet_multimedia_logs
 
+    quiet_multimedia_logs()  # before QtMultimedia loads: it reports missing optional libraries as it does
     problem = multimedia_problem()
     if problem:
         raise CaptureError(problem)
-    if QGuiApplication.instance() is None:
-        from app.main import quiet_multimedia_logs
+    from app.capture.media import MediaThread
 
+    if QGuiApplication.instance() is None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        quiet_multimedia_logs()
         _keep.append(QGuiApplication(["glimpse"]))
     media = MediaThread()
     atexit.register(media.stop)
