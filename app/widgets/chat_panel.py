@@ -11,8 +11,8 @@ import html
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import Signal
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
 from app.export import ChatTurn
@@ -67,6 +67,8 @@ class ChatPanel(QWidget):
         self.input.returnPressed.connect(self._send)
         self.send_button.clicked.connect(self._send)
         self.stop_button.clicked.connect(lambda: emit(self.stop))
+        self.stop_button.setShortcut(QKeySequence(Qt.Key.Key_Escape))  # only while it is enabled: an answer runs
+        self.stop_button.setToolTip("Stop the answer (Esc)")
         self.copy_button.clicked.connect(self.copy_last)
         self.regenerate_button.clicked.connect(lambda: emit(self.regenerate))
         self.export_button.clicked.connect(lambda: emit(self.export))

@@ -237,6 +237,20 @@ def test_stop_button_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: 
     assert not window.chat.busy and window.chat.send_button.isEnabled()
 
 
+def test_escape_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:
+    from PySide6.QtTest import QTest
+
+    window.settings.image_size = 256
+    window.toolbar.presets.length.setCurrentIndex(window.toolbar.presets.length.findData("detailed"))
+    window.set_still(picture, "a test picture")
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5_000)
+    window.worker.text.connect(lambda _t: QTest.keyClick(window.chat.input, Qt.Key.Key_Escape)
+                               if window.chat.busy else None)
+    reply = ask(qtbot, window, "Describe every detail.")
+    assert reply.finish_reason == "cancelled" and reply.generated_tokens < 512
+
+
 def test_paste_and_drop_make_a_new_picture(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
                                            tmp_path: Path) -> None:
     QGuiApplication.clipboard().setImage(to_qimage(picture))
