@@ -75,7 +75,6 @@ class ModelManager(QDialog):
         self.cancel_button = QPushButton("Cancel")
         self.close_button = QPushButton("Close")
         self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
         self.detail = QLabel()
         self.detail.setWordWrap(True)
         self.detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -142,9 +141,10 @@ class ModelManager(QDialog):
         self.import_button.setEnabled(not busy)
         self.cancel_button.setEnabled(self._job is not None)
         self.table.setEnabled(not busy)
-        if self._job is None:
+        if self._job is None:  # an empty bar, without a "0%" that reads as a download stuck at the start
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
+            self.progress.setTextVisible(False)
 
     # -- jobs -----------------------------------------------------------------------------------------------------
 
@@ -167,6 +167,7 @@ class ModelManager(QDialog):
         self._update_buttons()
 
     def _on_progress(self, p: Progress) -> None:
+        self.progress.setTextVisible(p.total > 0)
         if p.total > 0:
             scale = max(1, p.total // 1_000_000)  # QProgressBar counts in int: keep it small
             self.progress.setRange(0, int(p.total // scale))

@@ -52,13 +52,16 @@ def test_download_shows_licence_progress_and_chooses_the_model(qtbot: QtBot, hub
     dialog = manager(qtbot, settings, store, options)
     dialog.select("fastvlm-0.5b")
     assert dialog.download_button.isEnabled()
+    assert not dialog.progress.isTextVisible()  # idle: an empty bar, no "0%"
     with qtbot.waitSignal(dialog.license_shown, timeout=10_000):
         dialog.download_button.click()
     assert LICENSE_TEXT.strip() in dialog.license.text.toPlainText()
     assert not dialog.download_button.isEnabled()  # nothing else until the licence is answered
 
     reports: list[Progress] = []
-    dialog._on_progress = (lambda p, orig=dialog._on_progress: (reports.append(p), orig(p))[1])  # type: ignore[method-assign]
+    shown: list[bool] = []
+    dialog._on_progress = (lambda p, orig=dialog._on_progress:  # type: ignore[method-assign]
+                           (reports.append(p), orig(p), shown.append(dialog.progress.isTextVisible()))[1])
     with qtbot.waitSignal(dialog.model_chosen, timeout=30_000) as chosen, \
             qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
         dialog.license.accept_button.click()
@@ -69,6 +72,7 @@ def test_download_shows_licence_progress_and_chooses_the_model(qtbot: QtBot, hub
     assert dialog.table.status_of("fastvlm-0.5b").startswith("Installed")
     byte_reports = [p for p in reports if p.unit == "B"]
     assert byte_reports and byte_reports[-1].done == byte_reports[-1].total > 0
+    assert any(shown) and not dialog.progress.isTextVisible()  # a percentage while it counts, none after
 
 
 def test_cancelled_download_resumes(qtbot: QtBot, hub: FakeHub, settings: Settings, store: Store) -> None:
