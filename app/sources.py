@@ -26,10 +26,10 @@ from app.images import from_qimage, is_video, read_image_file
 from app.jobs import Job
 from app.qtcompat import emit
 from engine.caption import FrameSource
+from engine.errors import CaptureError
 
 if TYPE_CHECKING:
     from app.capture.media import MediaThread
-from engine.errors import CaptureError
 
 U8Array = npt.NDArray[np.uint8]
 

@@ -64,7 +64,8 @@ class MainWindow(QMainWindow):
         self.manager: ModelManager | None = None
         self.model_name = ""
         self._closing = False
-        self._live_label = ""
+        self._live_label = ""  # what the live captions are of, for their export
+        self._media_devices: object = None  # QtMultimedia's device watcher, once it is loaded
 
         self.toolbar = MainToolbar(settings, self)
         self.addToolBar(self.toolbar)
