@@ -220,3 +220,28 @@ def test_no_camera_is_said_in_the_list(window: MainWindow) -> None:
     assert texts[3:] == ["Screen: whole screen", "Screen: a region…"]  # offscreen Qt has one screen
     window.toolbar.set_cameras([Camera("Webcam", "/dev/video0")])
     assert window.toolbar.source.itemText(1) == "Camera: Webcam"
+
+
+def test_without_qt_multimedia_the_window_still_works(qtbot: QtBot, settings: Settings, model_store: Store,
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A Linux system without PulseAudio's client library cannot load Qt Multimedia: the window says so, and
+    screenshots, files and pasting still work."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "PySide6.QtMultimedia", None)  # import now raises ImportError
+    settings.model, settings.threads = "tiny", 1
+    window = MainWindow(settings, store=model_store, speech_engine="mock")
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.worker.model_ready, timeout=20_000):
+        window.show()
+    assert "Qt Multimedia cannot load" in window.toolbar.source.toolTip()
+    with qtbot.waitSignal(window.sources.live_stopped, timeout=10_000) as stopped:
+        window.sources.open_video(tmp_path / "clip.avi")
+    assert "Cameras and videos are unavailable" in stopped.args[0]
+    picture = np.zeros((40, 60, 3), np.uint8)
+    window.set_still(picture, "a picture")
+    window.chat.input.setText("What is it?")
+    with qtbot.waitSignal(window.worker.answered, timeout=20_000) as answered:
+        window.chat.send_button.click()
+    assert answered.args[0].finish_reason in ("stop", "length")
+    window.close()
