@@ -27,6 +27,7 @@ from app.widgets.status_line import StatusLine
 from app.worker import AskRequest, ModelWorker, PrepareRequest, Reply
 
 U8Array = npt.NDArray[np.uint8]
+TILES_GRID = (2, 2)  # "small text": the whole picture, then a 2x2 grid of tiles
 REGENERATE_TEMPERATURE = 0.7  # the same question at temperature 0 would give the same answer again
 
 
@@ -61,7 +62,11 @@ class AskAboutPicture(QObject):
         cached image instead of waiting for the encoder (2-3 s at 1024 px on a laptop CPU)."""
         if self.picture is None or not self._picture_is_new or not self._model_name() or self.asking:
             return
-        self._worker.prepare(PrepareRequest(self.picture, self._serial, size=self._settings.image_size))
+        self._worker.prepare(PrepareRequest(self.picture, self._serial, size=self._settings.image_size,
+                                            tiles=self._tiles()))
+
+    def _tiles(self) -> tuple[int, int] | None:
+        return TILES_GRID if self._settings.tiles else None
 
     def size_changed(self) -> None:
         """A picture not asked about yet is read again at the new size."""
@@ -95,7 +100,7 @@ class AskAboutPicture(QObject):
         self.asking = True
         self._chat.begin_answer(shown)
         self._worker.ask(AskRequest(question, max_tokens=max_tokens, image=image, picture=self._serial,
-                                    size=self._settings.image_size))
+                                    size=self._settings.image_size, tiles=self._tiles()))
 
     def regenerate(self) -> None:
         """Answer the last question again. The worker asks the question as the engine's conversation holds it

@@ -139,6 +139,16 @@ class Settings:
         self._set("image_size", _image_size(size))
 
     @property
+    def tiles(self) -> bool:
+        """Questions read the picture at the model's own size plus a 2x2 grid of tiles (small text in big
+        screenshots); live captions are unaffected."""
+        return self._get("tiles", False, _to_bool, "tiles")
+
+    @tiles.setter
+    def tiles(self, on: bool) -> None:
+        self._set("tiles", bool(on))
+
+    @property
     def threads(self) -> int:
         """0 means the engine's default (the physical core count)."""
         return self._get("threads", 0, _bounded(lambda v: int(str(v)), 0, 256), "thread count")

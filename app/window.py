@@ -33,7 +33,7 @@ from app.widgets.model_manager import ModelManager
 from app.widgets.settings_dialog import SettingsDialog
 from app.widgets.source_view import SourceView
 from app.widgets.status_line import StatusLine
-from app.widgets.toolbar import MainToolbar
+from app.widgets.toolbar import TILES, MainToolbar
 from app.worker import ModelWorker
 from engine.download import DownloadOptions
 from engine.errors import GlimpseError
@@ -392,7 +392,8 @@ class MainWindow(QMainWindow):
         self.messages.show_message(message, "error", action)
 
     def _size_chosen(self, size: int) -> None:
-        self.settings.image_size = size
+        self.settings.tiles = size == TILES
+        self.settings.image_size = max(0, size)  # tiles: automatic (512 live, the model's own size + tiles asked)
         self.live.restart_if_running()
         self.asking.size_changed()  # a picture not asked about yet is read again at the new size
 

@@ -94,6 +94,7 @@ class AskRequest:
     image: npt.NDArray[np.uint8] | None = None
     picture: int | None = None  # which picture ``image`` is: one already read ahead (``PrepareRequest``) is reused
     size: int = 0  # 0: the model's own size
+    tiles: tuple[int, int] | None = None  # a grid of tiles after the whole picture (small text)
     temperature: float = 0.0
     seed: int | None = None
     regenerate: bool = False
@@ -108,6 +109,7 @@ class PrepareRequest:
     image: npt.NDArray[np.uint8]
     picture: int
     size: int = 0  # 0: the model's own size
+    tiles: tuple[int, int] | None = None
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
@@ -244,7 +246,7 @@ class Worker(QObject):
             elif req.image is not None:
                 self._state(READING)
                 t0 = time.perf_counter()
-                rows = model.encode_image(req.image, size=req.size or None)
+                rows = model.encode_image(req.image, size=req.size or None, tiles=req.tiles)
                 self._conversation, self._picture, self._read_ahead_ms = model.conversation(rows), req.picture, 0.0
                 before_ms, encode_ms = (time.perf_counter() - t0) * 1e3, rows.encode_ms
             conversation = self._conversation
@@ -285,7 +287,7 @@ class Worker(QObject):
             if req.cancel.is_set() or model is None:
                 return  # a newer picture came, or the model is going: the question will send the picture itself
             self._state(READING)
-            rows = model.encode_image(req.image, size=req.size or None)
+            rows = model.encode_image(req.image, size=req.size or None, tiles=req.tiles)
             if req.cancel.is_set():
                 return
             conversation = model.conversation(rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QComboBox, QLabel, QMenu, QToolBar, QToolButton, QWidget
 
@@ -12,6 +12,9 @@ from app.settings import Settings
 from app.widgets.presets import PresetBar
 
 SIZES = (0, 256, 384, 512, 768, 1024)
+TILES = -1  # the size box's "small text" entry: the model's own size plus 2x2 tiles, for questions
+TILES_TIP = ("For questions about big screenshots and documents: the whole picture plus a 2x2 grid of tiles at the "
+             "model's own size (five times the work, done while you type). Live captions use 512 px.")
 DELAYS = (0, 3, 5, 10)
 MANAGE = "__manage__"
 
@@ -88,7 +91,10 @@ class MainToolbar(QToolBar):
                              "Auto: 512 for live captions, the model's own size for questions.")
         for size in SIZES:
             self.size_box.addItem("Auto size" if size == 0 else f"{size} px", size)
-        self.size_box.setCurrentIndex(max(0, self.size_box.findData(settings.image_size)))
+        self.size_box.addItem("Small text (tiles)", TILES)
+        self.size_box.setItemData(self.size_box.count() - 1, TILES_TIP, Qt.ItemDataRole.ToolTipRole)
+        shown = TILES if settings.tiles else settings.image_size
+        self.size_box.setCurrentIndex(max(0, self.size_box.findData(shown)))
         self.size_box.currentIndexChanged.connect(lambda _i: emit(self.size_chosen, int(self.size_box.currentData())))
         self.addWidget(self.size_box)
 

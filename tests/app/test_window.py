@@ -15,6 +15,7 @@ from pytestqt.qtbot import QtBot
 from app import ask_mode
 from app.images import to_qimage
 from app.widgets.chat_panel import ChatPanel
+from app.widgets.toolbar import MainToolbar
 from app.window import MainWindow
 from app.worker import Reply
 
@@ -128,6 +129,29 @@ def test_a_new_picture_is_read_while_the_question_is_typed(qtbot: QtBot, window:
         window.toolbar.size_box.setCurrentIndex(window.toolbar.size_box.findData(384))
     assert prepared.args[1] is True and encodes == [256, 384]
     assert ask(qtbot, window, "What is it?").read_ahead and encodes == [256, 384]
+
+
+def test_small_text_reads_the_picture_with_tiles(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:
+    from app.widgets.toolbar import TILES
+
+    box = window.toolbar.size_box
+    box.setCurrentIndex(box.findData(TILES))
+    assert window.settings.tiles and window.settings.image_size == 0
+    with qtbot.waitSignal(window.worker.prepared, timeout=60_000) as prepared:
+        window.set_still(picture, "a big screenshot")
+    assert prepared.args[1] is True
+    rows = window.worker.worker._conversation.image_rows  # type: ignore[union-attr]
+    assert rows is not None and rows.tiles == (2, 2)
+    assert rows.rows.shape[0] == 5 * (rows.size // 64) ** 2  # the whole picture, then four tiles
+    reply = ask(qtbot, window, "What does the small print say?")
+    assert reply.read_ahead and reply.text
+
+    box.setCurrentIndex(box.findData(512))  # any plain size turns tiles off again
+    assert not window.settings.tiles and window.settings.image_size == 512
+    again = MainToolbar(window.settings)  # and the choice is restored at the next start
+    assert again.size_box.currentData() == 512
+    window.settings.tiles = True
+    assert MainToolbar(window.settings).size_box.currentData() == TILES
 
 
 def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: MainWindow,
