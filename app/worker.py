@@ -287,13 +287,13 @@ class Worker(QObject):
             if req.cancel.is_set() or model is None:
                 return  # a newer picture came, or the model is going: the question will send the picture itself
             self._state(READING)
-            rows = model.encode_image(req.image, size=req.size or None, tiles=req.tiles)
-            if req.cancel.is_set():
-                return
+            rows = model.encode_image(req.image, size=req.size or None, tiles=req.tiles, cancel=req.cancel)
             conversation = model.conversation(rows)
-            conversation.prepare()
+            conversation.prepare(req.cancel)
             self._conversation, self._picture, self._read_ahead_ms = conversation, req.picture, rows.encode_ms
             ready = True
+        except Cancelled:  # a newer picture, Stop, or the window closing
+            pass
         except Exception as e:  # the question will try again and report it: reading ahead is only a head start
             log.info("reading picture %d ahead failed: %s", req.picture, e)
         finally:

@@ -97,20 +97,23 @@ class Conversation:
         else:
             self._turns.append(_Turn(question, self._model.llm.tokenize(answer, special=False)))
 
-    def prepare(self) -> ImageRows:
+    def prepare(self, cancel: threading.Event | None = None) -> ImageRows:
         """Encode the image now (if it is not yet) and put the system prompt and the image rows in llama.cpp's
         cache, so the first question evaluates only its own words. A window calls this as soon as a picture is
-        chosen, while the user is still typing; without it the first question does the same work itself."""
+        chosen, while the user is still typing; without it the first question does the same work itself.
+        ``cancel`` is checked between the views of a tiled image and before the cache is filled."""
         if self._writing is not None:
             raise InputError("An answer is still being written.", "Stop it or let it finish first.")
-        rows = self._ensure_rows()
+        rows = self._ensure_rows(cancel)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Reading the image")
         self._sync(self._head() + [image_marker(rows.rows)] * rows.rows.shape[0])
         return rows
 
-    def _ensure_rows(self) -> ImageRows:
+    def _ensure_rows(self, cancel: threading.Event | None = None) -> ImageRows:
         if self._rows is None:
             assert self._image is not None
-            self._rows = self._model.encode_image(self._image, size=self._size, tiles=self._tiles)
+            self._rows = self._model.encode_image(self._image, size=self._size, tiles=self._tiles, cancel=cancel)
         return self._rows
 
     # -- prompt ----------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import REDO_MODEL_GUI, InputError, ModelFolderError
+from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
 from engine.llm import LanguageModel
 from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
 from engine.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
@@ -171,14 +171,20 @@ class Model:
         """float32 [tokens, hidden] image rows, already in the language model's space."""
         return self.vision.encode(pixels)
 
-    def encode_image(self, image: ImageInput, *, size: int | None = None,
-                     tiles: tuple[int, int] | None = None) -> ImageRows:
-        """Preprocess and encode; with ``tiles`` the global view then the tiles, each at ``size``."""
+    def encode_image(self, image: ImageInput, *, size: int | None = None, tiles: tuple[int, int] | None = None,
+                     cancel: threading.Event | None = None) -> ImageRows:
+        """Preprocess and encode; with ``tiles`` the global view then the tiles, each at ``size``. ``cancel``
+        is checked between views (raising :class:`Cancelled`): a view itself runs to its end."""
         size = check_size(size or self.default_size)
         t0 = time.perf_counter()
         views = [self.preprocess(image, size)] if tiles is None else tile_views(image, tiles, size)
         t1 = time.perf_counter()
-        rows = np.concatenate([self.encode(v) for v in views]) if len(views) > 1 else self.encode(views[0])
+        parts = []
+        for view in views:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("Reading the image")
+            parts.append(self.encode(view))
+        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
         t2 = time.perf_counter()
         return ImageRows(np.ascontiguousarray(rows), size, tiles, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 

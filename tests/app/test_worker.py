@@ -146,6 +146,34 @@ def test_a_picture_read_ahead_is_used_only_for_itself(qtbot: QtBot, worker: Mode
     assert len(encodes) == 3  # picture 2 is no longer the conversation's: encoded again
 
 
+def test_a_newer_picture_stops_reading_the_older_one_between_tiles(qtbot: QtBot, worker: ModelWorker,
+                                                                    picture: np.ndarray,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.model import Model
+
+    views: list[int] = []
+    real_encode = Model.encode
+    first_view, newer_sent = threading.Event(), threading.Event()
+
+    def encode(self: Model, pixels: np.ndarray) -> np.ndarray:
+        views.append(pixels.shape[-1])
+        if len(views) == 1:  # hold the first view of the tiled picture until the window has sent a newer one
+            first_view.set()
+            newer_sent.wait(10)
+        return real_encode(self, pixels)
+
+    monkeypatch.setattr(Model, "encode", encode)
+    results: list[tuple[int, bool]] = []
+    worker.prepared.connect(lambda picture_id, ready: results.append((picture_id, ready)))
+    worker.prepare(PrepareRequest(picture, 1, size=256, tiles=(2, 2)))
+    qtbot.waitUntil(first_view.is_set, timeout=10_000)
+    worker.prepare(PrepareRequest(np.ascontiguousarray(picture[::-1]), 2, size=256))  # a new picture
+    newer_sent.set()
+    qtbot.waitUntil(lambda: len(results) == 2, timeout=20_000)
+    assert results == [(1, False), (2, True)]
+    assert len(views) == 2  # one view of the tiled picture (its four tiles skipped), then the new picture
+
+
 def test_follow_up_without_an_image_says_what_to_do(qtbot: QtBot, worker: ModelWorker) -> None:
     with qtbot.waitSignal(worker.failed, timeout=10_000) as blocker:
         worker.ask(AskRequest("Hello?"))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from engine.convert import convert_checkpoint
-from engine.errors import ContextFullError, ImageError, InputError, ModelFolderError, ModelNotFoundError
+from engine.errors import Cancelled, ContextFullError, ImageError, InputError, ModelFolderError, ModelNotFoundError
 from engine.model import Answer, Model, load_model
 from engine.model_folder import file_entry
 from engine.preprocess import tile_views
@@ -171,6 +171,27 @@ def test_prepare_reads_the_picture_before_the_question(model: Model, image: np.n
     # Only the question's own tokens were evaluated after the question came.
     assert answer.timings.prefill_positions <= answer.timings.prompt_tokens - len(conv._head())
     assert answer.timings.cached_positions >= len(conv._head()) + rows.rows.shape[0]
+
+
+def test_reading_a_tiled_image_stops_between_views(model: Model, image: np.ndarray,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cancel = threading.Event()
+    views: list[object] = []
+    real_encode = model.vision.encode
+
+    def encode_then_cancel(pixels: np.ndarray) -> np.ndarray:
+        views.append(pixels.shape)
+        cancel.set()  # Stop pressed while the first view is being encoded
+        return real_encode(pixels)
+
+    monkeypatch.setattr(model.vision, "encode", encode_then_cancel)
+    conv = model.conversation(image, size=SIZE, tiles=(2, 2))
+    with pytest.raises(Cancelled):
+        conv.prepare(cancel)
+    assert len(views) == 1  # the four tiles were never encoded
+    monkeypatch.setattr(model.vision, "encode", real_encode)
+    rows = conv.prepare()  # and nothing half-done was kept: reading again works
+    assert rows.rows.shape[0] == 5 * (SIZE // 64) ** 2
 
 
 def test_a_turn_taken_back_can_be_restored_exactly(model: Model, image: np.ndarray) -> None:
