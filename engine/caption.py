@@ -89,7 +89,33 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-class _CaptureThread:
+class SlotSource:
+    """The reading side of a ``FrameSource`` whose own thread fills a ``LatestFrame`` (``_slot``) and records why
+    it stopped in ``_error``. ``poll_s`` caps how long one ``take`` waits (so a stop is seen soon)."""
+
+    _slot: LatestFrame
+    _error: str | None
+    poll_s: float | None = None
+
+    def take(self, timeout: float | None = None) -> Frame | None:
+        if self.poll_s is not None:
+            timeout = self.poll_s if timeout is None else min(timeout, self.poll_s)
+        return self._slot.take(timeout)
+
+    @property
+    def ended(self) -> bool:
+        return self._slot.closed
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def dropped(self) -> int:
+        return self._slot.dropped
+
+
+class _CaptureThread(SlotSource):
     """Reads an OpenCV ``VideoCapture`` on a daemon thread into a ``LatestFrame``."""
 
     def __init__(self, capture: object, name: str, pace: float | None) -> None:
@@ -136,21 +162,6 @@ class _CaptureThread:
         finally:
             cap.release()  # type: ignore[attr-defined]
             self._slot.close()
-
-    def take(self, timeout: float | None = None) -> Frame | None:
-        return self._slot.take(timeout)
-
-    @property
-    def ended(self) -> bool:
-        return self._slot.closed
-
-    @property
-    def error(self) -> str | None:
-        return self._error
-
-    @property
-    def dropped(self) -> int:
-        return self._slot.dropped
 
     def close(self) -> None:
         self._stop.set()

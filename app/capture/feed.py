@@ -19,14 +19,16 @@ from PySide6.QtCore import QObject, Signal
 from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import spawn
-from engine.caption import Frame, FrameSource, LatestFrame
+from engine.caption import Frame, FrameSource, LatestFrame, SlotSource
 
 _POLL_S = 0.1  # how long a take() may wait, so stopping never waits long
 
 
-class FrameFeed(QObject):
+class FrameFeed(QObject, SlotSource):
     """Frames from the source ``opener()`` returns (e.g. ``MediaSource.wait_ready``), read on the feed's thread.
-    Also a ``FrameSource`` for ``caption_stream``."""
+    Also a ``FrameSource`` for ``caption_stream`` (``SlotSource``: its one-frame slot)."""
+
+    poll_s = _POLL_S
 
     opened = Signal(str)  # the feed's name
     frame_ready = Signal()  # call latest() to get it
@@ -117,19 +119,3 @@ class FrameFeed(QObject):
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
 
-    # -- FrameSource, for the caption loop ----------------------------------------------------------------------
-
-    def take(self, timeout: float | None = None) -> Frame | None:
-        return self._slot.take(_POLL_S if timeout is None else min(timeout, _POLL_S))
-
-    @property
-    def ended(self) -> bool:
-        return self._slot.closed
-
-    @property
-    def error(self) -> str | None:
-        return self._error
-
-    @property
-    def dropped(self) -> int:
-        return self._slot.dropped
