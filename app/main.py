@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     args, qt_args = _parse(sys.argv[1:] if argv is None else list(argv))
     app = make_app(qt_args)
 
-    from app.settings import Settings
-    from app.window import MainWindow
+    # Start-up: app.capture.headless and `glimpse caption` import this module for its Qt set-up; the window's modules
+    # (about 3 s to import: onnxruntime, llama.cpp, Qt Multimedia) load only when a window opens.
+    from app.settings import Settings  # noqa: PLC0415
+    from app.window import MainWindow  # noqa: PLC0415
 
     settings = Settings.at(args.settings) if args.settings else Settings.user()
     if args.model:

@@ -2,7 +2,7 @@
 
 A preset is a name and a prompt. The length hint is separate (as in Apple's FastVLM app), so every preset can be
 short or detailed; it adds a sentence to the prompt and sets how many tokens the answer may use. Live captions
-ignore it: they always use the engine's brief-answer suffix (``engine.caption.caption_prompt``).
+ignore it: they always use the engine's brief-answer suffix (``engine.runtime.caption.caption_prompt``).
 """
 
 from __future__ import annotations

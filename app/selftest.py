@@ -13,7 +13,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.selftest import SelfTestReport, run_engine_selftest
+import numpy as np
+import psutil
+from PIL import Image
+from PySide6 import __version__ as pyside_version
+from PySide6.QtCore import QEventLoop, QTimer
+
+from app.main import make_app
+from app.settings import Settings
+from app.sources import Sources
+from app.speech import Speaker
+from app.window import MainWindow
+from engine.cli.selftest import SelfTestReport, run_engine_selftest
+from engine.models.store import Store
 
 _MODEL_NAME = "selftest-tiny"
 
@@ -21,13 +33,6 @@ _MODEL_NAME = "selftest-tiny"
 def _first_window(work: Path, report: SelfTestReport) -> None:
     """Open the window with no model, as at a first start, and record how long after process start it showed."""
     os.environ["QT_QPA_PLATFORM"] = "offscreen"  # the self-test never needs a screen
-    import psutil
-    from PySide6 import __version__ as pyside_version
-
-    from app.main import make_app
-    from app.settings import Settings
-    from app.window import MainWindow
-    from engine.store import Store
 
     report.versions["PySide6"] = pyside_version
     app = make_app([])
@@ -43,12 +48,6 @@ def _first_window(work: Path, report: SelfTestReport) -> None:
 def _video_check(work: Path, report: SelfTestReport) -> None:
     """Play a generated animated GIF through Qt Multimedia, as the app plays videos and cameras: this proves the
     multimedia plugin and its FFmpeg libraries are there (a frozen build can easily miss them)."""
-    import numpy as np
-    from PIL import Image
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    from app.main import make_app
-    from app.sources import Sources
 
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     frames = [Image.new("RGB", (64, 48), c) for c in colours]
@@ -89,10 +88,8 @@ def _video_check(work: Path, report: SelfTestReport) -> None:
 def _speech_check(report: SelfTestReport) -> None:
     """Qt's text-to-speech plugins are there (the silent "mock" engine always ships with them) and a voice engine
     starts; which real engines work depends on the system (speech-dispatcher on Linux)."""
-    from PySide6.QtTextToSpeech import QTextToSpeech
-
-    from app.main import make_app
-    from app.speech import Speaker
+    # The import is the check: a bundle without Qt's text-to-speech module fails this step, not the self-test's start.
+    from PySide6.QtTextToSpeech import QTextToSpeech  # noqa: PLC0415
 
     make_app([])
     engines = QTextToSpeech.availableEngines()
@@ -106,12 +103,6 @@ def _speech_check(report: SelfTestReport) -> None:
 
 
 def _window_check(work: Path, model_dir: Path, report: SelfTestReport) -> None:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    from app.main import make_app
-    from app.settings import Settings
-    from app.window import MainWindow
-    from engine.store import Store
 
     app = make_app([])
     store = Store(work / "home")

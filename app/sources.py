@@ -25,8 +25,8 @@ from app.capture.screen import LiveScreen, ScreenCapture
 from app.images import from_qimage, is_video, read_image_file
 from app.jobs import Job
 from app.qtcompat import emit
-from engine.caption import FrameSource
 from engine.errors import CaptureError
+from engine.runtime.caption import FrameSource
 
 if TYPE_CHECKING:
     from app.capture.media import MediaThread
@@ -81,7 +81,8 @@ class Sources(QObject):
     def _media(self) -> MediaThread:
         """The thread cameras and videos live on (QtMultimedia is imported only when one is first used)."""
         if self._media_thread is None:
-            from app.capture.media import MediaThread
+            # Optional and slow to load: Qt Multimedia is imported only when a camera or video is first used.
+            from app.capture.media import MediaThread  # noqa: PLC0415
 
             self._media_thread = MediaThread()
         return self._media_thread

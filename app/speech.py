@@ -27,7 +27,8 @@ class Speaker(QObject):
         self._pending = ""
         self._ready: Any = None
         try:
-            from PySide6.QtTextToSpeech import QTextToSpeech
+            # The import is the check: Qt's text-to-speech module is optional.
+            from PySide6.QtTextToSpeech import QTextToSpeech  # noqa: PLC0415
         except ImportError as e:
             self.reason = f"Read-aloud needs Qt's text-to-speech module, which cannot load here ({e})."
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.download import human_bytes
+from engine.models.download import human_bytes
 from engine.progress import Progress
 
 

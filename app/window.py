@@ -35,9 +35,9 @@ from app.widgets.source_view import SourceView
 from app.widgets.status_line import StatusLine
 from app.widgets.toolbar import TILES, MainToolbar
 from app.worker import ModelWorker
-from engine.download import DownloadOptions
 from engine.errors import GlimpseError
-from engine.store import Store
+from engine.models.download import DownloadOptions
+from engine.models.store import Store
 
 U8Array = npt.NDArray[np.uint8]
 OPEN_FILTER = IMAGE_FILTER.replace("Images (", "Images and videos (" + " ".join(f"*{s}" for s in
@@ -181,7 +181,8 @@ class MainWindow(QMainWindow):
             app.screenAdded.connect(self._screens_changed)  # bound methods: disconnected when the window goes
             app.screenRemoved.connect(self._screens_changed)
         if not multimedia_problem():
-            from PySide6.QtMultimedia import QMediaDevices
+            # Optional: loaded only once multimedia_problem() says Qt Multimedia can be.
+            from PySide6.QtMultimedia import QMediaDevices  # noqa: PLC0415
 
             self._media_devices = QMediaDevices(self)
             self._media_devices.videoInputsChanged.connect(self._refresh_cameras)

@@ -25,10 +25,10 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import new_qthread
-from engine.caption import Frame, FrameSource, caption_stream
-from engine.conversation import Conversation
 from engine.errors import Cancelled, GlimpseError
-from engine.model import Answer, Model, load_model
+from engine.runtime.caption import Frame, FrameSource, caption_stream
+from engine.runtime.conversation import Conversation
+from engine.runtime.model import Answer, Model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Worker(QObject):
     text = Signal(str)  # the next few tokens of the answer or caption being written
     answered = Signal(object)  # Reply
     caption_started = Signal()
-    captioned = Signal(object, object)  # engine.caption.Caption, Reply
+    captioned = Signal(object, object)  # engine.runtime.caption.Caption, Reply
     live_ended = Signal(str, str)  # "stopped" | "ended" | "error", and a sentence for the last two
     failed = Signal(str)
     prepared = Signal(int, bool)  # the picture, and whether it is ready (False: not read ahead after all)

@@ -18,24 +18,22 @@ __version__ = "0.1.0"
 
 __all__ = ["Answer", "Conversation", "GlimpseError", "ImageRows", "Model", "Timings", "load_model"]
 
+from engine.errors import GlimpseError
+
 if TYPE_CHECKING:
-    from engine.conversation import Conversation
-    from engine.errors import GlimpseError
-    from engine.model import Answer, ImageRows, Model, Timings, load_model
+    from engine.runtime.conversation import Conversation
+    from engine.runtime.model import Answer, ImageRows, Model, Timings, load_model
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import engine` (and the CLI's start-up) does not load onnxruntime and llama.cpp.
+    # Lazy, because every `import engine.<module>` runs this file first: the runtime loads onnxruntime and llama.cpp
+    # (IMPORT_COST), which the CLI's start-up, the converter and the model manager never need.
     if name == "Conversation":
-        from engine.conversation import Conversation
+        from engine.runtime.conversation import Conversation  # noqa: PLC0415
 
         return Conversation
-    if name == "GlimpseError":
-        from engine.errors import GlimpseError
-
-        return GlimpseError
     if name in ("Answer", "ImageRows", "Model", "Timings", "load_model"):
-        from engine import model
+        from engine.runtime import model  # noqa: PLC0415
 
         return getattr(model, name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -28,10 +28,6 @@ class Progress:
     unit: str = "it"
     rate: float = 0.0
 
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total > 0 else 0.0
-
 
 ProgressFn = Callable[[Progress], None]
 

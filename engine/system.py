@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import psutil
 
@@ -20,10 +21,9 @@ def peak_rss_bytes() -> int:
 
 def _ru_maxrss() -> int:
     try:
-        import resource
+        # Platform: Windows has no resource module.
+        import resource  # noqa: PLC0415
     except ImportError:  # Windows
         return 0
-    import sys
-
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kib if sys.platform == "darwin" else kib * 1024)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.synthetic import CheckpointSpec, write_checkpoint
+from engine.convert import convert_checkpoint
+from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Session-wide too, not only per test: module-scoped fixtures load models before the per-test fixture runs, and
@@ -33,6 +34,4 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint converted by the real converter (f16 language model). Treat it as read-only."""
-    from engine.convert import convert_checkpoint
-
     return convert_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("models") / "tiny", quant="f16")

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from engine.convert.synthetic import CheckpointSpec, write_checkpoint
+
 LICENSE_TEXT = "TEST MODEL LICENCE\nResearch use only. This text stands in for Apple's LICENSE file.\n"
 REPO = "apple/FastVLM-0.5B"
 
@@ -50,8 +52,6 @@ class _File:
 
 def make_repo(folder: Path, shards: int = 1) -> Path:
     """A tiny random FastVLM checkpoint in Apple's layout plus a LICENSE file: what a fake repository serves."""
-    from engine.synthetic import CheckpointSpec, write_checkpoint
-
     write_checkpoint(folder, CheckpointSpec(shards=shards))
     (folder / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
     return folder

@@ -27,7 +27,8 @@ class Camera:
 def multimedia_problem() -> str:
     """Why cameras and videos cannot be used here, or "" when QtMultimedia loads."""
     try:
-        import PySide6.QtMultimedia  # noqa: F401
+        # The import is the check: Qt Multimedia is optional and may fail to load here.
+        import PySide6.QtMultimedia  # noqa: F401, PLC0415
     except ImportError as e:
         return (f"Cameras and videos are unavailable because Qt Multimedia cannot load ({e}). "
                 "Screenshots, pasted and opened images still work.")
@@ -39,9 +40,10 @@ def list_cameras() -> tuple[list[Camera], str]:
     problem = multimedia_problem()
     if problem:
         return [], problem
-    from PySide6.QtMultimedia import QMediaDevices
+    # Optional: Qt Multimedia (app.capture.media imports it) is loaded only once multimedia_problem() says it can be.
+    from PySide6.QtMultimedia import QMediaDevices  # noqa: PLC0415
 
-    from app.capture.media import device_id
+    from app.capture.media import device_id  # noqa: PLC0415
 
     return [Camera(device.description() or f"Camera {position + 1}", device_id(device))
             for position, device in enumerate(QMediaDevices.videoInputs())], ""
@@ -49,9 +51,9 @@ def list_cameras() -> tuple[list[Camera], str]:
 
 def find_device(camera: Camera) -> QCameraDevice | None:
     """The device behind ``camera`` now, or None when it is no longer connected."""
-    from PySide6.QtMultimedia import QMediaDevices
+    from PySide6.QtMultimedia import QMediaDevices  # noqa: PLC0415
 
-    from app.capture.media import device_id
+    from app.capture.media import device_id  # noqa: PLC0415
 
     if not camera.device_id:
         device = QMediaDevices.defaultVideoInput()
@@ -67,7 +69,8 @@ def with_camera_permission(context: QObject, granted: Callable[[], None], denied
     """Call ``granted`` once the system allows camera use (asking the user if it has not been decided), else
     ``denied`` with a sentence. Platforms without camera permissions (Linux, Windows) allow it at once."""
     try:
-        from PySide6.QtCore import QCameraPermission
+        # Optional: Qt before 6.5 has no QCameraPermission.
+        from PySide6.QtCore import QCameraPermission  # noqa: PLC0415
     except ImportError:  # Qt before 6.5 has no permission API; the OS then reports a failure on open instead
         granted()
         return

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.caption import CaptureBackend, FrameSource, use_capture_backend
 from engine.errors import CaptureError
+from engine.runtime.caption import CaptureBackend, FrameSource, use_capture_backend
 
 if TYPE_CHECKING:
     from app.capture.media import MediaThread
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 def install_if_needed() -> bool:
     """Give the engine QtMultimedia capture when OpenCV is not installed; True when it did."""
     try:
-        import cv2  # noqa: F401
+        # The import is the check: OpenCV is optional (the bundle leaves it out).
+        import cv2  # noqa: F401, PLC0415
     except ImportError:
         pass
     else:
@@ -36,16 +37,17 @@ def install_if_needed() -> bool:
 @functools.cache
 def _media_thread() -> MediaThread:
     """The Qt application (offscreen) and the media thread, made on first use; the thread is stopped at exit."""
-    from PySide6.QtGui import QGuiApplication
+    # Qt is loaded only when a camera or video is opened: `glimpse caption` on the screen or on files never needs it.
+    from PySide6.QtGui import QGuiApplication  # noqa: PLC0415
 
-    from app.capture.cameras import multimedia_problem
-    from app.main import quiet_multimedia_logs
+    from app.capture.cameras import multimedia_problem  # noqa: PLC0415
+    from app.main import quiet_multimedia_logs  # noqa: PLC0415
 
     quiet_multimedia_logs()  # before QtMultimedia loads: it reports missing optional libraries as it does
     problem = multimedia_problem()
     if problem:
         raise CaptureError(problem)
-    from app.capture.media import MediaThread
+    from app.capture.media import MediaThread  # noqa: PLC0415
 
     if QGuiApplication.instance() is None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -59,7 +61,7 @@ _keep: list[object] = []  # the Qt application made here, referenced for the lif
 
 
 def _open_camera(index: int) -> FrameSource:
-    from PySide6.QtMultimedia import QMediaDevices
+    from PySide6.QtMultimedia import QMediaDevices  # noqa: PLC0415
 
     media = _media_thread()
     devices = QMediaDevices.videoInputs()

@@ -6,8 +6,8 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
 from app.qtcompat import emit
-from engine import catalog
-from engine.catalog import CatalogEntry
+from engine.models import catalog
+from engine.models.catalog import CatalogEntry
 
 
 class LicensePanel(QWidget):

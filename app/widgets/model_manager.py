@@ -31,11 +31,11 @@ from app.settings import Settings
 from app.units import progress_line
 from app.widgets.license_panel import LicensePanel
 from app.widgets.model_table import ModelTable
-from engine import catalog
-from engine.catalog import CatalogEntry
-from engine.download import DownloadOptions, fetch_license, is_offline
+from engine.models import catalog
+from engine.models.catalog import CatalogEntry
+from engine.models.download import DownloadOptions, fetch_license, is_offline
+from engine.models.store import Store
 from engine.progress import Progress
-from engine.store import Store
 
 OFFLINE = ("Offline mode is on (HF_HUB_OFFLINE), so models cannot be downloaded. You can still import a model "
            "or checkpoint folder you already have.")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
-from engine import catalog
-from engine.catalog import CatalogEntry
-from engine.download import human_bytes
-from engine.store import Store
+from engine.models import catalog
+from engine.models.catalog import CatalogEntry
+from engine.models.download import human_bytes
+from engine.models.store import Store
 
 
 class ModelTable(QTableWidget):

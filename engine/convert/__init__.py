@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__
-from engine.checkpoint import Checkpoint, LlmGeometry
+from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.errors import ConversionError, DiskFullError, GlimpseError, OutputExistsError
-from engine.model_folder import (
+from engine.models.model_folder import (
     ATTRIBUTION,
     FORMAT_VERSION,
     LICENSE_FILE,
@@ -30,6 +30,8 @@ from engine.model_folder import (
     file_entry,
 )
 from engine.progress import ProgressFn, Reporter
+from engine.runtime.preprocess import PATCH_SIZE
+from engine.runtime.prompt import TEMPLATE_ID
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 DEFAULT_QUANT = "q8_0"
@@ -41,8 +43,6 @@ DEFAULT_VISION_WEIGHTS = "fp16"
 VISION_PRECISIONS = ("int8", "fp32")
 DEFAULT_VISION_PRECISION = "int8"
 DEFAULT_IMAGE_SIZE = 1024
-PATCH_SIZE = 64
-TEMPLATE = "qwen_2"
 _LICENSE_CANDIDATES = ("LICENSE_MODEL", "LICENSE", "LICENSE.md", "LICENSE.txt", "license.txt", "LICENSE_MODEL.txt")
 # Approximate bytes per weight in the written GGUF, for the disk-space check (block scales included).
 _BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 1.07, "q4_0": 0.57, "q4_k_m": 0.62}
@@ -135,9 +135,11 @@ def convert_checkpoint(
     model.json (e.g. repo and revision).
     Raises a GlimpseError subclass with a readable sentence on every expected failure.
     """
-    from engine.convert.llm_gguf import write_llm_gguf
-    from engine.convert.vision_graph import build_vision_onnx
-    from engine.convert.vision_int8 import apply_vision_precision
+    # Start-up: onnx, gguf and onnxruntime's quantizer take 0.75-1.2 s to import (-X importtime); `glimpse --help`,
+    # `glimpse models` and the model manager import this module for its constants.
+    from engine.convert.llm_gguf import write_llm_gguf  # noqa: PLC0415
+    from engine.convert.vision_graph import build_vision_onnx  # noqa: PLC0415
+    from engine.convert.vision_int8 import apply_vision_precision  # noqa: PLC0415
 
     src, out = Path(src), Path(out)
     if quant not in QUANTS:
@@ -195,7 +197,7 @@ def _manifest(name: str, geo: LlmGeometry, vision: Any, *, quant: str, vision_we
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
-        "template": TEMPLATE,
+        "template": TEMPLATE_ID,
         "vision": {
             "default_image_size": DEFAULT_IMAGE_SIZE,
             "patch_size": PATCH_SIZE,

@@ -38,9 +38,10 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType as QType
 
-from engine.checkpoint import Checkpoint, LlmGeometry
+from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.errors import CheckpointError, ConversionError, DiskFullError
 from engine.progress import Reporter
+from engine.runtime.llm import route_llama_logs
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 ARCH = "qwen2"
@@ -408,9 +409,8 @@ def _write_gguf(ckpt: Checkpoint, geo: LlmGeometry, out_path: Path, quant: str, 
 
 def _quantize_k(src: Path, dst: Path, file_type: int) -> None:
     """Requantize an F16 GGUF with llama.cpp (the only implementation of K-quants)."""
-    import llama_cpp
-
-    from engine.llm import route_llama_logs
+    # Only Q4_K_M needs llama.cpp's quantizer, and llama_cpp takes about 0.5 s to import.
+    import llama_cpp  # noqa: PLC0415
 
     route_llama_logs()  # llama.cpp logs a line per tensor; keep it off stderr
     params = llama_cpp.llama_model_quantize_default_params()

@@ -41,7 +41,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
-from engine.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
 from engine.errors import CheckpointError, ConversionError, ShapeMismatchError
 from engine.progress import Reporter
 
@@ -167,11 +167,6 @@ def _dim0(names: Mapping[str, tuple[int, ...]], name: str, rank: int) -> int:
     if len(shape) != rank or shape[0] <= 0:
         raise ShapeMismatchError(VISION_PREFIX + name, (shape[0] if shape else 1,) + (1,) * (rank - 1), shape)
     return shape[0]
-
-
-def read_geometry(ckpt: Checkpoint) -> VisionGeometry:
-    """The vision tower's geometry, derived from tensor names and shapes (no shape checks beyond what it reads)."""
-    return _read(ckpt)[0]
 
 
 def _read(ckpt: Checkpoint) -> tuple[VisionGeometry, _Layout, dict[str, tuple[int, ...]]]:

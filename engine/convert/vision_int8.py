@@ -3,8 +3,8 @@
 The float graph (fp16- or fp32-stored weights, float32 compute) becomes an onnxruntime QDQ graph:
 
 1. calibrate activation ranges (MinMax) on the real photographs and screenshots in ``assets/calibration/``,
-   preprocessed exactly as at run time (``engine.preprocess``) at ``CALIBRATION_SIZES``. The float graph runs with
-   a ReduceMin / ReduceMax output for every activation the quantizer needs, at full onnxruntime speed (its own
+   preprocessed exactly as at run time (``engine.runtime.preprocess``) at ``CALIBRATION_SIZES``. The float graph
+   runs with a ReduceMin / ReduceMax output for every activation the quantizer needs, at full onnxruntime speed (its own
    calibrator disables graph optimizations: 2-3x slower here, and several GB more at 1024 px);
 2. fold the fp16 weights and their ``Cast`` / ``Mul`` folds into float32 initializers (what onnxruntime does when
    it creates a session), so the quantizer sees plain Conv / MatMul weights;
@@ -43,10 +43,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import QuantType
 
 from engine.errors import Cancelled, ConversionError
+from engine.folders import assets_root
 from engine.progress import Reporter
+from engine.runtime.preprocess import preprocess
+from engine.system import default_threads
 
 log = logging.getLogger("glimpse")
 
@@ -65,14 +72,6 @@ OUTPUT_NAME = "image_embeddings"
 F32 = npt.NDArray[np.float32]
 
 
-def assets_dir() -> Path:
-    """The ``assets`` folder: beside the sources, or inside a PyInstaller bundle."""
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle is not None and (Path(bundle) / "assets").is_dir():
-        return Path(bundle) / "assets"
-    return Path(__file__).resolve().parents[2] / "assets"
-
-
 def list_images(folder: Path) -> list[Path]:
     """The image files in ``folder`` (sorted by name); an empty list when the folder is missing."""
     if not folder.is_dir():
@@ -81,11 +80,11 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def calibration_images() -> list[Path]:
-    return list_images(assets_dir() / "calibration")
+    return list_images(assets_root() / "calibration")
 
 
 def heldout_images() -> list[Path]:
-    return list_images(assets_dir() / "heldout")
+    return list_images(assets_root() / "heldout")
 
 
 @dataclass(frozen=True)
@@ -292,9 +291,6 @@ def _release_memory() -> None:
 
 
 def _session(model: Path, threads: int | None, *, priority_order: bool = False) -> Any:
-    import onnxruntime as ort
-
-    from engine.system import default_threads
 
     opts = ort.SessionOptions()
     if priority_order:  # runs the calibration reductions as early as possible
@@ -312,8 +308,6 @@ def _views(images: Sequence[Path], sizes: Sequence[int]) -> list[tuple[str, Path
 
 
 def _pixels(image: Path, size: int) -> F32:
-    from engine.preprocess import preprocess
-
     return preprocess(image, size)
 
 
@@ -330,10 +324,6 @@ def quantize_vision(src: str | Path, dst: str | Path, *, calibration: Sequence[P
     Cancelled when ``report``'s cancel event is set.
     """
     # Module paths rather than the package's re-exports, which older onnxruntime releases lack for some of these.
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import QuantType
-
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     sizes = tuple(GATE_SIZES if sizes is None else sizes)
@@ -343,7 +333,7 @@ def quantize_vision(src: str | Path, dst: str | Path, *, calibration: Sequence[P
     heldout = list(heldout_images() if heldout is None else heldout)
     if not calibration or not heldout:
         raise ConversionError(f"The int8 quantizer found {len(calibration)} calibration and {len(heldout)} held-out "
-                              f"images (in {assets_dir()}).", "Reinstall Glimpse, or use --vision-precision fp32.",
+                              f"images (in {assets_root()}).", "Reinstall Glimpse, or use --vision-precision fp32.",
                               gui_hint="Reinstall Glimpse: its calibration images are missing.")
     overlap = {p.resolve() for p in calibration} & {p.resolve() for p in heldout}
     if overlap:

@@ -8,14 +8,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from PySide6.QtCore import QStandardPaths
 from pytestqt.qtbot import QtBot
 
 from app import threads as app_threads
 from app.settings import Settings
 from app.window import MainWindow
-from engine.store import Store
+from engine.models.store import Store
 
 
 def _left_running(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -30,8 +32,6 @@ def _left_running(before: set[threading.Thread]) -> list[threading.Thread]:
 @pytest.fixture(autouse=True)
 def _no_thread_left_running(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Autouse, so it is set up before (and torn down after) every other fixture: windows are closed first."""
-    from PySide6.QtCore import QStandardPaths
-
     # Anything that reaches for the user's QSettings or folders lands in tmp instead.
     QStandardPaths.setTestModeEnabled(True)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
@@ -52,8 +52,6 @@ def settings(tmp_path: Path) -> Settings:
 
 def write_video(path: Path, frames: int = 16, fps: float = 16.0, size: tuple[int, int] = (160, 120)) -> Path:
     """An MJPEG AVI of a bar sweeping across a gradient: every frame differs enough to be captioned."""
-    import cv2
-
     w, h = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
     assert writer.isOpened(), "OpenCV cannot write MJPEG here"

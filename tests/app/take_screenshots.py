@@ -18,6 +18,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+from PIL import Image
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QLabel
+
+from app.images import from_qimage
+from app.main import make_app
+from app.settings import Settings
+from app.window import MainWindow
+from engine.convert import convert_checkpoint
+from engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from engine.models.store import Store
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
@@ -38,9 +53,6 @@ def wait_until(app: Any, condition: Callable[[], bool], timeout: float = 60.0) -
 def write_video(path: Path) -> Path:
     """A little street scene: a red car drives past a house and a traffic light. It changes enough from frame to
     frame for the engine's change detection to let frames through (a still scene would be skipped)."""
-    import cv2
-    import numpy as np
-
     w, h, frames, fps = 640, 400, 360, 24
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
     for i in range(frames):
@@ -68,9 +80,6 @@ def write_video(path: Path) -> Path:
 
 def save_small(widget: Any, path: Path) -> None:
     """Grab the window and save it as a PNG under MAX_BYTES (palette colours; scaled down if still too big)."""
-    from PIL import Image
-
-    from app.images import from_qimage
 
     image = Image.fromarray(from_qimage(widget.grab().toImage()))
     scale = 1.0
@@ -89,14 +98,6 @@ def main() -> int:
     os.environ["GLIMPSE_HOME"] = str(work / "home")
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from PySide6.QtWidgets import QApplication
-
-    from app.main import make_app
-    from app.settings import Settings
-    from app.window import MainWindow
-    from engine.convert import convert_checkpoint
-    from engine.store import Store
-    from engine.synthetic import CheckpointSpec, write_checkpoint
 
     checkpoint = write_checkpoint(work / "llava-fastvithd_tiny_stage3", CheckpointSpec())
     store = Store.default()
@@ -119,10 +120,6 @@ def main() -> int:
 
 
 def shoot(app: Any, window: Any) -> None:
-    from PySide6.QtCore import QPoint, Qt
-    from PySide6.QtTest import QTest
-    from PySide6.QtWidgets import QLabel
-
     work = Path(os.environ["GLIMPSE_HOME"]).parent
     wait_until(app, lambda: bool(window.model_name))
 

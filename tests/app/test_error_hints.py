@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.jobs import describe_error
+from app.jobs import Job, describe_error
 from app.window import MainWindow
-from engine import catalog
-from engine.download import DownloadOptions, _translate, check_disk_space, download_model
 from engine.errors import (
     ContextFullError,
     DiskFullError,
@@ -34,10 +32,12 @@ from engine.errors import (
     OfflineError,
     OutputExistsError,
 )
-from engine.llm import check_gguf
-from engine.model import load_model
-from engine.preprocess import load_image
-from engine.store import Store
+from engine.models import catalog
+from engine.models.download import DownloadOptions, _translate, check_disk_space, download_model
+from engine.models.store import Store
+from engine.runtime.llm import check_gguf
+from engine.runtime.model import load_model
+from engine.runtime.preprocess import load_image
 from tests.fakehub import dead_endpoint
 
 # A flag (--force), a glimpse command (lower case: the app's name in prose is capitalised), a quoted command,
@@ -180,8 +180,6 @@ def test_window_says_what_to_do_for_a_model_that_is_not_installed(window: MainWi
 
 def test_a_failed_job_shows_the_windows_advice(qtbot: QtBot) -> None:
     """Model manager downloads, imports and removals, and opening image files, all report through a Job."""
-    from app.jobs import Job
-
     def fail(_progress: object, _cancel: object) -> None:
         raise OfflineError("Could not connect.", "Run `glimpse models pull x` again.", gui_hint="Try again later.")
 

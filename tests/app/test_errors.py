@@ -4,22 +4,28 @@ stops, a model that cannot load, an exception in the worker, an unreadable image
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtGui import QPixmap
+from PySide6.QtMultimedia import QMediaDevices
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-from app.capture.cameras import Camera
+import app.window
+from app.capture import screen
+from app.capture.cameras import Camera, find_device, list_cameras
 from app.capture.feed import FrameFeed
 from app.settings import Settings
 from app.window import MainWindow
-from engine.caption import Frame
-from engine.store import Store
+from engine.models.store import Store
+from engine.runtime.caption import Frame
+from engine.runtime.model import Model
 
 
 def test_no_camera(qtbot: QtBot, window: MainWindow) -> None:
@@ -112,8 +118,6 @@ def test_model_load_failure(qtbot: QtBot, settings: Settings, tmp_path: Path, ti
 
 def test_exception_in_the_worker(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
@@ -149,8 +153,6 @@ def test_asking_without_a_picture_says_what_to_do(window: MainWindow) -> None:
 
 
 def test_wayland_offers_paste(window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.window
-
     monkeypatch.setattr(app.window, "unavailable_reason", lambda: "Wayland says no.")
     window.take_screenshot("region")
     assert window.messages.text() == "Wayland says no."
@@ -159,9 +161,6 @@ def test_wayland_offers_paste(window: MainWindow, monkeypatch: pytest.MonkeyPatc
 
 def test_blank_screen_capture_is_reported(qtbot: QtBot, window: MainWindow,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from PySide6.QtGui import QPixmap
-
-    from app.capture import screen
 
     def black(_s: object) -> QPixmap:
         pixmap = QPixmap(64, 48)
@@ -188,10 +187,6 @@ def test_corrupt_settings_fall_back_with_a_notice(qtbot: QtBot, tmp_path: Path, 
 
 
 def test_camera_names_and_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    from PySide6.QtCore import QByteArray
-    from PySide6.QtMultimedia import QMediaDevices
-
-    from app.capture.cameras import find_device, list_cameras
 
     class Device:
         def __init__(self, device_id: bytes, name: str) -> None:
@@ -226,8 +221,6 @@ def test_without_qt_multimedia_the_window_still_works(qtbot: QtBot, settings: Se
                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A Linux system without PulseAudio's client library cannot load Qt Multimedia: the window says so, and
     screenshots, files and pasting still work."""
-    import sys
-
     monkeypatch.setitem(sys.modules, "PySide6.QtMultimedia", None)  # import now raises ImportError
     settings.model, settings.threads = "tiny", 1
     window = MainWindow(settings, store=model_store, speech_engine="mock")

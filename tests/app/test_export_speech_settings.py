@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -42,8 +45,6 @@ def test_markdown_exports() -> None:
 
 
 def test_text_exports() -> None:
-    import datetime as dt
-
     t = dt.datetime(2026, 11, 27, 9, 30, 5).timestamp()
     text = captions_text([CaptionEntry("A cat\n on a mat.", t, t + 1), CaptionEntry("Gone.", t + 2, t + 3)],
                          model="tiny", source="Webcam")
@@ -55,9 +56,6 @@ def test_text_exports() -> None:
 
 
 def test_a_failed_export_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import os
-
     target = tmp_path / "captions.md"
     write_file(target, "first transcript\n")
     assert target.read_text(encoding="utf-8") == "first transcript\n"

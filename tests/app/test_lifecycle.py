@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 from pytestqt.qtbot import QtBot
@@ -14,8 +15,8 @@ from pytestqt.qtbot import QtBot
 from app import threads as app_threads
 from app.settings import Settings
 from app.window import MainWindow
-from engine.download import DownloadOptions
-from engine.store import Store
+from engine.models.download import DownloadOptions
+from engine.models.store import Store
 from tests.app.conftest import write_video
 from tests.fakehub import REPO, FakeHub, make_repo
 
@@ -49,8 +50,6 @@ def test_closing_during_an_answer(qtbot: QtBot, window: MainWindow, picture: np.
 
 
 def test_closing_during_a_download(qtbot: QtBot, settings: Settings, tmp_path: Path) -> None:
-    import huggingface_hub
-
     store = Store(tmp_path / "home")
     store.accept_license("apple-amlr", "licence", "fastvlm-0.5b")
     with FakeHub({REPO: make_repo(tmp_path / "repo")}) as hub:

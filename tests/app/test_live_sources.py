@@ -3,18 +3,28 @@ overlay) grabbed twice a second, and what a camera that goes away reports."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from PySide6.QtCore import QPoint, QThread
+from PySide6.QtCore import QPoint, QSize, Qt, QThread
 from PySide6.QtGui import QColor, QImage, QPixmap
+from PySide6.QtMultimedia import QMediaDevices
+from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
+from app import window as window_module
+from app.capture import screen
+from app.capture.cameras import Camera
 from app.capture.feed import FrameFeed
 from app.capture.live import LiveSource
-from app.capture.media import MediaSource, MediaThread
+from app.capture.media import MediaSource, MediaThread, choose_format
 from app.sources import Sources
 from app.window import MainWindow
 from engine.errors import CaptureError
@@ -51,8 +61,6 @@ def test_a_video_plays_through_qt_multimedia(qtbot: QtBot, tmp_path: Path) -> No
 
 
 def test_the_feed_hands_qt_frames_over_in_order(qtbot: QtBot, tmp_path: Path) -> None:
-    import cv2
-
     path = write_video(tmp_path / "sweep.avi", frames=12, fps=12)
     reference = []
     cap = cv2.VideoCapture(str(path))
@@ -108,8 +116,6 @@ def _own_window_mask(window: MainWindow, shape: tuple[int, ...], *, origin: tupl
 
 
 def test_the_whole_screen_as_a_live_source(qtbot: QtBot, window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.capture import screen
-
     shot, pixels = patterned_shot(1600, 1600, 2.0)  # the offscreen screen: 800 x 800 logical pixels at 200 %
     monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))
     window.toolbar.mode.setCurrentIndex(window.toolbar.mode.findData("ask"))  # no captions: only the feed
@@ -141,8 +147,6 @@ def test_the_whole_screen_as_a_live_source(qtbot: QtBot, window: MainWindow, mon
 
 def test_a_screen_region_as_a_live_source_gets_captions(qtbot: QtBot, window: MainWindow,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.capture import screen
-
     shot, pixels = patterned_shot(1600, 1600, 2.0)
     monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))
     window.captions.interval.setValue(0.0)
@@ -171,10 +175,6 @@ def test_a_screen_region_as_a_live_source_gets_captions(qtbot: QtBot, window: Ma
 
 def test_cancelling_a_live_region_leaves_no_source(qtbot: QtBot, window: MainWindow,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from PySide6.QtCore import Qt
-    from PySide6.QtTest import QTest
-
-    from app.capture import screen
 
     shot, _ = patterned_shot(1600, 1600, 2.0)
     monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))
@@ -204,8 +204,6 @@ class _Device(LiveSource):
 
 
 def test_a_quiet_or_disconnected_camera_is_reported(qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
-    from PySide6.QtMultimedia import QMediaDevices
-
     source = _Device("Webcam")
     image = QImage(8, 6, QImage.Format.Format_RGB888)
     image.fill(0x336699)
@@ -236,9 +234,6 @@ def test_a_source_that_never_shows_a_picture_times_out() -> None:
 
 def test_the_source_list_follows_cameras_and_keeps_what_plays(qtbot: QtBot, window: MainWindow, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from app import window as window_module
-    from app.capture.cameras import Camera
-
     window.toolbar.mode.setCurrentIndex(window.toolbar.mode.findData("ask"))
     with qtbot.waitSignal(window.sources.live_started, timeout=10_000):
         window.sources.open_video(write_video(tmp_path / "long.avi", frames=200, fps=20))
@@ -254,9 +249,6 @@ def test_the_source_list_follows_cameras_and_keeps_what_plays(qtbot: QtBot, wind
 
 
 def test_a_camera_is_asked_for_a_fast_picture_near_720p() -> None:
-    from PySide6.QtCore import QSize
-
-    from app.capture.media import choose_format
 
     class Format:
         def __init__(self, w: int, h: int, fps: float) -> None:
@@ -282,11 +274,6 @@ def test_a_camera_is_asked_for_a_fast_picture_near_720p() -> None:
 
 def test_command_line_captions_without_opencv_use_qt_multimedia(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The packaged app has no OpenCV: `glimpse caption --source VIDEO` then captures through QtMultimedia."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     video = write_video(tmp_path / "clip.avi", frames=24, fps=12)
     script = ("import sys; sys.modules['cv2'] = None  # as in the bundle\n"
               "from app.launcher import main\n"

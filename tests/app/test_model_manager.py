@@ -8,16 +8,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from app.settings import Settings
 from app.widgets.model_manager import OFFLINE, ModelManager
-from engine.download import DownloadOptions
+from engine.models.download import DownloadOptions
+from engine.models.store import Store
 from engine.progress import Progress
-from engine.store import Store
-from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, make_repo
+from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, dead_endpoint, make_repo
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,6 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def hub(repo_dir: Path) -> Iterator[FakeHub]:
-    import huggingface_hub
-
     with FakeHub({REPO: repo_dir}) as h:
         yield h
     huggingface_hub.close_session()  # its pooled keep-alive connections would hold the server's threads
@@ -155,8 +154,6 @@ def test_offline_says_so_and_import_still_works(qtbot: QtBot, settings: Settings
 
 
 def test_unreachable_hub_is_a_clear_message(qtbot: QtBot, settings: Settings, store: Store) -> None:
-    from tests.fakehub import dead_endpoint
-
     dialog = manager(qtbot, settings, store, DownloadOptions(endpoint=dead_endpoint(), offline=False, retries=0))
     dialog.select("fastvlm-0.5b")
     with qtbot.waitSignal(dialog.job_finished, timeout=20_000) as finished:

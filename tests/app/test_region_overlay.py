@@ -9,8 +9,10 @@ from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
+from app.capture import screen
 from app.capture.region_overlay import RegionOverlay, crop, to_physical
 from app.images import from_qimage, to_qimage
+from app.window import MainWindow
 
 
 def patterned_shot(width: int, height: int, ratio: float) -> tuple[QPixmap, np.ndarray]:
@@ -98,9 +100,6 @@ def test_a_second_monitor_uses_its_own_ratio(qtbot: QtBot) -> None:
 
 def test_screenshot_of_a_region_through_the_window(qtbot: QtBot, window: object,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.capture import screen
-    from app.window import MainWindow
-
     assert isinstance(window, MainWindow)
     shot, pixels = patterned_shot(1600, 1600, 2.0)
     monkeypatch.setattr(screen, "grab", lambda _s: QPixmap(shot))

@@ -7,17 +7,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from app import ask_mode
 from app.images import to_qimage
 from app.widgets.chat_panel import ChatPanel
-from app.widgets.toolbar import MainToolbar
+from app.widgets.toolbar import TILES, MainToolbar
 from app.window import MainWindow
 from app.worker import Reply
+from engine.runtime.model import Model
+from tests.app.conftest import write_video
 
 
 def test_live_captions_from_a_video_file(qtbot: QtBot, window: MainWindow, video: Path, tmp_path: Path) -> None:
@@ -46,8 +50,6 @@ def test_live_captions_from_a_video_file(qtbot: QtBot, window: MainWindow, video
 
 
 def test_stop_captions_while_running(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
-    from tests.app.conftest import write_video
-
     long_video = write_video(tmp_path / "long.avi", frames=200, fps=20)
     window.captions.interval.setValue(0.0)
     with qtbot.waitSignal(window.worker.captioned, timeout=20_000):
@@ -97,8 +99,6 @@ def test_ask_and_follow_up_about_a_picture(qtbot: QtBot, window: MainWindow, pic
 
 def test_a_new_picture_is_read_while_the_question_is_typed(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     encodes: list[int] = []
     real_encode = Model.encode_image
     monkeypatch.setattr(Model, "encode_image", lambda self, image, **k: encodes.append(k.get("size") or 0)
@@ -132,8 +132,6 @@ def test_a_new_picture_is_read_while_the_question_is_typed(qtbot: QtBot, window:
 
 
 def test_small_text_reads_the_picture_with_tiles(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:
-    from app.widgets.toolbar import TILES
-
     box = window.toolbar.size_box
     box.setCurrentIndex(box.findData(TILES))
     assert window.settings.tiles and window.settings.image_size == 0
@@ -170,8 +168,6 @@ def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: Mai
 def test_regenerate_replaces_the_last_answer_of_a_conversation(qtbot: QtBot, window: MainWindow,
                                                                picture: np.ndarray,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     window.settings.image_size = 256
     window.set_still(picture, "a test picture")
     first = ask(qtbot, window, "What is in the picture?")
@@ -262,8 +258,6 @@ def test_stop_button_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: 
 
 
 def test_escape_stops_an_answer(qtbot: QtBot, window: MainWindow, picture: np.ndarray) -> None:
-    from PySide6.QtTest import QTest
-
     window.settings.image_size = 256
     window.toolbar.presets.length.setCurrentIndex(window.toolbar.presets.length.findData("detailed"))
     window.set_still(picture, "a test picture")
@@ -282,8 +276,6 @@ def test_paste_and_drop_make_a_new_picture(qtbot: QtBot, window: MainWindow, pic
     assert window.view.badge.startswith("A pasted image (160×120)")
     assert "pasted image" in window.chat.plain_text()
 
-    from PIL import Image
-
     Image.fromarray(picture).save(tmp_path / "photo.png")
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "photo.png"))])
@@ -299,8 +291,6 @@ def test_paste_and_drop_make_a_new_picture(qtbot: QtBot, window: MainWindow, pic
 
 
 def test_freeze_a_live_frame_and_ask(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
-    from tests.app.conftest import write_video
-
     window.settings.image_size = 256
     with qtbot.waitSignal(window.sources.frame, timeout=10_000):
         window.sources.open_video(write_video(tmp_path / "long.avi", frames=200, fps=20))

@@ -12,7 +12,9 @@ from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
 from app.worker import IDLE, AskRequest, LiveRequest, ModelWorker, PrepareRequest, Reply
-from engine.caption import open_video
+from engine.runtime.caption import open_video
+from engine.runtime.conversation import Conversation
+from engine.runtime.model import Model
 
 
 @pytest.fixture
@@ -52,8 +54,6 @@ def test_ask_then_follow_up_streams_and_reuses_the_image(qtbot: QtBot, worker: M
 
 def test_regenerate_takes_back_the_last_answer_only(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     first, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=8, image=picture, size=256))
     second, _ = ask(qtbot, worker, AskRequest("And then?", max_tokens=8))
     encodes: list[object] = []
@@ -74,8 +74,6 @@ def test_regenerate_takes_back_the_last_answer_only(qtbot: QtBot, worker: ModelW
 
 def _stop_after_the_prefill(monkeypatch: pytest.MonkeyPatch, req: AskRequest) -> None:
     """Make ``req`` stopped by the user after its prompt is in the cache, before the first token."""
-    from engine.conversation import Conversation
-
     real_sync = Conversation._sync
 
     def sync_then_stop(self: Conversation, positions: list[int]) -> int:
@@ -101,8 +99,6 @@ def test_an_answer_stopped_before_its_first_word_leaves_no_turn(qtbot: QtBot, wo
 def test_a_regenerate_that_writes_nothing_keeps_the_old_answer(qtbot: QtBot, worker: ModelWorker,
                                                                 picture: np.ndarray,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.conversation import Conversation
-
     first, _ = ask(qtbot, worker, AskRequest("What is this?", max_tokens=6, image=picture, size=256))
     req = AskRequest(regenerate=True, max_tokens=50, temperature=0.7, seed=3)
     _stop_after_the_prefill(monkeypatch, req)
@@ -122,8 +118,6 @@ def test_a_regenerate_that_writes_nothing_keeps_the_old_answer(qtbot: QtBot, wor
 
 def test_a_picture_read_ahead_is_used_only_for_itself(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     encodes: list[object] = []
     real_encode = Model.encode_image
     monkeypatch.setattr(Model, "encode_image", lambda *a, **k: encodes.append(a) or real_encode(*a, **k))
@@ -149,8 +143,6 @@ def test_a_picture_read_ahead_is_used_only_for_itself(qtbot: QtBot, worker: Mode
 def test_a_newer_picture_stops_reading_the_older_one_between_tiles(qtbot: QtBot, worker: ModelWorker,
                                                                     picture: np.ndarray,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     views: list[int] = []
     real_encode = Model.encode
     first_view, newer_sent = threading.Event(), threading.Event()
@@ -204,8 +196,6 @@ def test_stop_from_the_gui_thread_is_prompt(qtbot: QtBot, worker: ModelWorker, p
 
 def test_an_exception_in_the_worker_becomes_a_message(qtbot: QtBot, worker: ModelWorker, picture: np.ndarray,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.model import Model
-
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 

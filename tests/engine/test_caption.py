@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.caption import (
+from engine.errors import CaptureError, InputError
+from engine.runtime.caption import (
     BRIEF_SUFFIX,
     Frame,
     LatestFrame,
@@ -26,8 +27,7 @@ from engine.caption import (
     open_video,
     thumbnail,
 )
-from engine.errors import CaptureError, InputError
-from engine.model import Model, load_model
+from engine.runtime.model import Model, load_model
 
 REPO = Path(__file__).resolve().parents[2]
 SCENES = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import engine.convert as convert_mod
-from engine.convert import convert_checkpoint
+from engine.convert import convert_checkpoint, llm_gguf
 from engine.errors import Cancelled, ConversionError, DiskFullError, ModelFolderError, OutputExistsError
-from engine.model_folder import ATTRIBUTION, read_manifest, sha256_file, verify
+from engine.models.model_folder import ATTRIBUTION, read_manifest, sha256_file, verify
 from engine.progress import Progress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,8 +37,8 @@ def test_model_folder_contents(converted: Path, tiny_checkpoint: Path) -> None:
     manifest = verify(converted)
     raw = json.loads((converted / "model.json").read_text())
     assert raw["format_version"] == 1
-    assert manifest.template == "qwen_2"
-    assert manifest.image_size == 1024 and manifest.patch_size == 64
+    assert raw["template"] == "qwen_2"
+    assert manifest.image_size == 1024 and raw["vision"]["patch_size"] == 64
     assert manifest.quant == "f16"
     assert manifest.llm_hidden == 64
     assert raw["llm"]["layers"] == 2 and raw["llm"]["tied_embeddings"] is True
@@ -94,8 +94,6 @@ def test_cancel_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_disk_full_while_writing(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.convert import llm_gguf
-
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -8,12 +8,20 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import filelock
 import pytest
 
-from engine import catalog, download
-from engine.catalog import CatalogFile
-from engine.download import STATE_FILE, DownloadOptions, download_model, fetch_license, local_copy_complete, read_state
 from engine.errors import Cancelled, DiskFullError, DownloadError, OfflineError
+from engine.models import catalog, download
+from engine.models.catalog import CatalogFile
+from engine.models.download import (
+    STATE_FILE,
+    DownloadOptions,
+    download_model,
+    fetch_license,
+    local_copy_complete,
+    read_state,
+)
 from engine.progress import Progress
 from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, dead_endpoint, make_repo
 
@@ -85,8 +93,6 @@ def test_expired_cdn_address_is_renewed(repo_dir: Path, tmp_path: Path) -> None:
 
 
 def test_a_second_downloader_is_refused(hub: FakeHub, tmp_path: Path) -> None:
-    import filelock
-
     (tmp_path / "dl").mkdir()
     with filelock.FileLock(str(tmp_path / "dl" / download.LOCK_FILE)), \
             pytest.raises(DownloadError, match="already being downloaded"):

@@ -22,16 +22,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import gguf
+import llama_cpp
 import numpy as np
 import pytest
 
-from engine.checkpoint import Checkpoint, LlmGeometry
 from engine.convert import llm_gguf
+from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.convert.llm_gguf import write_llm_gguf
+from engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
 from engine.errors import Cancelled, ContextFullError, ConversionError, DiskFullError, InferenceError, ModelFolderError
-from engine.llm import LanguageModel, check_gguf, image_marker
 from engine.progress import Progress, Reporter
-from engine.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
+from engine.runtime.llm import LanguageModel, check_gguf, image_marker
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VARIANTS = ("tied", "untied")
@@ -39,7 +40,7 @@ QType = gguf.GGMLQuantizationType
 
 # What llama.cpp's convert_hf_to_gguf.py writes for Qwen2ForCausalLM: prepare_metadata (general.*), TextModel.
 # set_gguf_parameters (qwen2.*), _set_vocab_gpt2 + gguf.SpecialVocab (tokenizer.*; add_bos_token only when
-# tokenizer_config.json has one, which engine.synthetic's does not, nor does Qwen2-Instruct's).
+# tokenizer_config.json has one, which engine.convert.synthetic's does not, nor does Qwen2-Instruct's).
 REFERENCE_KEYS = {
     "general.architecture", "general.type", "general.name", "general.size_label",
     "general.file_type", "general.quantization_version",
@@ -84,7 +85,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, refs: dict[str, dict[s
                 names.append("lm_head.weight")
             sums = [float(ckpt.tensor(n).astype(np.float64).sum()) for n in names]
         assert np.allclose(sums, ref["fingerprint"], rtol=0, atol=1e-6), (
-            "engine.synthetic now writes other weights than the fixtures were made from; "
+            "engine.convert.synthetic now writes other weights than the fixtures were made from; "
             "regenerate them with tests/oracle/make_llm_fixtures.py")
         out[variant] = folder
     return out
@@ -142,8 +143,6 @@ def test_quantized_files_run(ggufs: dict[tuple[str, str], Path], refs: dict[str,
 def test_numpy_quants_equal_llama_quantize(ggufs: dict[tuple[str, str], Path], tmp_path: Path,
                                            quant: str, file_type: int) -> None:
     """gguf-py's numpy Q8_0 / Q4_0 give the bytes llama-quantize makes from the f16 file, type choices included."""
-    import llama_cpp
-
     for variant in VARIANTS:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = file_type

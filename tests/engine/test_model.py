@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from engine.convert import convert_checkpoint
+from engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
 from engine.errors import Cancelled, ContextFullError, ImageError, InputError, ModelFolderError, ModelNotFoundError
-from engine.model import Answer, Model, load_model
-from engine.model_folder import file_entry
-from engine.preprocess import tile_views
-from engine.prompt import SYSTEM_PROMPT, first_turn, next_turn, render
-from engine.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
+from engine.models.model_folder import file_entry
+from engine.runtime import conversation
+from engine.runtime.model import Answer, Model, load_model
+from engine.runtime.preprocess import tile_views
+from engine.runtime.prompt import SYSTEM_PROMPT, first_turn, next_turn, render
 
 SIZE = 256  # 16 image rows with the 64x downsampling
 
@@ -277,8 +278,6 @@ def test_cancel_stops_within_one_token(model: Model, image: np.ndarray) -> None:
 
 
 def test_stops_on_im_end(model: Model, image: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine import conversation
-
     stop = model.stop_ids[0]
 
     class Scripted:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import ImageError, InputError
-from engine.preprocess import check_size, load_image, pad_to_square, preprocess, to_pixels
+from engine.runtime.preprocess import check_size, load_image, pad_to_square, preprocess, to_pixels
 
 RED = (255, 0, 0)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import catalog, cli_models, download
 from engine.cli import main
-from engine.download import DownloadOptions, read_state
+from engine.cli import models as cli_models
+from engine.convert import convert_checkpoint
 from engine.errors import (
     CheckpointError,
     GlimpseError,
@@ -22,8 +22,11 @@ from engine.errors import (
     ModelNotFoundError,
     OutputExistsError,
 )
-from engine.model_folder import is_model_folder, verify
-from engine.store import Store, home, normalize_name
+from engine.models import catalog, download
+from engine.models.download import DownloadOptions, read_state
+from engine.models.model_folder import is_model_folder, verify
+from engine.models.store import Store, home, normalize_name
+from engine.runtime.vision import VisionEncoder, cache_dir
 from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, make_repo
 
 
@@ -52,8 +55,6 @@ def hub(repo_dir: Path, glimpse_home: Path, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory, repo_dir: Path) -> Path:
     """A converted model folder, made by the real converter from the tiny checkpoint."""
-    from engine.convert import convert_checkpoint
-
     return convert_checkpoint(repo_dir, tmp_path_factory.mktemp("converted") / "tiny", name="tiny")
 
 
@@ -310,8 +311,6 @@ def test_pull_refuses_existing_without_force(glimpse_home: Path, model_folder: P
 
 
 def test_remove_drops_the_optimized_graph_cache(glimpse_home: Path, model_folder: Path) -> None:
-    from engine.vision import VisionEncoder, cache_dir
-
     store = Store.default()
     store.import_model(model_folder, name="mine")
     store.import_model(model_folder, name="twin")  # the same vision graph, installed twice

@@ -2,7 +2,8 @@
 
 The expected embeddings in tests/fixtures/vision_*.npz come from timm's ``fastvit_mci3`` plus a torch projector
 (tests/oracle/make_vision_fixtures.py, run with the oracle extra). Here the same random checkpoint is regenerated
-with engine.synthetic from the spec and seed stored in the fixture, converted, and run with onnxruntime; no torch.
+with engine.convert.synthetic from the spec and seed stored in the fixture, converted, and run with onnxruntime; no
+torch.
 
 Relative error is ``max|actual - expected| / max|expected|`` over the whole [tokens, hidden] output.
 """
@@ -21,12 +22,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engine import synthetic
-from engine.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from engine.convert import synthetic, vision_graph
+from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 from engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, VisionGeometry, build_vision_onnx
 from engine.errors import Cancelled, CheckpointError, ConversionError, ShapeMismatchError
 from engine.progress import Progress, Reporter
-from engine.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REL_TOL = 1e-4  # graph vs timm, float32 throughout (measured: 2e-7 tiny, 4e-7 full)
@@ -246,8 +247,6 @@ def test_fp16_keeps_out_of_range_weights_in_fp32(monkeypatch: pytest.MonkeyPatch
 
 def test_invalid_graph_is_reported_and_removed(monkeypatch: pytest.MonkeyPatch,
                                                tiny: tuple[Path, Path, VisionGeometry], tmp_path: Path) -> None:
-    from engine.convert import vision_graph
-
     monkeypatch.setattr(vision_graph, "OPSET", 9)  # no Gelu or LayerNormalization in opset 9
     with Checkpoint(tiny[0]) as ckpt, pytest.raises(ConversionError, match="failed ONNX validation"):
         build_vision_onnx(ckpt, tmp_path / "v.onnx")

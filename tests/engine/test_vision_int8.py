@@ -16,17 +16,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 import engine.convert.vision_int8 as vi
 from engine import cli
-from engine.checkpoint import Checkpoint
-from engine.convert import convert_checkpoint
+from engine.convert import convert_checkpoint, estimate_output_bytes
+from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, build_vision_onnx
 from engine.errors import Cancelled, ConversionError
-from engine.model_folder import read_manifest, sha256_file, verify
-from engine.preprocess import preprocess
+from engine.folders import assets_root
+from engine.models.model_folder import read_manifest, sha256_file, verify
 from engine.progress import Progress, Reporter
-from engine.vision import VisionEncoder, cache_dir
+from engine.runtime.preprocess import preprocess
+from engine.runtime.vision import VisionEncoder, cache_dir
 
 SIZE = 256  # the smallest supported side keeps calibration and the gate fast on the tiny tower
 
@@ -73,9 +75,9 @@ def _io(path: Path) -> list[tuple[str, int, list[Any]]]:
 
 @pytest.mark.parametrize("folder", ["calibration", "heldout"])
 def test_assets_load_and_are_licensed(folder: str) -> None:
-    images = vi.list_images(vi.assets_dir() / folder)
+    images = vi.list_images(assets_root() / folder)
     assert len(images) >= (8 if folder == "calibration" else 4)
-    licenses = (vi.assets_dir() / folder / "LICENSES.md").read_text(encoding="utf-8")
+    licenses = (assets_root() / folder / "LICENSES.md").read_text(encoding="utf-8")
     for path in images:
         assert f"`{path.name}`" in licenses, f"{path.name} is not listed in {folder}/LICENSES.md"
         pixels = preprocess(path, SIZE)
@@ -93,8 +95,8 @@ def test_calibration_and_heldout_are_different_images() -> None:
     cal, held = vi.calibration_images(), vi.heldout_images()
     assert not {p.name for p in cal} & {p.name for p in held}
     assert not {digest(p) for p in cal} & {digest(p) for p in held}
-    total = sum(f.stat().st_size for f in vi.assets_dir().joinpath("calibration").iterdir()) + sum(
-        f.stat().st_size for f in vi.assets_dir().joinpath("heldout").iterdir())
+    total = sum(f.stat().st_size for f in assets_root().joinpath("calibration").iterdir()) + sum(
+        f.stat().st_size for f in assets_root().joinpath("heldout").iterdir())
     assert total < 2_000_000
 
 
@@ -132,8 +134,6 @@ def test_quantized_graph_is_valid_with_the_same_interface(float_graph: Path,
 def test_same_graph_as_quantize_static(float_graph: Path, quantized: tuple[Path, vi.GateResult],
                                        tmp_path: Path) -> None:
     """Our calibration pass + QDQQuantizer is onnxruntime's quantize_static with the same settings, only faster."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     model = vi.float_model(float_graph)
     selected = vi.nodes_to_quantize(model)
     onnx.save(model, str(tmp_path / "float.onnx"))
@@ -302,9 +302,6 @@ def test_converter_records_the_precision(tiny_checkpoint: Path, tmp_path: Path,
 def test_space_check_counts_the_int8_working_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The int8 step writes a float copy of the graph (the calibration probe) and the int8 graph beside the float
     one: the space check must leave room for both."""
-    from engine.checkpoint import Checkpoint, LlmGeometry
-    from engine.convert import estimate_output_bytes
-
     float_graph = convert_checkpoint(tiny_checkpoint, tmp_path / "f", quant="f16", vision_precision="fp32")
     graph_bytes = (float_graph / "vision.onnx").stat().st_size
     with Checkpoint(tiny_checkpoint) as ckpt:

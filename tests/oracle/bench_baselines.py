@@ -9,7 +9,7 @@ llama-cpp-python, psutil):
 
 ``--checkpoint`` is a FastVLM checkpoint in Apple's layout; ``--converted`` is its Glimpse conversion (the plain
 pipeline runs its ``llm.gguf``; its ``vision.onnx`` is only used to check both baselines compute the same model).
-It measures, on the very images ``engine.bench`` uses (``sample_image(1000 * size + i)``, run 0 a warm-up left
+It measures, on the very images ``engine.cli.bench`` uses (``sample_image(1000 * size + i)``, run 0 a warm-up left
 out of the medians), with 2 threads everywhere and greedy decoding:
 
 - ``transformers``: ``FastVlmForConditionalGeneration`` in float32, eval, ``torch.inference_mode``, the default
@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.bench import FOLLOW_UP, QUESTION, sample_image
-from engine.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
-from engine.preprocess import preprocess
-from engine.prompt import first_turn, next_turn
+from engine.cli.bench import FOLLOW_UP, QUESTION, sample_image
+from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from engine.runtime.preprocess import preprocess
+from engine.runtime.prompt import first_turn, next_turn
 from engine.system import peak_rss_bytes
 
 THREADS = 2
@@ -279,7 +279,7 @@ def measure(args: argparse.Namespace) -> dict:
     runs, first = [], None
     with getattr(runner, "context", contextlib.nullcontext()):
         for i in range(args.runs + 1):
-            image = sample_image(1000 * args.size + i)  # the images engine.bench uses
+            image = sample_image(1000 * args.size + i)  # the images engine.cli.bench uses
             t0 = time.perf_counter()
             pixels = preprocess(image, args.size)
             t1 = time.perf_counter()

@@ -4,16 +4,16 @@ Run from the repository root with the oracle environment (torch + transformers, 
 
     PYTHONPATH=. /path/to/oracle-venv/bin/python tests/oracle/make_llm_fixtures.py
 
-It writes random checkpoints with ``engine.synthetic`` (fixed specs and seeds, recorded in the fixtures so the test
-can rebuild the very same weights without torch), loads their language model into ``Qwen2ForCausalLM`` in float32
-(the bf16 weights are exact in float32), and saves:
+It writes random checkpoints with ``engine.convert.synthetic`` (fixed specs and seeds, recorded in the fixtures so
+the test can rebuild the very same weights without torch), loads their language model into ``Qwen2ForCausalLM`` in
+float32 (the bf16 weights are exact in float32), and saves:
 
 - ``tests/fixtures/llm_tied.npz`` and ``llm_untied.npz``: the prompt (prefix token ids, a block of "image rows",
   question token ids), the logits after its last position, and 8 greedy tokens with the margin between the best and
   second-best logit at each step;
 - ``tests/fixtures/tokenizer_cases.json``: the Hugging Face tokenizer's ids for a set of strings.
 
-Regenerate them whenever engine/synthetic.py changes what it writes (the test compares a weight fingerprint).
+Regenerate them whenever engine/convert/synthetic.py changes what it writes (the test compares a weight fingerprint).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from engine.checkpoint import Checkpoint, LlmGeometry
-from engine.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
+from engine.convert.checkpoint import Checkpoint, LlmGeometry
+from engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -148,7 +148,7 @@ def main() -> None:
                   f"min margin {data['margins'].min():.3f}")
             if name == "tied":
                 cases = [{"text": t, "ids": ids_of(tok, t)} for t in TOKENIZER_CASES]
-                meta = {"tokenizer": f"{type(tok).__name__} (transformers), from engine.synthetic's files",
+                meta = {"tokenizer": f"{type(tok).__name__} (transformers), from engine.convert.synthetic's files",
                         "spec": spec, "cases": cases}
                 path = FIXTURES / "tokenizer_cases.json"
                 path.write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

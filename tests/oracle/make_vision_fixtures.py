@@ -5,16 +5,17 @@ Run (from the repository root, with the oracle extra installed: torch, torchvisi
     PYTHONPATH=. /work/oracle-venv/bin/python tests/oracle/make_vision_fixtures.py
 
 For each tower (``tiny``: VisionSpec.tiny(); ``full``: the released FastViTHD geometry) it writes a random checkpoint
-with engine.synthetic (fixed spec and seed), loads its vision weights into timm's ``fastvit_mci3`` built in inference
-(reparameterized) form with Apple's names mapped onto timm's, adds a torch projector (Linear, exact GELU, Linear),
-and runs two deterministic test images. Each fixture holds:
+with engine.convert.synthetic (fixed spec and seed), loads its vision weights into timm's ``fastvit_mci3`` built in
+inference (reparameterized) form with Apple's names mapped onto timm's, adds a torch projector (Linear, exact GELU,
+Linear), and runs two deterministic test images. Each fixture holds:
 
-- ``spec``: JSON with the CheckpointSpec fields (vision, llm, seed) the test passes back to engine.synthetic;
+- ``spec``: JSON with the CheckpointSpec fields (vision, llm, seed) the test passes back to engine.convert.synthetic;
 - ``sizes``: the image sides; ``image_<S>``: uint8 [3, S, S] (the model input is image / 255, as in preprocessing);
 - ``expected_<S>``: float32 [(S/64)^2, hidden], the projector output, tokens in row-major order.
 
-The reference reads the safetensors with the ``safetensors`` package (not engine.checkpoint), so the converter's own
-reader is checked too. Nothing in the converter is used here except engine.synthetic to write the checkpoint.
+The reference reads the safetensors with the ``safetensors`` package (not engine.convert.checkpoint), so the
+converter's own reader is checked too. Nothing in the converter is used here except engine.convert.synthetic to write
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from engine.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
+from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 
 VISION_PREFIX = "model.vision_tower.vision_tower.model."
 PROJECTOR_PREFIX = "model.mm_projector."

@@ -1,9 +1,9 @@
 """The public engine API: ``load_model`` -> ``Model`` -> ``ask`` / ``stream`` / ``conversation``.
 
 A ``Model`` owns one vision encoder (onnxruntime) and one language model (llama.cpp) with a single KV cache.
-Every question is a :class:`~engine.conversation.Conversation` about one image: the image is encoded once, its rows
-go into llama.cpp as embeddings, and a follow-up only prefills its own new text. Not thread-safe: one thread asks,
-any thread may call :meth:`Model.cancel`.
+Every question is a :class:`~engine.runtime.conversation.Conversation` about one image: the image is encoded once,
+its rows go into llama.cpp as embeddings, and a follow-up only prefills its own new text. Not thread-safe: one thread
+asks, any thread may call :meth:`Model.cancel`.
 """
 
 from __future__ import annotations
@@ -13,83 +13,22 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
 from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
-from engine.llm import LanguageModel
-from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
-from engine.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
-from engine.prompt import ENDOFTEXT, IM_END
-from engine.sampling import SamplingOptions
+from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
+from engine.models.store import Store
+from engine.runtime.conversation import Conversation
+from engine.runtime.llm import LanguageModel
+from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
+from engine.runtime.prompt import ENDOFTEXT, IM_END
+from engine.runtime.types import Answer, F32Array, ImageRows, Timings
+from engine.runtime.vision import VisionEncoder
 from engine.system import default_threads
-from engine.vision import VisionEncoder
 
-if TYPE_CHECKING:
-    from engine.conversation import Conversation
-
-F32Array = npt.NDArray[np.float32]
 _VERIFIED_STAMP = ".glimpse-verified"
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Where the time went, in milliseconds, and how many positions each part used.
-
-    ``ttft_ms`` runs from the call to the first token (preprocessing, encoding and prefill included).
-    ``prefill_positions`` counts what was evaluated for this turn; ``cached_positions`` what the cache already had.
-    """
-
-    preprocess_ms: float = 0.0
-    encode_ms: float = 0.0
-    prefill_ms: float = 0.0
-    ttft_ms: float = 0.0
-    decode_ms: float = 0.0
-    total_ms: float = 0.0
-    decode_tokens_per_s: float = 0.0
-    image_tokens: int = 0
-    prompt_tokens: int = 0
-    prefill_positions: int = 0
-    cached_positions: int = 0
-    generated_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A finished answer. ``finish_reason`` is "stop" (the model ended it), "length" (``max_tokens`` reached) or
-    "cancelled". ``dropped_turns`` counts earlier turns left out of this prompt to fit the context."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str
-    timings: Timings
-    dropped_turns: int = 0
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "text": self.text,
-            "token_ids": list(self.token_ids),
-            "finish_reason": self.finish_reason,
-            "dropped_turns": self.dropped_turns,
-            "notes": list(self.notes),
-            "timings": {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self.timings).items()},
-        }
-
-
-@dataclass(frozen=True)
-class ImageRows:
-    """An encoded image: rows in the language model's space, and how they were made."""
-
-    rows: F32Array
-    size: int
-    tiles: tuple[int, int] | None
-    preprocess_ms: float
-    encode_ms: float
 
 
 class Model:
@@ -193,8 +132,6 @@ class Model:
     def conversation(self, image: ImageInput | ImageRows, *, size: int | None = None,
                      tiles: tuple[int, int] | None = None) -> Conversation:
         """A conversation about one image. The image is encoded on the first question (or now, if given rows)."""
-        from engine.conversation import Conversation
-
         if not isinstance(image, ImageRows):
             check_size(size or self.default_size)
             image = load_image(image)
@@ -218,13 +155,11 @@ class Model:
         """Stop the generation in progress after the current token (any thread may call this)."""
         self._cancel.set()
 
-    def _begin_generation(self) -> threading.Event:
+    def begin_generation(self) -> threading.Event:
+        """Clear a cancel left from an earlier answer and return the event :meth:`cancel` sets; a
+        :class:`Conversation` calls this when it starts an answer."""
         self._cancel.clear()
         return self._cancel
-
-
-def _options(max_tokens: int, temperature: float, top_p: float, seed: int | None) -> SamplingOptions:
-    return SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
 def _verify_once(folder: Path) -> ModelManifest:
@@ -254,8 +189,6 @@ def resolve_model(path_or_name: str | Path) -> Path:
         raise ModelFolderError(f"{path} is not a model folder.",
                                "Give a folder made by `glimpse convert`, or the name of an installed model.",
                                gui_hint="Choose an installed model, or download or import one in the model manager.")
-    from engine.store import Store
-
     return Store.default().path(text)
 
 

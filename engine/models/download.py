@@ -51,8 +51,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils._headers import build_hf_headers
 
 from engine import __version__
-from engine.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
 from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
+from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
 from engine.progress import Progress, ProgressFn, check_cancel
 
 STATE_FILE = ".glimpse-download.json"

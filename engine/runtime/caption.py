@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image, ImageGrab
 
 from engine.errors import CaptureError, InputError
-from engine.model import Answer, Model
+from engine.runtime.model import Answer, Model
 
 U8Array = npt.NDArray[np.uint8]
 
@@ -129,7 +130,8 @@ class _CaptureThread(SlotSource):
         self._thread.start()
 
     def _run(self) -> None:
-        import cv2
+        # OpenCV is optional: the bundle leaves it out and app/capture/headless.py installs a Qt backend instead.
+        import cv2  # noqa: PLC0415
 
         cap = self._capture
         index = 0
@@ -193,7 +195,7 @@ def _cv2() -> Any:
     Only headless capture uses it, unless a ``CaptureBackend`` is installed (the desktop app reads cameras and videos
     with QtMultimedia, and its packaged build leaves OpenCV out)."""
     try:
-        import cv2
+        import cv2  # noqa: PLC0415
     except ImportError:
         raise CaptureError("Camera and video capture from the command line needs OpenCV, which this installation "
                            "does not include.",
@@ -241,7 +243,7 @@ class _PullVideo:
     """A video read frame by frame on demand (for tests and offline captioning: no frame is dropped)."""
 
     def __init__(self, capture: object, name: str) -> None:
-        import cv2
+        import cv2  # noqa: PLC0415
 
         self.name = name
         self._cap = capture
@@ -251,7 +253,7 @@ class _PullVideo:
         self.dropped = 0
 
     def take(self, timeout: float | None = None) -> Frame | None:
-        import cv2
+        import cv2  # noqa: PLC0415
 
         if self._ended:
             return None
@@ -288,8 +290,6 @@ class ScreenSource:
 
     def take(self, timeout: float | None = None) -> Frame | None:
         try:
-            from PIL import ImageGrab
-
             shot = ImageGrab.grab(all_screens=True)
         except (OSError, ImportError, ValueError) as e:
             raise CaptureError(f"The screen cannot be captured here ({e}).",
@@ -322,8 +322,6 @@ def open_source(spec: str, *, realtime: bool = True) -> FrameSource:
 
 def thumbnail(pixels: U8Array) -> npt.NDArray[np.float32]:
     """A 32x32 grey thumbnail for change detection (box-averaged, so sensor noise mostly cancels)."""
-    from PIL import Image
-
     grey = Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB").convert("L")
     return np.asarray(grey.resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
 

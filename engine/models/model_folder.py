@@ -48,15 +48,13 @@ class ModelManifest:
     format_version: int
     llm_hidden: int
     image_size: int
-    patch_size: int
-    template: str
     quant: str
     files: dict[str, dict[str, Any]]
     raw: dict[str, Any]
 
     @property
     def vision_precision(self) -> str:
-        return str(self.raw.get("vision", {}).get("precision", "fp32"))
+        return _precision(self.raw)
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -64,8 +62,8 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_manifest(folder: str | Path) -> ModelManifest:
-    folder = Path(folder)
+def _manifest_json(folder: Path) -> dict[str, Any]:
+    """model.json as a JSON object: the one place it is read."""
     path = folder / MANIFEST
     if not path.is_file():
         raise ModelFolderError(f"{folder} is not a Glimpse model folder (no {MANIFEST}).",
@@ -77,6 +75,32 @@ def read_manifest(folder: str | Path) -> ModelManifest:
         raise ModelFolderError(f"{path} is corrupt ({e}).", REDO_MODEL, gui_hint=REDO_MODEL_GUI) from e
     if not isinstance(raw, dict):
         raise ModelFolderError(f"{path} is corrupt (not a JSON object).", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
+    return raw
+
+
+def _precision(raw: dict[str, Any]) -> str:
+    vision = raw.get("vision")
+    return str(vision.get("precision", "fp32")) if isinstance(vision, dict) else "fp32"
+
+
+def recorded_file(path: Path) -> tuple[str | None, str]:
+    """(the sha256 the model.json beside ``path`` records for it, the vision precision it records), for callers
+    that only key a cache on them: (None, "fp32") outside a model folder or when model.json does not say."""
+    try:
+        raw = _manifest_json(path.parent)
+    except ModelFolderError:
+        return None, "fp32"
+    try:
+        sha = raw["files"][path.name]["sha256"]
+    except (KeyError, TypeError):
+        sha = None
+    return (sha if isinstance(sha, str) and len(sha) == 64 else None), _precision(raw)
+
+
+def read_manifest(folder: str | Path) -> ModelManifest:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    raw = _manifest_json(folder)
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFolderError(
@@ -89,8 +113,6 @@ def read_manifest(folder: str | Path) -> ModelManifest:
             format_version=version,
             llm_hidden=int(raw["llm"]["hidden"]),
             image_size=int(raw["vision"]["default_image_size"]),
-            patch_size=int(raw["vision"]["patch_size"]),
-            template=str(raw["template"]),
             quant=str(raw["llm"]["quant"]),
             files={str(k): dict(v) for k, v in raw["files"].items()},
             raw=raw,

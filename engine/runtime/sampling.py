@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import InputError
+from engine.runtime.types import SamplingOptions
 
 _CANDIDATES = 1024  # top-p is computed over the most likely tokens first; the full sort is a rare fallback
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """``temperature`` 0 means greedy; ``top_p`` keeps the smallest set of tokens whose probability reaches it."""
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise InputError(f"max_tokens must be a positive whole number, not {self.max_tokens!r}.")
-        if not self.temperature >= 0.0:
-            raise InputError(f"temperature must be 0 or more, not {self.temperature!r}.",
-                             "Use 0 for the most likely answer, about 0.2-0.7 for variety.")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InputError(f"top_p must be in (0, 1], not {self.top_p!r}.")
 
 
 class Sampler:

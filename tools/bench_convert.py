@@ -1,6 +1,6 @@
 """Benchmark: convert a random checkpoint with the full FastVLM-0.5B geometry; report time and peak memory.
 
-    python -m engine.bench_convert [--quant q8_0] [--runs 1] [--workdir DIR]
+    python -m tools.bench_convert [--quant q8_0] [--runs 1] [--workdir DIR]
 
 The checkpoint is written once (random weights, Apple's layout, full-size vision tower and Qwen2-0.5B shapes);
 each run converts it in a fresh child process, so the peak resident memory measured is the converter's alone.
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
+from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 
 QWEN2_05B = LlmSpec(hidden=896, layers=24, heads=14, kv_heads=2, ffn=4864, vocab_rows=151936, tied=True)
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="glimpse-bench-"))
     src = work / "fastvlm-0.5b-random"
     if not (src / "config.json").is_file():
-        seconds, _ = _run_measured([sys.executable, "-m", "engine.bench_convert", "--write-checkpoint", str(src)])
+        seconds, _ = _run_measured([sys.executable, "-m", "tools.bench_convert", "--write-checkpoint", str(src)])
         print(f"wrote the random checkpoint in {seconds:.1f} s", file=sys.stderr)
     size = sum(p.stat().st_size for p in src.iterdir())
     times: list[float] = []

@@ -9,9 +9,7 @@ Nothing here is used to run a real model.
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from engine.checkpoint import INDEX_FILE, PROJECTOR_PREFIX, VISION_PREFIX
+from engine.convert.checkpoint import INDEX_FILE, PROJECTOR_PREFIX, VISION_PREFIX
+from engine.convert.toy_merges import TOY_MERGES
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -29,17 +28,6 @@ QWEN2_CHAT_TEMPLATE = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-# A small multilingual corpus the toy byte-level BPE learns its merges from. Which merges it learns does not matter
-# for correctness (every tokenizer applies the same merges); it only needs to exercise multi-byte tokens.
-_CORPUS = """
-The quick brown fox jumps over the lazy dog. A photo of a cat sitting on a laptop keyboard.
-What is in this image? Describe the scene in one sentence. The error message says file not found.
-def main():\n    return print("hello world")  # code with    spaces\n\tand tabs
-这是一张照片。图片里有一只猫。请描述这个场景。日本語のテキストです。これは猫の写真です。
-Emoji: 😀 🐱 👍🏽 ❤️ and numbers 12345 67890, 3.14159.
-"""
-
 
 @dataclass(frozen=True)
 class VisionSpec:
@@ -95,45 +83,14 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def train_toy_bpe(n_merges: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """Learn ``n_merges`` byte-level BPE merges from the built-in corpus. Returns (tokens by id, merges)."""
-    table = bytes_to_unicode()
-    words: dict[tuple[str, ...], int] = {}
-    for piece in re.findall(r" ?[^\s]+|\s+", _CORPUS):
-        key = tuple(table[b] for b in piece.encode("utf-8"))
-        words[key] = words.get(key, 0) + 1
-    tokens = [table[b] for b in range(256)]
-    merges: list[tuple[str, str]] = []
-    for _ in range(n_merges):
-        pairs: dict[tuple[str, str], int] = {}
-        for word, count in words.items():
-            for a, b in itertools.pairwise(word):
-                pairs[(a, b)] = pairs.get((a, b), 0) + count
-        if not pairs:
-            break
-        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        merges.append(best)
-        tokens.append(best[0] + best[1])
-        merged: dict[tuple[str, ...], int] = {}
-        for word, count in words.items():
-            out: list[str] = []
-            i = 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            merged[tuple(out)] = merged.get(tuple(out), 0) + count
-        words = merged
-    return tokens, merges
-
-
 def write_tokenizer(folder: Path, n_merges: int) -> int:
     """Write vocab.json, merges.txt, added_tokens.json, special_tokens_map.json and tokenizer_config.json in
     Qwen2's style. Returns the number of tokens (base vocabulary plus special tokens)."""
-    tokens, merges = train_toy_bpe(n_merges)
+    if not 0 <= n_merges <= len(TOY_MERGES):
+        raise ValueError(f"merges must be from 0 to {len(TOY_MERGES)}, not {n_merges}")
+    merges = TOY_MERGES[:n_merges]
+    table = bytes_to_unicode()
+    tokens = [table[b] for b in range(256)] + [a + b for a, b in merges]
     vocab = {t: i for i, t in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),

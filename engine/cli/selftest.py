@@ -13,9 +13,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module, metadata
 from pathlib import Path
 
 import numpy as np
+
+from engine import __version__
+from engine.convert import convert_checkpoint
+from engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from engine.runtime.model import Answer, load_model
 
 
 @dataclass
@@ -50,12 +56,8 @@ class SelfTestReport:
 
 
 def versions() -> dict[str, str]:
-    from engine import __version__
-
     found = {"glimpse": __version__, "python": sys.version.split()[0],
              "platform": f"{platform.system()} {platform.machine()}", "frozen": str(getattr(sys, "frozen", False))}
-    from importlib import import_module, metadata
-
     for module, dist in (("numpy", "numpy"), ("PIL", "pillow"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
                          ("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")):
         try:
@@ -74,10 +76,6 @@ def versions() -> dict[str, str]:
 
 def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
     """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
-    from engine.convert import convert_checkpoint
-    from engine.model import Answer, load_model
-    from engine.synthetic import CheckpointSpec, write_checkpoint
-
     report.versions.update(versions())
     work = workdir or Path(tempfile.mkdtemp(prefix="glimpse-selftest-"))
     ckpt = report.step("write a tiny random checkpoint", lambda: write_checkpoint(work / "checkpoint",

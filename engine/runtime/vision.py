@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -32,25 +31,21 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
+from engine.folders import user_folder
+from engine.models.model_folder import recorded_file
+from engine.runtime.preprocess import PATCH_SIZE
 from engine.system import default_threads
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
-PATCH = 64
 CACHE_SUBDIR = "onnx"
-MANIFEST = "model.json"
 
 log = logging.getLogger("glimpse")
 
 
 def cache_dir() -> Path:
     """Where optimized graphs are cached: $GLIMPSE_HOME/cache/onnx, else the per-user cache folder."""
-    override = os.environ.get("GLIMPSE_HOME", "").strip()
-    if override:
-        return Path(override).expanduser() / "cache" / CACHE_SUBDIR
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("Glimpse", appauthor=False)) / CACHE_SUBDIR
+    return user_folder("cache") / CACHE_SUBDIR
 
 
 def drop_cached(sha: str) -> list[tuple[Path, int]]:
@@ -80,26 +75,6 @@ def _cpu_tag() -> str:
             if not line.strip():  # the first processor's block is enough
                 break
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _recorded(path: Path) -> tuple[str | None, str]:
-    """(the file's sha256 as the model folder's model.json records it, the vision precision it records).
-
-    (None, "fp32") outside a model folder or when model.json does not say.
-    """
-    try:
-        raw = json.loads((path.parent / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, "fp32"
-    try:
-        sha = raw["files"][path.name]["sha256"]
-    except (KeyError, TypeError):
-        sha = None
-    try:
-        precision = str(raw["vision"]["precision"])
-    except (KeyError, TypeError):
-        precision = "fp32"
-    return (sha if isinstance(sha, str) and len(sha) == 64 else None), precision
 
 
 class VisionEncoder:
@@ -149,7 +124,7 @@ class VisionEncoder:
 
     def _open(self, use_cache: bool | None) -> ort.InferenceSession:
         level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sha, precision = _recorded(self.path) if use_cache is not False else (None, "")
+        sha, precision = recorded_file(self.path) if use_cache is not False else (None, "")
         if use_cache is None and precision == "int8":
             sha = None
         if sha is None:
@@ -205,9 +180,9 @@ class VisionEncoder:
         if self._session is None:
             raise InputError("The vision encoder is closed.", "Load the model again.")
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.float32 or pixels.ndim != 4 \
-                or pixels.shape[:2] != (1, 3) or pixels.shape[2] != pixels.shape[3] or pixels.shape[2] % PATCH:
+                or pixels.shape[:2] != (1, 3) or pixels.shape[2] != pixels.shape[3] or pixels.shape[2] % PATCH_SIZE:
             shape = list(getattr(pixels, "shape", []))
-            raise InputError(f"Pixels must be float32 [1, 3, S, S] with S a multiple of {PATCH}; got "
+            raise InputError(f"Pixels must be float32 [1, 3, S, S] with S a multiple of {PATCH_SIZE}; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)} {shape}.",
                              "Use Model.preprocess to prepare the image.")
         (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels)})

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from engine.model import Answer, Model
+from engine.runtime.model import Answer, Model
 from engine.system import peak_rss_bytes
 
 QUESTION = "Describe the image in detail."

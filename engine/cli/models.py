@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from engine import catalog
-from engine.catalog import CatalogEntry
+from engine.convert import DEFAULT_QUANT, QUANTS
 from engine.errors import GlimpseError, LicenseNotAcceptedError
-from engine.store import ConfirmLicense, Store, folder_size
+from engine.models import catalog
+from engine.models.catalog import CatalogEntry
+from engine.models.store import ConfirmLicense, Store, folder_size
 
 
 def _interactive() -> bool:
@@ -31,7 +32,9 @@ def _ask(question: str) -> bool:
 
 
 def _human(n: float) -> str:
-    from engine.download import human_bytes
+    # Start-up: downloads bring huggingface_hub's HTTP stack (0.7-0.85 s to import, -X importtime), which
+    # `glimpse models list` does not need.
+    from engine.models.download import human_bytes  # noqa: PLC0415
 
     return human_bytes(n)
 
@@ -109,8 +112,6 @@ def _license_prompt(accept_flag: bool) -> ConfirmLicense:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from engine.cli_progress import ProgressBar
-
     entry = catalog.lookup(args.name)
     store = Store.default()
     if not store.license_accepted(entry.license_id) and not args.accept_license and not _interactive():
@@ -122,6 +123,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if partial is not None and not partial.complete:
         of = f" of {_human(partial.total_bytes)}" if partial.total_bytes else ""
         print(f"Resuming the download: {_human(partial.done_bytes)}{of} is already here.", file=sys.stderr)
+    from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
+
     with ProgressBar(enabled=not args.quiet) as bar:
         out = store.pull_model(entry, quant=args.quant, force=args.force, keep_download=args.keep_download,
                                confirm_license=_license_prompt(args.accept_license), progress=bar)
@@ -132,9 +135,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 # -- import -----------------------------------------------------------------------------------------------------------
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from engine.cli_progress import ProgressBar
-
     store = Store.default()
+    from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
+
     with ProgressBar(enabled=not args.quiet) as bar:
         out = store.import_model(args.path, name=args.name, quant=args.quant, force=args.force, progress=bar)
     print(f"Imported as '{out.name}': {out}")
@@ -179,8 +182,6 @@ def _cmd_models_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Name
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``models`` and its actions to ``subparsers`` (the object ``add_subparsers`` returned)."""
-    from engine.convert import DEFAULT_QUANT, QUANTS
-
     names = ", ".join(catalog.names())
     models: argparse.ArgumentParser = subparsers.add_parser("models", help="list, download, import and remove models",
                                    description="Manage the models Glimpse can run. Set GLIMPSE_HOME to keep them "

@@ -22,7 +22,9 @@ from engine.errors import ImageError, InputError
 
 MIN_SIDE = 16
 MAX_PIXELS = 100_000_000
-MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 64
+# FastViTHD downsamples by 64: one image row per 64x64 patch, so every encoder input side is a multiple of it.
+PATCH_SIZE = 64
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, PATCH_SIZE
 
 ImageInput = str | Path | Image.Image | npt.NDArray[np.uint8]
 

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from engine.errors import Cancelled, ContextFullError, InputError
-from engine.llm import image_marker
-from engine.model import Answer, ImageRows, Timings, _options
-from engine.prompt import IM_END, IM_START, SYSTEM_PROMPT, next_turn
-from engine.sampling import Sampler, SamplingOptions
+from engine.runtime import prompt
+from engine.runtime.llm import image_marker
+from engine.runtime.sampling import Sampler
+from engine.runtime.types import Answer, ImageRows, SamplingOptions, Timings
 
 if TYPE_CHECKING:
-    from engine.model import Model
+    from engine.runtime.model import Model
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Conversation:
     """Questions and answers about one image. Use :meth:`Model.conversation` to start one."""
 
     def __init__(self, model: Model, image: Image.Image | ImageRows, *, size: int, tiles: tuple[int, int] | None,
-                 system: str = SYSTEM_PROMPT) -> None:
+                 system: str = prompt.SYSTEM_PROMPT) -> None:
         self._model = model
         self._image = image if isinstance(image, Image.Image) else None
         self._rows: ImageRows | None = image if isinstance(image, ImageRows) else None
@@ -126,18 +126,23 @@ class Conversation:
 
     def _head(self) -> list[int]:
         """The prompt before the image: the system prompt and the start of the user's turn."""
-        return self._tok(f"{IM_START}system\n{self._system}{IM_END}\n{IM_START}user\n")
+        return self._tok(prompt.head(self._system))
 
     def _positions(self, question: str, first: int) -> tuple[list[int], int]:
         """The prompt for ``question`` with turns from ``first`` on: (position ids, text token count)."""
         assert self._rows is not None
         n_rows = self._rows.rows.shape[0]
-        out = self._head() + [image_marker(self._rows.rows)] * n_rows
+        markers = [image_marker(self._rows.rows)] * n_rows
         kept = self._turns[first:]
-        questions = [t.question for t in kept] + [question]
-        out += self._tok(f"\n{questions[0]}{IM_END}\n{IM_START}assistant\n")
-        for turn, q in zip(kept, questions[1:], strict=True):
-            out += turn.answer_ids + self._tok(next_turn(q))
+        out: list[int] = []
+        for piece in prompt.pieces([t.question for t in kept] + [question], [t.answer_ids for t in kept],
+                                   self._system):
+            if isinstance(piece, prompt.ImageSlot):
+                out += markers
+            elif isinstance(piece, str):
+                out += self._tok(piece)
+            else:
+                out += piece
         return out, len(out) - n_rows
 
     # -- asking ----------------------------------------------------------------------------------------------------
@@ -161,8 +166,8 @@ class Conversation:
         question = question.strip() if isinstance(question, str) else ""
         if not question:
             raise InputError("The question is empty.", "Type a question about the image.")
-        options = _options(max_tokens, temperature, top_p, seed)
-        stop = self._model._begin_generation()
+        options = SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        stop = self._model.begin_generation()
         return self._generate(question, options, stop, cancel)
 
     def _generate(self, question: str, options: SamplingOptions, stop: threading.Event,

@@ -50,7 +50,9 @@ def route_llama_logs() -> None:
     """Send llama.cpp's log lines to the ``engine.llama_cpp`` logger (INFO chatter at DEBUG). Idempotent."""
     if _log_state["callback"] is not None:
         return
-    import llama_cpp
+    # Start-up: llama_cpp takes about 0.5 s to import and gguf about 0.35 s; the window imports this module at start but
+    # loads a model later, on its worker thread.
+    import llama_cpp  # noqa: PLC0415
 
     def forward(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         if level != 5:
@@ -122,7 +124,7 @@ def check_gguf(path: Path) -> None:
 
     Reads only the header (a few MB for a 152k-token vocabulary), never the weights.
     """
-    import gguf
+    import gguf  # noqa: PLC0415
 
     hint = "Convert the model again, or remove it and download it again."
     gui = REDO_MODEL_GUI
@@ -200,7 +202,7 @@ class LanguageModel:
                              "(n_ctx at least 16).")
         self.path = Path(gguf_path)
         check_gguf(self.path)
-        import llama_cpp
+        import llama_cpp  # noqa: PLC0415
 
         route_llama_logs()
         threads = n_threads or default_threads()
@@ -341,7 +343,7 @@ class LanguageModel:
         return [marker] * rows.shape[0]
 
     def _decode_rows(self, rows: F32Array, marker: int) -> None:
-        import llama_cpp
+        import llama_cpp  # noqa: PLC0415
 
         llama = self._ll
         start = int(llama.n_tokens)
@@ -381,7 +383,7 @@ class LanguageModel:
 
     def logits(self) -> F32Array:
         """A copy of the logits (float32, shape (n_vocab,)) after the last evaluated position."""
-        import llama_cpp
+        import llama_cpp  # noqa: PLC0415
 
         if not self._has_logits:
             raise InferenceError("There are no logits yet: evaluate tokens or image rows first.")
@@ -392,7 +394,7 @@ class LanguageModel:
 
     def rewind(self, n_keep: int) -> None:
         """Forget every position from ``n_keep`` on, keeping the first ``n_keep`` (0 clears the cache)."""
-        import llama_cpp
+        import llama_cpp  # noqa: PLC0415
 
         llama = self._ll
         if not 0 <= n_keep <= llama.n_tokens:
