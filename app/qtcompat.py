@@ -5,6 +5,11 @@ reference away from ``True``; on Python 3.10/3.11, where ``True`` is an ordinary
 streamed answer's worth) free it and the interpreter aborts with "bool_dealloc: deallocating True or False". From
 Python 3.12 on, ``True`` is immortal and the bug is harmless. Whether the bug is present is measured once, here, so
 a fixed PySide6 needs no code change; all of the app's emits go through :func:`emit`.
+
+Affected releases: ``engine.internals.EMIT_REFCOUNT_BUG`` (measured on 6.12.0; tests/app/test_qtcompat.py shows the
+bug on the installed release and fails when the range is wrong). Upstream: PySide6's ``SignalInstance.emit`` in
+https://code.qt.io/cgit/pyside/pyside-setup.git (sources/pyside6/libpyside); reports go to
+https://bugreports.qt.io/projects/PYSIDE.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.runtime import prompt
 from engine.runtime.conversation import Conversation
@@ -48,7 +48,7 @@ def render_template(checkpoint: Path, turns: list[tuple[str, str]], question: st
         messages += [{"role": "user", "content": f"{PLACEHOLDER}\n{q}" if i == 0 else q},
                      {"role": "assistant", "content": a}]
     messages.append({"role": "user", "content": question if turns else f"{PLACEHOLDER}\n{question}"})
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # transformers' settings
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders it
     return env.from_string(template).render(messages=messages, add_generation_prompt=True)
 
 
