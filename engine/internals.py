@@ -2,7 +2,7 @@
 
 These are names a library does not promise to keep: private attributes, private modules, the raw ctypes bindings,
 and a workaround for a library bug. pyproject.toml pins each library below the next untested release (``TESTED``
-holds the same bounds), and ``tests/test_internals.py`` fails with a sentence naming the internal when an upgrade
+holds the same bounds), and ``tests/engine/test_internals.py`` fails with a sentence naming the internal when an upgrade
 removes or changes one, so an upgrade is a deliberate step: raise the bound, run the tests, fix what they name.
 
 This module only describes; it imports none of the libraries (the engine never imports Qt, and the CLI's start-up
