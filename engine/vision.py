@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
 PATCH = 64
 CACHE_SUBDIR = "onnx"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 MANIFEST = "model.json"
 
 log = logging.getLogger("glimpse")
@@ -56,7 +58,9 @@ def cache_dir() -> Path:
 def drop_cached(sha: str) -> list[tuple[Path, int]]:
     """Delete the optimized graphs cached for the vision graph whose sha256 is ``sha`` (for every CPU they were made
     on); returns (path, bytes freed) pairs. Silent about files it cannot delete: a cache is never worth an error."""
-    freed = []
+    freed: list[tuple[Path, int]] = []
+    if not _HEX64.fullmatch(sha):  # from model.json: a '*' or '/' must not widen the pattern
+        return freed
     for entry in cache_dir().glob(f"vision-{sha[:32]}-*.onnx"):
         try:
             size = entry.stat().st_size
@@ -99,7 +103,7 @@ def _recorded(path: Path) -> tuple[str | None, str]:
         precision = str(raw["vision"]["precision"])
     except (KeyError, TypeError):
         precision = "fp32"
-    return (sha if isinstance(sha, str) and len(sha) == 64 else None), precision
+    return (sha if isinstance(sha, str) and _HEX64.fullmatch(sha) else None), precision
 
 
 class VisionEncoder:
