@@ -21,8 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
+from engine.gguf_header import check_gguf_file
 from engine.llm import LanguageModel
 from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
+from engine.onnx_external import check_onnx_file
 from engine.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
 from engine.prompt import ENDOFTEXT, IM_END
 from engine.sampling import SamplingOptions
@@ -271,6 +273,9 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
     folder = resolve_model(path_or_name)
     manifest = _verify_once(folder)
+    # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
+    check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
+    check_onnx_file(folder / VISION_FILE, manifest.files)
     return Model(folder, manifest, threads=threads or default_threads(), n_ctx=n_ctx, n_batch=n_batch,
                  flash_attn=flash_attn)
 
