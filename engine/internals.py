@@ -28,8 +28,9 @@ class Internal:
 
 
 # Lower bound: the oldest release with the API we use; upper bound (exclusive): the first release not yet tested.
+# Lower bounds: llama-cpp-python 0.3.27 is the first with the GGUF loader fixes named in pyproject.toml.
 TESTED: Final[dict[str, tuple[str, str]]] = {
-    "llama-cpp-python": ("0.3.10", "0.3.37"),
+    "llama-cpp-python": ("0.3.27", "0.3.37"),
     "huggingface_hub": ("2", "2.5"),
     "onnxruntime": ("1.20", "1.33"),
     "pyside6": ("6.6", "6.13"),

@@ -10,7 +10,8 @@ Switches, settable at any time: ``cut_after`` (drop the connection after that ma
 ``down_after_cut`` (after a cut, answer 503 to everything: the network stays down), ``corrupt`` (serve these
 files with one byte changed, headers still promising the right hashes), ``status`` (answer everything with this
 HTTP status), ``ignore_range``, ``cdn_fail`` (statuses the CDN gives its next GETs, e.g. 403 for an
-expired signed address). ``log`` records every request; ``sent`` counts body bytes per file.
+expired signed address), ``serve_anything`` (a hostile mirror: any unknown path of a repository is answered
+with the content of this file of it). ``log`` records every request; ``sent`` counts body bytes per file.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class FakeHub:
         self.status: int | None = None
         self.ignore_range = False
         self.cdn_fail: list[int] = []
+        self.serve_anything: str | None = None
         self.log: list[Logged] = []
         self.sent: dict[str, int] = {}
         self._down = False
@@ -175,6 +177,11 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._send_file(found[0], found[1], head, {})
                 return
             m = _RESOLVE.match(path)
+            if hub.serve_anything is not None and (m is None or m["path"] not in hub.repos.get(m["repo"], {})):
+                repo = m["repo"] if m is not None and m["repo"] in hub.repos else next(iter(hub.repos))
+                f = hub.repos[repo][hub.serve_anything]
+                self._send_file(path, f, head, {"X-Repo-Commit": hub.commit, "ETag": f'"{f.sha256}"'})
+                return
             if m is None or m["repo"] not in hub.repos:
                 self._empty(404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
                 return

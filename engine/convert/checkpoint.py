@@ -11,8 +11,6 @@ float32 is a 16-bit shift.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from engine.convert.safetensors_header import read_header
 from engine.errors import CheckpointError, ShapeMismatchError, UnsupportedDtypeError
+from engine.limits import bounded_float, bounded_int, json_object, load_json
+from engine.names import safe_child
 
 VISION_PREFIX = "model.vision_tower.vision_tower.model."
 PROJECTOR_PREFIX = "model.mm_projector."
@@ -32,8 +33,9 @@ OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "added_tokens.json", "speci
 
 # Byte widths of the safetensors dtypes we can widen to float32. Others are named in the error.
 _FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4}
-_ALL_DTYPE_WIDTHS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_MAX_CONFIG_BYTES = 16 << 20  # config.json is 2 KB; the 7B index 60 KB
+_REDOWNLOAD = "Download the checkpoint again."
+_FINITE_CHUNK = 1 << 22  # elements per NaN/Inf check: a bounded temporary even for a 500M-element embedding
 
 F32Array = npt.NDArray[np.float32]
 
@@ -56,51 +58,7 @@ class TensorInfo:
 
 def _read_header(path: Path) -> list[TensorInfo]:
     """Parse one safetensors file's header and check the file holds every byte the header promises."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes).",
-                                      "Download the checkpoint again.")
-            (n,) = struct.unpack("<Q", head)
-            if n > 100_000_000 or 8 + n > size:
-                raise CheckpointError(f"{path.name} is not a valid safetensors file (header length {n}, "
-                                      f"file {size} bytes).", "Download the checkpoint again.")
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}.",
-                              "Check the file exists and is readable.") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path.name} has a corrupt header ({e}).", "Download the checkpoint again.") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name} has a corrupt header.", "Download the checkpoint again.")
-    base = 8 + n
-    infos: list[TensorInfo] = []
-    data_end = 0
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = str(meta["dtype"])
-            shape = tuple(int(d) for d in meta["shape"])
-            begin, end = (int(o) for o in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path.name} has a corrupt entry for '{name}'.",
-                                  "Download the checkpoint again.") from e
-        width = _ALL_DTYPE_WIDTHS.get(dtype)
-        if width is not None and (end - begin) != width * int(np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(f"{path.name}: tensor '{name}' has {end - begin} bytes for shape {list(shape)} "
-                                  f"in {dtype}.", "The file is corrupt; download the checkpoint again.")
-        infos.append(TensorInfo(name, path, dtype, shape, base + begin, base + end))
-        data_end = max(data_end, base + end)
-    if data_end > size:
-        raise CheckpointError(
-            f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_end:,}.",
-            "The download was probably interrupted; download the checkpoint again (pull resumes where it stopped).",
-            gui_hint="The download was probably interrupted; download it again in the model manager (it resumes "
-                     "where it stopped).")
-    return infos
+    return [TensorInfo(t.name, path, t.dtype, t.shape, t.start, t.end) for t in read_header(path)]
 
 
 def _widen(raw: npt.NDArray[Any], dtype: str) -> F32Array:
@@ -127,6 +85,10 @@ class Checkpoint:
         self._tensors: dict[str, TensorInfo] = {}
         for path in self._weight_files():
             for info in _read_header(path):
+                if info.name in self._tensors:
+                    first = self._tensors[info.name].file.name
+                    raise CheckpointError(f"The tensor {info.name[:100]!r} is in both {first} and {path.name}.",
+                                          _REDOWNLOAD)
                 self._tensors[info.name] = info
         self._files: dict[Path, BinaryIO] = {}
         for name in TOKENIZER_FILES:
@@ -147,12 +109,8 @@ class Checkpoint:
                 f"{self.folder} has no config.json, so it is not a FastVLM checkpoint folder.",
                 "Point to the folder that holds config.json and model.safetensors "
                 "(for example the unzipped llava-fastvithd_0.5b_stage3).")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path} cannot be read as JSON ({e}).", "Download the checkpoint again.") from e
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{path} is not a JSON object.", "Download the checkpoint again.")
+        config = json_object(load_json(path, str(path), CheckpointError, _REDOWNLOAD, max_bytes=_MAX_CONFIG_BYTES),
+                             str(path), CheckpointError, _REDOWNLOAD)
         model_type = config.get("model_type")
         archs = config.get("architectures") or []
         if model_type != "llava_qwen2" and "LlavaQwen2ForCausalLM" not in archs:
@@ -170,11 +128,14 @@ class Checkpoint:
         index = self.folder / INDEX_FILE
         single = self.folder / SINGLE_FILE
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                names = sorted(set(weight_map.values()))
-            except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise CheckpointError(f"{index.name} is corrupt ({e}).", "Download the checkpoint again.") from e
+            raw = load_json(index, index.name, CheckpointError, _REDOWNLOAD, max_bytes=_MAX_CONFIG_BYTES)
+            weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index.name} is corrupt (no weight_map of tensor names to file names).",
+                                      _REDOWNLOAD)
+            names = sorted(set(weight_map.values()))
+            for n in names:  # names from a file: only plain names inside this folder are ever opened
+                safe_child(self.folder, n, index.name, CheckpointError, _REDOWNLOAD)
             missing = [n for n in names if not (self.folder / n).is_file()]
             if missing:
                 raise CheckpointError(
@@ -236,7 +197,9 @@ class Checkpoint:
         if len(data) != info.nbytes:
             raise CheckpointError(f"{info.file.name} ended early while reading '{name}'.",
                                   "The file is truncated; download the checkpoint again.")
-        return _widen(np.frombuffer(data, dtype=np.uint8), info.dtype).reshape(info.shape)
+        out = _widen(np.frombuffer(data, dtype=np.uint8), info.dtype).reshape(info.shape)
+        _check_finite(out, name, info.file.name)
+        return out
 
     def close(self) -> None:
         for f in self._files.values():
@@ -255,15 +218,58 @@ class Checkpoint:
         return {k[n:]: v.shape for k, v in self._tensors.items() if k.startswith(VISION_PREFIX)}
 
 
+def _check_finite(arr: F32Array, name: str, file: str) -> None:
+    """Refuse NaN or infinite weights by tensor name: converted silently they make every answer garbage."""
+    flat = arr.reshape(-1)
+    for i in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[i:i + _FINITE_CHUNK]
+        if not np.isfinite(chunk).all():
+            bad = i + int(np.flatnonzero(~np.isfinite(chunk))[0])
+            raise CheckpointError(f"Tensor '{name}' in {file} holds {flat[bad]} at element {bad:,}: the weights are "
+                                  "damaged (NaN or infinite values).", _REDOWNLOAD)
+
+
+# Generous bounds: FastVLM 7B has 28 layers of 3584 with 28 heads; nothing real comes near these limits, and a
+# value beyond them would make the converter build or allocate absurd amounts before any other check fails.
+_CONFIG_RANGES: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, 65_536),
+    "num_attention_heads": (1, 1024),
+    "num_hidden_layers": (1, 1024),
+    "num_key_value_heads": (1, 1024),
+    "intermediate_size": (1, 1 << 20),
+    "max_position_embeddings": (1, 1 << 24),
+    "mm_hidden_size": (1, 65_536),
+}
+
+
 def _cfg_int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
     value = config.get(key, default)
     if value is None:
         raise CheckpointError(f"config.json has no '{key}'.", "The checkpoint's config.json is incomplete.")
-    try:
-        return int(value)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json has '{key}' = {value!r}, not a number.",
-                              "The checkpoint's config.json is corrupt.") from e
+    low, high = _CONFIG_RANGES[key]
+    return bounded_int(value, f"config.json's '{key}'", low, high, CheckpointError,
+                       "The checkpoint's config.json is corrupt.")
+
+
+def _vocab_rows(ckpt: Checkpoint) -> int:
+    shape = ckpt.shape("model.embed_tokens.weight")
+    if len(shape) != 2 or not 1 <= shape[0] <= 1 << 22:
+        raise CheckpointError(f"The token embedding has the shape {list(shape)}, not [vocabulary rows, width].",
+                              _REDOWNLOAD)
+    return shape[0]
+
+
+def _cfg_bool(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json's '{key}' is {str(value)[:40]!r}, not true or false.",
+                              "The checkpoint's config.json is corrupt.")
+    return value
+
+
+def _cfg_float(config: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    return bounded_float(config.get(key, default), f"config.json's '{key}'", low, high, CheckpointError,
+                         "The checkpoint's config.json is corrupt.")
 
 
 @dataclass(frozen=True)
@@ -297,11 +303,11 @@ class LlmGeometry:
             heads=heads,
             kv_heads=_cfg_int(c, "num_key_value_heads", heads),
             ffn=_cfg_int(c, "intermediate_size"),
-            vocab_rows=ckpt.shape("model.embed_tokens.weight")[0],
+            vocab_rows=_vocab_rows(ckpt),
             context_length=_cfg_int(c, "max_position_embeddings", 32768),
-            rms_eps=float(c.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(c.get("rope_theta", 1_000_000.0)),
-            tied_embeddings=bool(c.get("tie_word_embeddings", False)),
+            rms_eps=_cfg_float(c, "rms_norm_eps", 1e-6, 1e-12, 1.0),
+            rope_theta=_cfg_float(c, "rope_theta", 1_000_000.0, 1.0, 1e12),
+            tied_embeddings=_cfg_bool(c, "tie_word_embeddings"),
             mm_hidden=_cfg_int(c, "mm_hidden_size", 3072),
         )
         if hidden % heads or heads % geo.kv_heads:

@@ -24,9 +24,9 @@ Q8_0 or Q4_0 and is written as F16 instead, as the reference converter does.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from gguf import GGMLQuantizationType as QType
 
 from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.errors import CheckpointError, ConversionError, DiskFullError
+from engine.limits import load_json, read_bounded
 from engine.progress import Reporter
 from engine.runtime.llm import route_llama_logs
 
@@ -169,12 +170,42 @@ class Vocab:
     chat_template: str | list[dict[str, str]] | None
 
 
+_TOKENIZER_BYTES = 64 << 20  # Qwen2's tokenizer.json is 7 MB, vocab.json 2.7 MB, merges.txt 1.7 MB
+_MAX_TOKEN_CHARS = 4096  # the longest Qwen2 token is 256 bytes; an added token is a short marker
+_TOKEN_ID = re.compile(r"[0-9]{1,9}")
+_REDOWNLOAD = "Download the checkpoint again."
+
+
 def _read_json(path: Path) -> Any:
+    return load_json(path, f"The tokenizer file {path.name}", CheckpointError, _REDOWNLOAD,
+                     max_bytes=_TOKENIZER_BYTES)
+
+
+def _read_text(path: Path) -> str:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"The tokenizer file {path.name} cannot be read ({e}).",
-                              "Download the checkpoint again.") from e
+        data = read_bounded(path, _TOKENIZER_BYTES)
+        if data is None:
+            raise CheckpointError(f"The tokenizer file {path.name} is larger than {_TOKENIZER_BYTES:,} bytes.",
+                                  _REDOWNLOAD)
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"The tokenizer file {path.name} cannot be read ({e}).", _REDOWNLOAD) from e
+
+
+def _check_token(token: object, where: str) -> str:
+    if not isinstance(token, str) or not 0 < len(token) <= _MAX_TOKEN_CHARS or "\x00" in token:
+        shown = repr(token)[:60]
+        raise CheckpointError(f"{where} has the token {shown}, which is not a non-empty text of at most "
+                              f"{_MAX_TOKEN_CHARS} characters without NUL.", _REDOWNLOAD)
+    return token
+
+
+def _check_id(tid: object, where: str, vocab_rows: int) -> int:
+    if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < vocab_rows:
+        raise ConversionError(f"{where} has the token id {str(tid)[:40]}, but the embedding matrix has only "
+                              f"{vocab_rows} rows.",
+                              "The tokenizer files do not belong to these weights; download the checkpoint again.")
+    return tid
 
 
 def _looks_special(token: str) -> bool:
@@ -191,11 +222,7 @@ def _token_content(entry: Any) -> str | None:
 
 
 def _read_merges(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"The tokenizer file {path.name} cannot be read ({e}).",
-                              "Download the checkpoint again.") from e
+    lines = _read_text(path).splitlines()
     merges = []
     for n, line in enumerate(lines):
         if n == 0 and line.startswith("#"):
@@ -203,8 +230,8 @@ def _read_merges(path: Path) -> list[str]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 2:
-            raise CheckpointError(f"merges.txt line {n + 1} is not a pair of tokens: {line!r}.",
+        if len(parts) != 2 or "\x00" in line:
+            raise CheckpointError(f"merges.txt line {n + 1} is not a pair of tokens: {line[:80]!r}.",
                                   "Download the checkpoint again.")
         merges.append(f"{parts[0]} {parts[1]}")
     return merges
@@ -217,8 +244,16 @@ def read_vocab(folder: Path, vocab_rows: int, config: Mapping[str, Any]) -> Voca
     UNUSED; added tokens are CONTROL when flagged special or shaped like ``<|...|>``, as llama.cpp's converter does.
     """
     vocab = _read_json(folder / "vocab.json")
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-        raise CheckpointError("vocab.json is not a mapping of tokens to ids.", "Download the checkpoint again.")
+    if not isinstance(vocab, dict) or not vocab:
+        raise CheckpointError("vocab.json is not a mapping of tokens to ids.", _REDOWNLOAD)
+    # Every token and id is checked before the id -> token table is built: ids index a list of vocab_rows entries.
+    by_id: dict[int, str] = {}
+    for tok, tid in vocab.items():
+        i = _check_id(tid, "vocab.json", vocab_rows)
+        if i in by_id:
+            raise CheckpointError(f"vocab.json gives the id {i} to both {by_id[i][:40]!r} and {tok[:40]!r}.",
+                                  _REDOWNLOAD)
+        by_id[i] = _check_token(tok, "vocab.json")
     tok_config: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
         loaded = _read_json(folder / "tokenizer_config.json")
@@ -228,26 +263,36 @@ def read_vocab(folder: Path, vocab_rows: int, config: Mapping[str, Any]) -> Voca
     added: dict[int, tuple[str, bool | None]] = {}
     if (folder / "tokenizer.json").is_file():
         tok_json = _read_json(folder / "tokenizer.json")
-        for entry in tok_json.get("added_tokens", []) if isinstance(tok_json, dict) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("id"), int) and isinstance(entry.get("content"), str):
-                added[entry["id"]] = (entry["content"], entry.get("special"))
+        entries = tok_json.get("added_tokens", []) if isinstance(tok_json, dict) else []
+        if not isinstance(entries, list):
+            raise CheckpointError("tokenizer.json's added_tokens is not a list.", _REDOWNLOAD)
+        for entry in entries:
+            if isinstance(entry, dict) and "id" in entry and "content" in entry:
+                tid = _check_id(entry["id"], "tokenizer.json", vocab_rows)
+                special = entry.get("special")
+                added[tid] = (_check_token(entry["content"], "tokenizer.json"),
+                              special if isinstance(special, bool) else None)
     if (folder / "added_tokens.json").is_file():
         extra = _read_json(folder / "added_tokens.json")
         for content, tid in (extra.items() if isinstance(extra, dict) else []):
-            if isinstance(tid, int):
-                added[tid] = (content, added.get(tid, (content, None))[1])
-    for key, entry in (tok_config.get("added_tokens_decoder") or {}).items():
+            i = _check_id(tid, "added_tokens.json", vocab_rows)
+            added[i] = (_check_token(content, "added_tokens.json"), added.get(i, (content, None))[1])
+    decoder = tok_config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise CheckpointError("tokenizer_config.json's added_tokens_decoder is not a JSON object.", _REDOWNLOAD)
+    for key, entry in decoder.items():
         content = _token_content(entry)
-        if content is not None and str(key).isdigit():
-            special = entry.get("special") if isinstance(entry, dict) else None
-            added[int(key)] = (content, special if isinstance(special, bool) else added.get(int(key), ("", None))[1])
+        if content is None:
+            continue
+        if not _TOKEN_ID.fullmatch(key):  # str.isdigit() would accept '²', which int() then refuses
+            raise CheckpointError(f"tokenizer_config.json's added_tokens_decoder has the key {key[:20]!r}, which is "
+                                  "not a token id.", _REDOWNLOAD)
+        i = _check_id(int(key), "tokenizer_config.json", vocab_rows)
+        special = entry.get("special") if isinstance(entry, dict) else None
+        added[i] = (_check_token(content, "tokenizer_config.json"),
+                    special if isinstance(special, bool) else added.get(i, ("", None))[1])
 
-    by_id: dict[int, str] = {tid: tok for tok, tid in vocab.items()}
     by_id.update({tid: content for tid, (content, _) in added.items()})
-    top = max(by_id, default=-1)
-    if top >= vocab_rows or min(by_id, default=0) < 0:
-        raise ConversionError(f"The tokenizer has token id {top}, but the embedding matrix has only {vocab_rows} rows.",
-                              "The tokenizer files do not belong to these weights; download the checkpoint again.")
     tokens: list[str] = []
     types: list[int] = []
     for i in range(vocab_rows):
@@ -283,7 +328,7 @@ def read_vocab(folder: Path, vocab_rows: int, config: Mapping[str, Any]) -> Voca
                               "This does not look like a Qwen2 tokenizer; download the checkpoint again.")
     template = tok_config.get("chat_template")
     if template is None and (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        template = _read_text(folder / "chat_template.jinja")
     if not isinstance(template, (str, list)):
         template = None
     add_bos, add_eos = tok_config.get("add_bos_token"), tok_config.get("add_eos_token")

@@ -52,7 +52,9 @@ from huggingface_hub.utils._headers import build_hf_headers
 
 from engine import __version__
 from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
+from engine.limits import load_json
 from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
+from engine.names import is_plain_name, safe_child
 from engine.progress import Progress, ProgressFn, check_cancel
 
 STATE_FILE = ".glimpse-download.json"
@@ -61,6 +63,10 @@ PARTIAL_SUFFIX = ".incomplete"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
 _TRUE = {"1", "on", "yes", "true"}
+_MAX_INDEX_BYTES = 64 << 20  # the 7B index is 60 KB; a real one stays far below this
+_MAX_SHARDS = 1000
+_REFUSED_NAME_HINT = ("The repository or the mirror set with HF_ENDPOINT is not trustworthy; nothing was written "
+                      "outside the download folder. Remove the partial download and use the official Hub.")
 _REPORT_EVERY_S = 0.1
 _RATE_WINDOW_S = 5.0
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
@@ -117,7 +123,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     """The download folder's bookkeeping, or an empty record when there is none (or it is unreadable)."""
     try:
         data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {"files": {}}
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         return {"files": {}}
@@ -136,6 +142,8 @@ def local_copy_complete(folder: Path) -> bool:
     if not state.get("complete"):
         return False
     for name, info in state["files"].items():
+        if not is_plain_name(name) or not isinstance(info, dict):
+            return False  # a state file Glimpse did not write: download again, which rewrites it
         path = folder / name
         if not path.is_file() or (info.get("size") is not None and path.stat().st_size != info["size"]):
             return False
@@ -148,6 +156,8 @@ def bytes_on_disk(folder: Path) -> tuple[int, int | None]:
     done = 0
     total: int | None = 0
     for name, info in state["files"].items():
+        if not is_plain_name(name) or not isinstance(info, dict):
+            continue
         size = info.get("size")
         total = None if total is None or size is None else total + size
         for path in (folder / name, folder / (name + PARTIAL_SUFFIX)):
@@ -268,6 +278,8 @@ class _Downloader:
         _write_state(self.folder, self.state)
 
     def verified(self, name: str) -> bool:
+        if not is_plain_name(name):
+            return False
         info = self.state["files"].get(name, {})
         path = self.folder / name
         return bool(info.get("verified")) and path.is_file() and path.stat().st_size == info.get("size")
@@ -316,12 +328,25 @@ class _Downloader:
         return remotes
 
     def _shards(self) -> list[str]:
-        try:
-            index = json.loads((self.folder / INDEX_FILE).read_text(encoding="utf-8"))
-            return sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise DownloadError(f"{INDEX_FILE} of {self.entry.repo} is unreadable ({e}).",
-                                "Remove the partial download and try again.") from e
+        """The shard names the downloaded index lists, each checked to be a plain ``.safetensors`` file name: the
+        index comes from the server, and a name like ``../x`` or ``/home/me/.bashrc`` must never become a path."""
+        hint = "Remove the partial download and try again."
+        what = f"{INDEX_FILE} of {self.entry.repo}"
+        index = load_json(self.folder / INDEX_FILE, what, DownloadError, hint, max_bytes=_MAX_INDEX_BYTES)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise DownloadError(f"{what} has no weight_map listing the weight files.", hint)
+        shards = list(weight_map.values())
+        for shard in shards:
+            if not isinstance(shard, str) or not shard.endswith(".safetensors"):
+                shown = repr(shard)[:80] if isinstance(shard, str) else f"a {type(shard).__name__}"
+                raise DownloadError(f"{what} lists {shown} as a weight file, which is not a .safetensors file name.",
+                                    _REFUSED_NAME_HINT)
+            safe_child(self.folder, shard, what, DownloadError, _REFUSED_NAME_HINT)
+        if len(set(shards)) > _MAX_SHARDS:
+            raise DownloadError(f"{what} lists {len(set(shards)):,} weight files, more than any real checkpoint.",
+                                hint)
+        return sorted(set(shards))
 
     # transfer ---------------------------------------------------------------------------------------------------
 
@@ -346,9 +371,9 @@ class _Downloader:
 
     def _fetch_one(self, remote: _Remote, meter: _Meter | None) -> None:
         name = remote.spec.name
-        final = self.folder / name
+        final = safe_child(self.folder, name, f"The download of {self.entry.display_name}", DownloadError,
+                           _REFUSED_NAME_HINT)
         part = self.folder / (name + PARTIAL_SUFFIX)
-        part.parent.mkdir(parents=True, exist_ok=True)
         have = self.partial_size(remote)
         self.state["files"][name] = {"etag": remote.etag, "size": remote.size, "verified": False}
         self.save()

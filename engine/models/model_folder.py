@@ -8,12 +8,16 @@ runtime sees the file. Unknown keys are ignored (newer Glimpse versions may add 
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
+from engine.limits import load_json
+from engine.names import safe_child
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -26,6 +30,7 @@ ATTRIBUTION = ("Apple Machine Learning Research Model is licensed under the "
 LICENSE_URL = "https://github.com/apple/ml-fastvlm/blob/main/LICENSE_MODEL"
 
 _CHUNK = 1 << 20
+_MAX_MANIFEST_BYTES = 16 << 20  # model.json is about 2 KB
 
 
 def sha256_file(path: Path) -> str:
@@ -69,10 +74,9 @@ def _manifest_json(folder: Path) -> dict[str, Any]:
         raise ModelFolderError(f"{folder} is not a Glimpse model folder (no {MANIFEST}).",
                                "Convert a checkpoint with `glimpse convert` or get one with `glimpse models pull`.",
                                gui_hint="Download a model or import a model folder in the model manager.")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path} is corrupt ({e}).", REDO_MODEL, gui_hint=REDO_MODEL_GUI) from e
+    # Bounded parse: deep nesting, giant integers and NaN are a sentence here, not a RecursionError later.
+    raw = load_json(path, str(path), ModelFolderError, REDO_MODEL, max_bytes=_MAX_MANIFEST_BYTES,
+                    gui_hint=REDO_MODEL_GUI)
     if not isinstance(raw, dict):
         raise ModelFolderError(f"{path} is corrupt (not a JSON object).", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
     return raw
@@ -94,7 +98,7 @@ def recorded_file(path: Path) -> tuple[str | None, str]:
         sha = raw["files"][path.name]["sha256"]
     except (KeyError, TypeError):
         sha = None
-    return (sha if isinstance(sha, str) and len(sha) == 64 else None), _precision(raw)
+    return (sha if isinstance(sha, str) and _HEX64.fullmatch(sha) else None), _precision(raw)
 
 
 def read_manifest(folder: str | Path) -> ModelManifest:
@@ -134,7 +138,7 @@ def verify(folder: str | Path, *, check_hashes: bool = True) -> ModelManifest:
             raise ModelFolderError(f"{folder / MANIFEST} does not list {required}.", "Convert the model again.",
                                    gui_hint=REDO_MODEL_GUI)
     for name, entry in manifest.files.items():
-        path = folder / name
+        path = safe_child(folder, name, str(folder / MANIFEST), ModelFolderError, REDO_MODEL)
         if not path.is_file():
             raise ModelFolderError(f"{path} is missing.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
         size = path.stat().st_size

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
+from engine.models.gguf_header import check_gguf_file
 from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
+from engine.models.onnx_external import check_onnx_file
 from engine.models.store import Store
 from engine.runtime.conversation import Conversation
 from engine.runtime.llm import LanguageModel
@@ -204,6 +206,9 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
     folder = resolve_model(path_or_name)
     manifest = _verify_once(folder)
+    # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
+    check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
+    check_onnx_file(folder / VISION_FILE, manifest.files)
     return Model(folder, manifest, threads=threads or default_threads(), n_ctx=n_ctx, n_batch=n_batch,
                  flash_attn=flash_attn)
 

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from engine.system import default_threads
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
 CACHE_SUBDIR = "onnx"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 log = logging.getLogger("glimpse")
 
@@ -51,7 +53,9 @@ def cache_dir() -> Path:
 def drop_cached(sha: str) -> list[tuple[Path, int]]:
     """Delete the optimized graphs cached for the vision graph whose sha256 is ``sha`` (for every CPU they were made
     on); returns (path, bytes freed) pairs. Silent about files it cannot delete: a cache is never worth an error."""
-    freed = []
+    freed: list[tuple[Path, int]] = []
+    if not _HEX64.fullmatch(sha):  # from model.json: a '*' or '/' must not widen the pattern
+        return freed
     for entry in cache_dir().glob(f"vision-{sha[:32]}-*.onnx"):
         try:
             size = entry.stat().st_size

@@ -6,7 +6,10 @@ import ast
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
-FOUNDATION = {"engine.errors", "engine.progress", "engine.system", "engine.folders", "engine.internals"}
+FOUNDATION = {
+    "engine.errors", "engine.progress", "engine.system", "engine.folders", "engine.internals", "engine.names",
+    "engine.limits",
+}
 
 
 def _module_name(path: Path) -> str:

@@ -384,6 +384,13 @@ def test_mismatched_halves_are_refused(tiny_model_dir: Path, tmp_path: Path) -> 
     manifest = json.loads((copy / "model.json").read_text())
     manifest["files"]["llm.gguf"] = file_entry(copy / "llm.gguf")
     (copy / "model.json").write_text(json.dumps(manifest))
+    # The GGUF header is checked against model.json before llama.cpp loads it.
+    with pytest.raises(ModelFolderError, match=r"llm\.gguf does not match its model\.json: "
+                                               r"qwen2\.embedding_length is 96, but 64 was expected"):
+        load_model(copy)
+    # With model.json describing the new language model, the two halves' widths still disagree.
+    manifest["llm"] = json.loads((other_model / "model.json").read_text())["llm"]
+    (copy / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFolderError, match=r"do not belong together: embedding widths vision\.onnx 64, "
                                                r"llm\.gguf 96"):
         load_model(copy)
