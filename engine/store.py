@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from engine import catalog
+from engine import catalog, durable
 from engine.catalog import CatalogEntry
 from engine.errors import (
     CheckpointError,
@@ -238,9 +238,8 @@ class Store:
             "first_model": model,
         }
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.licenses_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.licenses_file)
+        durable.write_text(self.licenses_file, json.dumps(data, indent=2, sort_keys=True),
+                           tmp=self.licenses_file.with_suffix(".json.tmp"))
 
     def ensure_license(self, entry: CatalogEntry, confirm: ConfirmLicense | None, *,
                        options: DownloadOptions | None = None, cancel: threading.Event | None = None) -> None:
