@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "models":
+            from engine.store import Store
+
+            Store.default().clean_leftovers()  # GBs a killed conversion or import left behind
         code: int = args.func(args)
         return code
     except GlimpseError as e:

@@ -24,6 +24,7 @@ from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderErro
 from engine.llm import LanguageModel
 from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
 from engine.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
+from engine.progress import check_cancel
 from engine.prompt import ENDOFTEXT, IM_END
 from engine.sampling import SamplingOptions
 from engine.system import default_threads
@@ -227,7 +228,7 @@ def _options(max_tokens: int, temperature: float, top_p: float, seed: int | None
     return SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
-def _verify_once(folder: Path) -> ModelManifest:
+def _verify_once(folder: Path, cancel: threading.Event | None = None) -> ModelManifest:
     """Full sha256 verification the first time a folder is loaded (and whenever a file changed since); later loads
     check sizes only. The stamp records each file's size and modification time."""
     manifest = verify(folder, check_hashes=False)
@@ -238,7 +239,7 @@ def _verify_once(folder: Path) -> ModelManifest:
             return manifest
     except (OSError, ValueError):
         pass
-    manifest = verify(folder, check_hashes=True)
+    manifest = verify(folder, check_hashes=True, cancel=cancel)
     with contextlib.suppress(OSError):  # a read-only folder is verified on every load instead
         stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
     return manifest
@@ -260,17 +261,19 @@ def resolve_model(path_or_name: str | Path) -> Path:
 
 
 def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096, n_batch: int = 512,
-               flash_attn: bool = False) -> Model:
+               flash_attn: bool = False, cancel: threading.Event | None = None) -> Model:
     """Load a model folder (or an installed model by name, e.g. "fastvlm-0.5b").
 
     ``threads`` defaults to the physical core count; ``n_ctx`` is the context window in positions (a 1024 px image
     takes 256). The folder is checked first (sizes always, sha256 on first load), so a damaged file is reported as a
-    sentence instead of crashing a runtime.
+    sentence instead of crashing a runtime. ``cancel`` stops the sha256 check (raising Cancelled); the runtimes'
+    own loading cannot be interrupted.
     """
     if n_ctx < 512:
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
     folder = resolve_model(path_or_name)
-    manifest = _verify_once(folder)
+    manifest = _verify_once(folder, cancel)
+    check_cancel(cancel, "Loading the model")
     return Model(folder, manifest, threads=threads or default_threads(), n_ctx=n_ctx, n_batch=n_batch,
                  flash_attn=flash_attn)
 

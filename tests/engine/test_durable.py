@@ -88,8 +88,12 @@ def test_converted_model_folder_is_durable(tiny_checkpoint: Path, tmp_path: Path
     log.assert_durable(out)
 
 
-def test_licence_record_is_durable(tmp_path: Path, log: SyncLog) -> None:
+def test_imported_model_folder_and_licence_record_are_durable(tiny_model_dir: Path, tmp_path: Path,
+                                                              log: SyncLog) -> None:
     store = Store(tmp_path / "home")
+    out = store.import_model(tiny_model_dir, name="copy")
+    log.assert_durable(out)
     store.accept_license("apple-amlr", "text", "copy")
     log.assert_durable(store.licenses_file)
     assert json.loads(store.licenses_file.read_text(encoding="utf-8"))["apple-amlr"]["accepted"]
+
