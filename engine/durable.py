@@ -33,9 +33,14 @@ def sync_dir(path: Path) -> None:
     """Flush a folder's entries (the names created, renamed or removed in it) to the disk."""
     if not _CAN_SYNC_DIRS:
         return
-    fd = os.open(path, os.O_RDONLY)
+    # Best effort: the rename has happened by now, and some file systems (certain FUSE and network mounts) or a
+    # folder without read permission refuse this; failing the whole write for it would report a saved file as lost.
     try:
-        with contextlib.suppress(OSError):  # some file systems (certain FUSE and network mounts) refuse it
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
             os.fsync(fd)
     finally:
         os.close(fd)

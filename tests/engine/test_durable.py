@@ -97,3 +97,17 @@ def test_imported_model_folder_and_licence_record_are_durable(tiny_model_dir: Pa
     log.assert_durable(store.licenses_file)
     assert json.loads(store.licenses_file.read_text(encoding="utf-8"))["apple-amlr"]["accepted"]
 
+
+
+def test_a_folder_that_refuses_syncing_does_not_fail_the_write(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def no_dirs(path: str | Path, flags: int, *a: int) -> int:
+        if Path(path).is_dir():
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", no_dirs)
+    durable.write_text(tmp_path / "notes.md", "kept")
+    assert (tmp_path / "notes.md").read_text(encoding="utf-8") == "kept"
