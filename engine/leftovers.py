@@ -8,7 +8,9 @@ whose process is gone and deletes them.
 
 It is deliberately narrow: only the store's own folders are looked at, only names of exactly those shapes match,
 links are never followed or deleted through, and nothing whose process id belongs to a live process (this one, a
-second Glimpse, or an unrelated process that reused the id) is touched.
+second Glimpse, or an unrelated process that reused the id) is touched. A process id means nothing on another
+computer sharing the store (a network home folder), so anything written to in the last ``QUIET_S`` seconds is
+left alone too: a live conversion writes every few seconds.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import re
 import shutil
 import stat
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+QUIET_S = 15 * 60
 _WORK_FOLDER = re.compile(r"\.[a-z0-9][a-z0-9._-]{0,63}\.(?:partial|import|old|removing)-(?P<pid>[0-9]{1,10})")
 _CACHE_PARTIAL = re.compile(r"\.vision-[0-9a-f]{32}-[0-9a-f]+\.onnx\.(?P<pid>[0-9]{1,10})\.partial")
 
@@ -78,9 +82,24 @@ def stale_entries(folder: Path, pattern: re.Pattern[str], want_dir: bool) -> lis
             mode = entry.stat(follow_symlinks=False).st_mode
         except OSError:
             continue
-        if (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)) and not process_alive(int(match["pid"])):
+        if (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)) and not process_alive(int(match["pid"])) \
+                and time.time() - _last_write(Path(entry.path)) > QUIET_S:
             out.append(Path(entry.path))
     return out
+
+
+def _last_write(path: Path) -> float:
+    """The newest modification time of ``path`` and everything under it (links not followed); now if unknown."""
+    try:
+        newest = path.lstat().st_mtime
+    except OSError:
+        return time.time()
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path, followlinks=False):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
 
 
 def clean_leftovers(model_folders: list[Path], cache_folder: Path | None = None) -> list[Path]:

@@ -101,11 +101,15 @@ def test_start_deletes_what_a_killed_glimpse_left(qtbot: QtBot, settings: Settin
     import os
     import subprocess
     import sys
+    import time
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     store = Store(tmp_path / "home")
     dead = healthy_model(store.models_dir / f".mine.partial-{child.pid}")
+    an_hour_ago = time.time() - 3600
+    for path in [*dead.iterdir(), dead]:
+        os.utime(path, (an_hour_ago, an_hour_ago))
     alive = healthy_model(store.models_dir / f".mine.import-{os.getpid()}")
     window = MainWindow(settings, store=store, speech_engine="mock")
     qtbot.addWidget(window)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,18 @@ def dead_pid() -> int:
     return child.pid
 
 
-def big_folder(path: Path) -> Path:
+def big_folder(path: Path, *, idle_s: float = 3600) -> Path:
+    """A working folder nothing has written to for ``idle_s`` seconds."""
     (path / "sub").mkdir(parents=True)
     (path / "llm.gguf").write_bytes(b"x" * 1000)
     (path / "sub" / "part").write_bytes(b"y")
+    return idle(path, idle_s)
+
+
+def idle(path: Path, seconds: float) -> Path:
+    then = time.time() - seconds
+    for p in [*path.rglob("*"), path] if path.is_dir() else [path]:
+        os.utime(p, (then, then), follow_symlinks=False)
     return path
 
 
@@ -51,6 +60,7 @@ def test_dead_processes_folders_are_deleted_and_nothing_else(tmp_path: Path, dea
     cache.mkdir(parents=True, exist_ok=True)
     dead.append(cache / f".vision-{'a' * 32}-{'b' * 16}.onnx.{dead_pid}.partial")
     dead[-1].write_bytes(b"half a graph")
+    idle(dead[-1], 3600)
     outside = big_folder(tmp_path / "outside")
     kept = [big_folder(models / f".mine.partial-{os.getpid()}"),  # this process: still working
             big_folder(models / f".other.import-{os.getppid()}"),  # a live process
@@ -58,11 +68,14 @@ def test_dead_processes_folders_are_deleted_and_nothing_else(tmp_path: Path, dea
             big_folder(models / f"mine.partial-{dead_pid}"),  # not hidden: not a name Glimpse makes
             big_folder(models / f".Mine.partial-{dead_pid}"),  # not a store name
             big_folder(models / f".mine.backup-{dead_pid}"),
+            # A dead id, but written to a minute ago: another computer sharing the folder may be converting.
+            big_folder(models / f".shared.partial-{dead_pid}", idle_s=60),
             big_folder(downloads / "fastvlm-0.5b")]
     (downloads / "fastvlm-0.5b" / "model.safetensors.incomplete").write_bytes(b"resumable")
     link = models / f".linked.partial-{dead_pid}"
     link.symlink_to(outside, target_is_directory=True)  # a link is never followed or deleted
     (models / f".file.partial-{dead_pid}").write_bytes(b"a file, not a working folder")
+    idle(models / f".file.partial-{dead_pid}", 3600)
     kept += [link, models / f".file.partial-{dead_pid}", downloads / "fastvlm-0.5b" / "model.safetensors.incomplete"]
 
     removed = store.clean_leftovers()
