@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "Glimpse"
 LICENSES_FILE = "licenses.json"
+_MAX_LICENSES_BYTES = 1 << 20  # a few hundred bytes per licence
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 ConfirmLicense = Callable[[CatalogEntry, str], bool]
@@ -252,9 +253,12 @@ class Store:
         return self.root / LICENSES_FILE
 
     def _licenses(self) -> dict[str, Any]:
+        """The recorded acceptances; an unreadable or damaged file counts as none (the user is asked again)."""
         try:
+            if self.licenses_file.stat().st_size > _MAX_LICENSES_BYTES:
+                return {}
             data = json.loads(self.licenses_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -270,9 +274,16 @@ class Store:
             "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
             "first_model": model,
         }
-        self.root.mkdir(parents=True, exist_ok=True)
-        durable.write_text(self.licenses_file, json.dumps(data, indent=2, sort_keys=True),
-                           tmp=self.licenses_file.with_suffix(".json.tmp"))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            durable.write_text(self.licenses_file, json.dumps(data, indent=2, sort_keys=True),
+                               tmp=self.licenses_file.with_suffix(".json.tmp"))
+        except OSError as e:
+            raise GlimpseError(f"Could not record the licence acceptance in {self.licenses_file}: "
+                               f"{e.strerror or e}.",
+                               "Check the folder is writable, or set GLIMPSE_HOME to another folder.",
+                               gui_hint="Check the folder is writable, or start Glimpse with GLIMPSE_HOME set to "
+                                        "another folder.") from e
 
     def ensure_license(self, entry: CatalogEntry, confirm: ConfirmLicense | None, *,
                        options: DownloadOptions | None = None, cancel: threading.Event | None = None) -> None:

@@ -106,3 +106,24 @@ def test_hashing_stops_when_cancelled(store: Store) -> None:
     verify(folder, check_hashes=False, cancel=cancel)  # nothing to hash, nothing to cancel
     with pytest.raises(Cancelled, match="Loading the model was cancelled"):
         verify(folder, cancel=cancel)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "{not json", '{"apple-amlr": [true]}', " " * (2 << 20)])
+def test_damaged_licence_record_means_not_accepted(store: Store, text: str) -> None:
+    store.root.mkdir(parents=True)
+    store.licenses_file.write_text(text, encoding="utf-8")
+    assert not store.license_accepted("apple-amlr")
+    store.accept_license("apple-amlr", "text", "mine")  # and accepting again repairs it
+    assert store.license_accepted("apple-amlr")
+
+
+def test_unwritable_licence_record_is_a_sentence(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import durable
+    from engine.errors import GlimpseError
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durable, "write_text", full)
+    with pytest.raises(GlimpseError, match="Could not record the licence acceptance"):
+        store.accept_license("apple-amlr", "text", "mine")
