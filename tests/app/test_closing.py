@@ -142,3 +142,29 @@ def test_closing_during_the_first_loads_hashing_ends_at_once(qtbot: QtBot, setti
     assert not window.isVisible()  # within the grace period, without the dialog
     assert window.findChild(closing.ClosingDialog) is None
     assert app_threads.running() == []
+
+
+def test_closing_during_a_real_conversion_leaves_no_working_folder(qtbot: QtBot, settings: Settings,
+                                                                   tmp_path: Path, tiny_checkpoint: Path) -> None:
+    store = Store(tmp_path / "home")
+    window = MainWindow(settings, store=store, speech_engine="mock")
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.manager is not None, timeout=5_000)
+    assert window.manager is not None
+    window.manager.import_folder(tiny_checkpoint)  # a checkpoint folder: converted
+    qtbot.waitUntil(lambda: any(p.name.startswith(".") for p in store.models_dir.glob("*")), timeout=30_000)
+
+    window.close()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=60_000)
+    assert app_threads.running() == []
+    assert list(store.models_dir.iterdir()) == []  # cancelled: no model, no working folder
+
+
+def test_closing_during_a_read_ahead(qtbot: QtBot, window: MainWindow, picture: Any) -> None:
+    with qtbot.waitSignal(window.worker.state_changed, timeout=10_000,
+                          check_params_cb=lambda state: state == app_worker.READING):
+        window.set_still(picture, "a picture")  # read ahead while the question is typed
+    window.close()
+    assert not window.isVisible() and window.findChild(closing.ClosingDialog) is None
+    assert app_threads.running() == []
