@@ -133,3 +133,16 @@ def test_importing_over_an_installed_model_needs_force(store: Store, src: Path) 
         store.import_model(src, force=True)
     verify(store.models_dir / "mine")
     assert leftovers(store) == ["mine"]
+
+
+def test_import_without_kernel_copy(store: Store, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File systems without sendfile (and other systems) copy through a buffer, with the same checks."""
+    import errno
+
+    def unsupported(*_a: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", unsupported, raising=False)
+    out = store.import_model(src)
+    verify(out)
+    assert (out / "llm.gguf").read_bytes() == (src / "llm.gguf").read_bytes()
