@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from engine import durable
 from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
 from engine.llm import LanguageModel
 from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
@@ -235,13 +236,15 @@ def _verify_once(folder: Path, cancel: threading.Event | None = None) -> ModelMa
     stamp = {n: [(folder / n).stat().st_size, (folder / n).stat().st_mtime_ns] for n in manifest.files}
     stamp_path = folder / _VERIFIED_STAMP
     try:
-        if json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
+        # is_file: a FIFO or device named like the stamp would block the read or never end.
+        if stamp_path.is_file() and stamp_path.stat().st_size < 1 << 16 \
+                and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
             return manifest
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     manifest = verify(folder, check_hashes=True, cancel=cancel)
     with contextlib.suppress(OSError):  # a read-only folder is verified on every load instead
-        stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
+        durable.write_text(stamp_path, json.dumps(stamp))  # replaces, never opens, whatever had the name
     return manifest
 
 

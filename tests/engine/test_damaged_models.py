@@ -127,3 +127,34 @@ def test_unwritable_licence_record_is_a_sentence(store: Store, monkeypatch: pyte
     monkeypatch.setattr(durable, "write_text", full)
     with pytest.raises(GlimpseError, match="Could not record the licence acceptance"):
         store.accept_license("apple-amlr", "text", "mine")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("stamp", ["fifo", "nested", "huge"])
+def test_a_hostile_verified_stamp_means_hashing_again(store: Store, stamp: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-load stamp (.glimpse-verified) is read and rewritten without blocking or raising."""
+    import os
+    import threading
+
+    from engine import model, model_folder
+
+    folder = healthy_model(store.models_dir / "mine")
+    path = folder / ".glimpse-verified"
+    if stamp == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("[" * 100_000 if stamp == "nested" else " " * (1 << 17), encoding="utf-8")
+    hashed: list[Path] = []
+    real = model_folder.sha256_file
+    monkeypatch.setattr(model_folder, "sha256_file", lambda p, c=None: hashed.append(p) or real(p, c))
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(model._verify_once(folder)), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "reading or writing the stamp blocked"
+    assert result and len(hashed) == 3  # every listed file hashed again
+    assert path.is_file() and not path.is_symlink()  # replaced by a real stamp
+    hashed.clear()
+    model._verify_once(folder)
+    assert hashed == []  # which the next load trusts
