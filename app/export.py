@@ -5,11 +5,11 @@ Pure functions over small records, so the formats are testable without a window,
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine import durable
 
 LAST_SUBTITLE_S = 4.0
 
@@ -70,14 +70,7 @@ def captions_text(entries: list[CaptionEntry], *, model: str, source: str) -> st
 def write_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a failure (a full disk) never leaves a half-written file or destroys the
     file it was replacing: write a temporary file beside it, then rename it over."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
+    durable.write_text(path, text, tmp=path.with_name(f".{path.name}.partial"))
 
 
 def captions_markdown(entries: list[CaptionEntry], *, model: str, source: str) -> str:

@@ -6,6 +6,7 @@ a damaged file) is dropped, the default is used, and a notice says so once, in t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import TypeVar
 from PySide6.QtCore import QByteArray, QSettings
 
 from app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
+from engine import durable
 
 T = TypeVar("T")
 
@@ -117,7 +119,14 @@ class Settings:
         self._s.setValue(key, value)
 
     def sync(self) -> None:
+        """Write the settings out. QSettings writes a temporary file, syncs it and renames it over (QSaveFile); the
+        folder's entry for that rename is synced here, or a power cut could leave the old file or none."""
         self._s.sync()
+        path = Path(self._s.fileName())
+        if self._s.status() == QSettings.Status.NoError and path.is_file():
+            with contextlib.suppress(OSError):
+                durable.sync_file(path)
+                durable.sync_dir(path.parent)
 
     # -- values ----------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ sources' threads and the model manager's jobs, so the window itself never waits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,8 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QGuiApplication, QIcon, QScreen
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
-from app import paths
+from app import closing, paths
+from app import threads as app_threads
 from app.ask_mode import AskAboutPicture
 from app.capture.cameras import Camera, list_cameras, multimedia_problem, with_camera_permission
 from app.capture.screen import screen_label, unavailable_reason
@@ -57,6 +59,7 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.settings = settings
         self.store = store or Store.default()
+        self.store.clean_leftovers()  # GBs a killed conversion or import left behind
         self._download_options = download_options
         self.worker = ModelWorker(self)
         self.sources = Sources(self)
@@ -64,6 +67,10 @@ class MainWindow(QMainWindow):
         self.manager: ModelManager | None = None
         self.model_name = ""
         self._closing = False
+        self._closing_dialog: closing.ClosingDialog | None = None
+        self._close_timer = QTimer(self)  # while closing waits for work to end: try again
+        self._close_timer.setInterval(100)
+        self._close_timer.timeout.connect(self.close)
         self._live_label = ""  # what the live captions are of, for their export
         self._media_devices: object = None  # QtMultimedia's device watcher, once it is loaded
 
@@ -234,6 +241,8 @@ class MainWindow(QMainWindow):
         self.worker.load(str(path), self.settings.threads)
 
     def _model_ready(self, name: str, _default_size: int) -> None:
+        if self._closing:  # a load that could not be interrupted ended after Close: nothing more may start
+            return
         self.model_name = self.settings.model or name
         self.status.set_model(self.model_name)
         self.asking.read_ahead()
@@ -416,7 +425,29 @@ class MainWindow(QMainWindow):
     # -- closing --------------------------------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Stop generation, capture and downloads, and join their threads (a generation stops within a token)."""
+        """Stop generation, capture and downloads, and close once their threads have ended: at once if they end
+        within a few seconds (a generation stops within a token), else with a dialog saying what it waits for."""
+        first = not self._closing
+        if first:
+            self._begin_closing()
+        deadline = time.monotonic() + (closing.GRACE_S if first else 0.0)
+        while app_threads.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        waiting = closing.waiting_for(app_threads.running(), self.worker.state)
+        if waiting:
+            event.ignore()  # a QThread destroyed while it runs aborts the process
+            if self._closing_dialog is None:
+                self._closing_dialog = closing.ClosingDialog(self)
+                self._close_timer.start()
+            self._closing_dialog.show_waiting(waiting)
+            return
+        self._close_timer.stop()
+        if self._closing_dialog is not None:
+            self._closing_dialog.close()
+        event.accept()
+
+    def _begin_closing(self) -> None:
+        """Save the layout and ask everything to stop, without waiting."""
         self._closing = True
         self.settings.geometry = self.saveGeometry()
         self.settings.splitter = self.splitter.saveState()
@@ -425,8 +456,7 @@ class MainWindow(QMainWindow):
         self.speaker.stop()
         self.worker.stop()
         if self.manager is not None:
-            self.manager.shutdown()
+            self.manager.shutdown(0.0)
             self.manager.close()
-        self.sources.shutdown()
-        self.worker.shutdown()
-        event.accept()
+        self.sources.shutdown(0.0)
+        self.worker.shutdown(0.0)

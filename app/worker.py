@@ -174,8 +174,10 @@ class Worker(QObject):
         self._conversation: Conversation | None = None
         self._picture: int | None = None  # the picture the conversation is about, when the window named it
         self._read_ahead_ms = 0.0  # how long reading that picture ahead took (0: it was not read ahead)
+        self.current_state = NO_MODEL
 
     def _state(self, state: str) -> None:
+        self.current_state = state  # read from the GUI thread while it closes (the signal may still be queued)
         emit(self.state_changed, state)
 
     def _send_text(self, text: str) -> None:
@@ -193,18 +195,24 @@ class Worker(QObject):
             self._model.close()
             self._model = None
 
-    @Slot(str, int)
-    def load(self, name_or_path: str, threads: int) -> None:
+    @Slot(str, int, object)
+    def load(self, name_or_path: str, threads: int, cancel: threading.Event | None = None) -> None:
         self._close_model()
         self._state(LOADING)
         try:
-            model = load_model(name_or_path, threads=threads or None)
+            model = load_model(name_or_path, threads=threads or None, cancel=cancel)
+        except Cancelled:  # a newer load, or the window closing: the first load's hashing stops at once
+            self._state(NO_MODEL)
+            return
         except Exception as e:
             if not isinstance(e, GlimpseError):
                 log.exception("loading %s failed", name_or_path)
             self._state(NO_MODEL)
             emit(self.model_failed, describe_error(e))
             return
+        finally:
+            if cancel is not None:
+                emit(self.request_done, cancel)
         self._model = model
         emit(self.model_ready, model.name, model.default_size)
         self._state(IDLE)
@@ -375,7 +383,7 @@ class ModelWorker(QObject):
     failed = Signal(str)
     prepared = Signal(int, bool)
 
-    _load = Signal(str, int)
+    _load = Signal(str, int, object)
     _ask = Signal(object)
     _live = Signal(object)
     _prepare = Signal(object)
@@ -402,8 +410,12 @@ class ModelWorker(QObject):
         self._thread.start()
 
     def load(self, name_or_path: str, threads: int = 0) -> None:
+        if self._closed:  # e.g. the window's first load, scheduled before it was closed
+            return
         self.stop()
-        emit(self._load, name_or_path, threads)
+        cancel = threading.Event()
+        self._track(cancel)
+        emit(self._load, name_or_path, threads, cancel)
 
     def ask(self, req: AskRequest) -> None:
         self._track(req.cancel)
@@ -431,6 +443,11 @@ class ModelWorker(QObject):
     def _forget(self, event: object) -> None:
         with self._lock:
             self._unfinished = [e for e in self._unfinished if e is not event]
+
+    @property
+    def state(self) -> str:
+        """What the worker is doing right now (``state_changed`` reports the same, a moment later)."""
+        return self.worker.current_state
 
     @property
     def busy(self) -> bool:

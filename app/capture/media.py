@@ -72,6 +72,9 @@ class MediaThread:
     def __init__(self) -> None:
         self._thread: QThread | None = None
         self._sources: list[MediaSource] = []  # kept referenced until the thread ends (each deletes itself there)
+        # A thread asked to stop that had not ended when ``stop`` returned, with the object that quits it: a
+        # running QThread whose last reference goes is destroyed and aborts the process.
+        self._stopping: list[tuple[QThread, QObject]] = []
 
     def camera(self, device: QCameraDevice) -> MediaSource:
         return self._adopt(MediaSource.for_camera(device))
@@ -98,8 +101,11 @@ class MediaThread:
         quitter.moveToThread(thread)
         emit(quitter.requested)
         ok = thread.wait(int(timeout_s * 1000))
+        self._stopping = [(t, q) for t, q in self._stopping if t.isRunning()]
         if ok:
             self._sources = []
+        else:
+            self._stopping.append((thread, quitter))
         return ok
 
 

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine import __version__
+from engine import __version__, durable
 from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.errors import ConversionError, DiskFullError, GlimpseError, OutputExistsError
 from engine.models.model_folder import (
@@ -231,15 +231,4 @@ def _manifest(name: str, geo: LlmGeometry, vision: Any, *, quant: str, vision_we
 
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished temporary folder to ``out``, replacing an existing one only after success."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    durable.publish_folder(tmp, out, aside=out.parent / f".{out.name}.old-{os.getpid()}")

@@ -50,7 +50,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils._headers import build_hf_headers
 
-from engine import __version__
+from engine import __version__, durable
 from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
 from engine.limits import load_json
 from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
@@ -131,9 +131,8 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 
 def _write_state(folder: Path, state: dict[str, Any]) -> None:
-    tmp = folder / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, folder / STATE_FILE)
+    durable.write_text(folder / STATE_FILE, json.dumps(state, indent=2, sort_keys=True),
+                       tmp=folder / (STATE_FILE + ".tmp"))
 
 
 def local_copy_complete(folder: Path) -> bool:
@@ -427,7 +426,7 @@ class _Downloader:
                 "damaging data.",
                 gui_hint="Download it again to fetch it afresh; if it happens again, a proxy or the disk may be "
                          "damaging data.")
-        os.replace(part, final)
+        durable.publish(part, final)
         self.state["files"][name] = {"etag": remote.etag, "size": size, "verified": True,
                                      "method": digest.method, **({"sha256": actual} if "sha256" in digest.method
                                                                  else {})}

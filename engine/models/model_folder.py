@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,7 @@ from typing import Any
 from engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
 from engine.limits import load_json
 from engine.names import safe_child
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+from engine.progress import check_cancel
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -30,13 +31,19 @@ ATTRIBUTION = ("Apple Machine Learning Research Model is licensed under the "
 LICENSE_URL = "https://github.com/apple/ml-fastvlm/blob/main/LICENSE_MODEL"
 
 _CHUNK = 1 << 20
-_MAX_MANIFEST_BYTES = 16 << 20  # model.json is about 2 KB
+# model.json is a few KB; anything far bigger is not one, and is not read into memory.
+MAX_MANIFEST_BYTES = 1 << 20
+# What a manifest may name: a plain file in the folder itself, never a path, a hidden file or model.json.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
+    """The file's sha256; ``cancel`` is checked between MB-sized chunks (hashing a 3 GB model takes seconds)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
+            check_cancel(cancel, "Loading the model")
             h.update(chunk)
     return h.hexdigest()
 
@@ -75,7 +82,7 @@ def _manifest_json(folder: Path) -> dict[str, Any]:
                                "Convert a checkpoint with `glimpse convert` or get one with `glimpse models pull`.",
                                gui_hint="Download a model or import a model folder in the model manager.")
     # Bounded parse: deep nesting, giant integers and NaN are a sentence here, not a RecursionError later.
-    raw = load_json(path, str(path), ModelFolderError, REDO_MODEL, max_bytes=_MAX_MANIFEST_BYTES,
+    raw = load_json(path, str(path), ModelFolderError, REDO_MODEL, max_bytes=MAX_MANIFEST_BYTES,
                     gui_hint=REDO_MODEL_GUI)
     if not isinstance(raw, dict):
         raise ModelFolderError(f"{path} is corrupt (not a JSON object).", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
@@ -98,7 +105,7 @@ def recorded_file(path: Path) -> tuple[str | None, str]:
         sha = raw["files"][path.name]["sha256"]
     except (KeyError, TypeError):
         sha = None
-    return (sha if isinstance(sha, str) and _HEX64.fullmatch(sha) else None), _precision(raw)
+    return (sha if isinstance(sha, str) and _SHA256.fullmatch(sha) else None), _precision(raw)
 
 
 def read_manifest(folder: str | Path) -> ModelManifest:
@@ -106,30 +113,70 @@ def read_manifest(folder: str | Path) -> ModelManifest:
     path = folder / MANIFEST
     raw = _manifest_json(folder)
     version = raw.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise ModelFolderError(
             f"{path} has format version {version!r}; this Glimpse reads version {FORMAT_VERSION}.",
             "Update Glimpse, or convert the model again with this version.",
             gui_hint="Update Glimpse, or remove the model in the model manager and download or import it again.")
-    try:
-        return ModelManifest(
-            name=str(raw["name"]),
-            format_version=version,
-            llm_hidden=int(raw["llm"]["hidden"]),
-            image_size=int(raw["vision"]["default_image_size"]),
-            quant=str(raw["llm"]["quant"]),
-            files={str(k): dict(v) for k, v in raw["files"].items()},
-            raw=raw,
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ModelFolderError(f"{path} is missing a required entry ({e}).", REDO_MODEL,
-                               gui_hint=REDO_MODEL_GUI) from e
+    llm, vision = _section(path, raw, "llm"), _section(path, raw, "vision")
+    return ModelManifest(
+        name=_typed(path, raw, "name", str),
+        format_version=version,
+        llm_hidden=_count(path, llm, "llm", "hidden"),
+        image_size=_count(path, vision, "vision", "default_image_size"),
+        quant=_typed(path, llm, "quant", str, "llm"),
+        files=_files(path, raw),
+        raw=raw,
+    )
 
 
-def verify(folder: str | Path, *, check_hashes: bool = True) -> ModelManifest:
+def _damaged(path: Path, why: str) -> ModelFolderError:
+    return ModelFolderError(f"{path} is damaged: {why}.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
+
+
+def _section(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise _damaged(path, f"'{key}' is missing or not an object")
+    return value
+
+
+def _typed(path: Path, raw: dict[str, Any], key: str, kind: type, section: str = "") -> Any:
+    value = raw.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        where = f"{section}.{key}" if section else key
+        raise _damaged(path, f"'{where}' is missing or not {'a whole number' if kind is int else 'text'}")
+    return value
+
+
+def _count(path: Path, raw: dict[str, Any], section: str, key: str) -> int:
+    value = _typed(path, raw, key, int, section)
+    if not 0 < value <= 1 << 20:
+        raise _damaged(path, f"'{section}.{key}' is {value}, outside 1..{1 << 20}")
+    return int(value)
+
+
+def _files(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    files = _section(path, raw, "files")
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in files.items():
+        if not _FILE_NAME.fullmatch(name) or name == MANIFEST:
+            raise _damaged(path, f"it lists {name[:80]!r}, which is not a plain file name in the folder")
+        if not isinstance(entry, dict):
+            raise _damaged(path, f"the entry for {name} is not an object")
+        size, sha = entry.get("size"), entry.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _damaged(path, f"the entry for {name} has no valid size")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise _damaged(path, f"the entry for {name} has no valid sha256")
+        out[name] = dict(entry)
+    return out
+
+
+def verify(folder: str | Path, *, check_hashes: bool = True, cancel: threading.Event | None = None) -> ModelManifest:
     """Check every file model.json lists exists with the recorded size (and sha256 unless ``check_hashes`` is off).
 
-    Raises ModelFolderError naming the first bad file.
+    Raises ModelFolderError naming the first bad file; Cancelled when ``cancel`` is set while hashing.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -139,13 +186,19 @@ def verify(folder: str | Path, *, check_hashes: bool = True) -> ModelManifest:
                                    gui_hint=REDO_MODEL_GUI)
     for name, entry in manifest.files.items():
         path = safe_child(folder, name, str(folder / MANIFEST), ModelFolderError, REDO_MODEL)
-        if not path.is_file():
-            raise ModelFolderError(f"{path} is missing.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
-        size = path.stat().st_size
-        if size != entry.get("size"):
-            raise ModelFolderError(f"{path} has {size:,} bytes but model.json records {entry.get('size'):,}; "
+        try:
+            info = path.lstat()
+        except OSError:
+            raise ModelFolderError(f"{path} is missing.", REDO_MODEL, gui_hint=REDO_MODEL_GUI) from None
+        if not stat.S_ISREG(info.st_mode):
+            # Glimpse writes regular files only: a link could make the runtimes read a file outside the folder.
+            raise ModelFolderError(f"{path} is not a regular file (a link or a special file).", REDO_MODEL,
+                                   gui_hint=REDO_MODEL_GUI)
+        size = info.st_size
+        if size != entry["size"]:
+            raise ModelFolderError(f"{path} has {size:,} bytes but model.json records {entry['size']:,}; "
                                    "the file is truncated or was replaced.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
-        if check_hashes and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        if check_hashes and sha256_file(path, cancel) != entry["sha256"]:
             raise ModelFolderError(f"{path} is corrupt: its sha256 does not match model.json.", REDO_MODEL,
                                    gui_hint=REDO_MODEL_GUI)
     return manifest

@@ -12,19 +12,23 @@ never listed. ``pull_model`` and ``import_model`` are the two ways a model gets 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine import durable
 from engine.convert import DEFAULT_QUANT, convert_checkpoint
 from engine.errors import (
     CheckpointError,
@@ -38,13 +42,17 @@ from engine.errors import (
 from engine.folders import user_folder
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
+from engine.models.folder_copy import copy_model_folder
+from engine.models.leftovers import clean_leftovers
 from engine.models.model_folder import VISION_FILE, is_model_folder, read_manifest, recorded_file, verify
 from engine.progress import ProgressFn
 
 if TYPE_CHECKING:
     from engine.models.download import DownloadOptions
 
+log = logging.getLogger(__name__)
 LICENSES_FILE = "licenses.json"
+_MAX_LICENSES_BYTES = 1 << 20  # a few hundred bytes per licence
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 ConfirmLicense = Callable[[CatalogEntry, str], bool]
@@ -76,7 +84,15 @@ def _slug(text: str) -> str:
 
 
 def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes in the regular files under ``path``; links are not followed and unreadable entries count as 0."""
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 @dataclass(frozen=True)
@@ -130,8 +146,13 @@ class Store:
             try:
                 quant = read_manifest(path).quant
                 verify(path, check_hashes=False)
-            except ModelFolderError as e:
+            except GlimpseError as e:
                 problem = e.message
+            except OSError as e:
+                problem = f"{path} cannot be read: {e.strerror or e}."
+            except Exception as e:  # a bug in the checks must not hide every other model, or Remove
+                log.exception("checking %s failed", path)
+                problem = f"{path} cannot be read ({type(e).__name__}: {e})."
             out.append(InstalledModel(path.name, path, folder_size(path), quant, not problem, problem))
         return out
 
@@ -142,8 +163,12 @@ class Store:
 
         out = []
         for path in _visible_dirs(self.downloads_dir):
-            done, total = bytes_on_disk(path)
-            out.append(PartialDownload(path.name, path, done, total, local_copy_complete(path)))
+            try:
+                done, total = bytes_on_disk(path)
+                complete = local_copy_complete(path)
+            except (OSError, ValueError, TypeError, AttributeError):  # a damaged state file: resumes from scratch
+                done, total, complete = folder_size(path), None, False
+            out.append(PartialDownload(path.name, path, done, total, complete))
         return out
 
     def resolve(self, name: str) -> str:
@@ -191,12 +216,15 @@ class Store:
         cached_sha = _vision_sha(model) if model.exists() else None
         removed = []
         for target in targets:
-            size = folder_size(target) if target.is_dir() else target.stat().st_size
+            size = folder_size(target) if target.is_dir() and not target.is_symlink() else 0
             # Rename first: a half-deleted model must never look like an installed (or resumable) one.
             trash = target.with_name(f".{target.name}.removing-{os.getpid()}")
             try:
                 target.rename(trash)
-                shutil.rmtree(trash)
+                if trash.is_symlink() or not trash.is_dir():
+                    trash.unlink()  # the link only: what it points at is outside Glimpse's folders
+                else:
+                    shutil.rmtree(trash)
             except OSError as e:
                 raise GlimpseError(f"Could not remove {target}: {e.strerror or e}.",
                                    "Close any program using the model and try again.") from e
@@ -209,6 +237,14 @@ class Store:
             removed += drop_cached(cached_sha)
         return removed
 
+    def clean_leftovers(self) -> list[Path]:
+        """Delete the working folders and files that Glimpse processes which have ended (killed, crashed, power
+        lost) left in the store and the vision cache; returns what was deleted. See ``engine.models.leftovers``."""
+        # The vision module owns its cache folder's name; importing it here costs onnxruntime (about 0.3 s).
+        from engine.runtime.vision import cache_dir  # noqa: PLC0415
+
+        return clean_leftovers([self.models_dir, self.downloads_dir], cache_dir())
+
     # -- licences ---------------------------------------------------------------------------------------------
 
     @property
@@ -216,9 +252,12 @@ class Store:
         return self.root / LICENSES_FILE
 
     def _licenses(self) -> dict[str, Any]:
+        """The recorded acceptances; an unreadable or damaged file counts as none (the user is asked again)."""
         try:
+            if self.licenses_file.stat().st_size > _MAX_LICENSES_BYTES:
+                return {}
             data = json.loads(self.licenses_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -234,10 +273,16 @@ class Store:
             "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
             "first_model": model,
         }
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.licenses_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.licenses_file)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            durable.write_text(self.licenses_file, json.dumps(data, indent=2, sort_keys=True),
+                               tmp=self.licenses_file.with_suffix(".json.tmp"))
+        except OSError as e:
+            raise GlimpseError(f"Could not record the licence acceptance in {self.licenses_file}: "
+                               f"{e.strerror or e}.",
+                               "Check the folder is writable, or set GLIMPSE_HOME to another folder.",
+                               gui_hint="Check the folder is writable, or start Glimpse with GLIMPSE_HOME set to "
+                                        "another folder.") from e
 
     def ensure_license(self, entry: CatalogEntry, confirm: ConfirmLicense | None, *,
                        options: DownloadOptions | None = None, cancel: threading.Event | None = None) -> None:
@@ -309,12 +354,13 @@ class Store:
                 "Give the folder that holds config.json and the .safetensors files."
             raise CheckpointError(f"{src} is a file, not a folder.", hint)
         if is_model_folder(src):
-            return self._import_model_folder(src, name, force)
+            return self._import_model_folder(src, name, force, progress, cancel)
         return self._import_checkpoint(src, name, quant, force, progress, cancel)
 
-    def _import_model_folder(self, src: Path, name: str | None, force: bool) -> Path:
+    def _import_model_folder(self, src: Path, name: str | None, force: bool, progress: ProgressFn | None,
+                             cancel: threading.Event | None) -> Path:
         try:
-            manifest = verify(src)  # full hash check: the copy is only as good as its source
+            manifest = read_manifest(src)
         except ModelFolderError as e:
             e.gui_hint = "Import an intact copy of the model folder, or download the model in the model manager."
             raise
@@ -323,19 +369,13 @@ class Store:
             return out
         if out.exists() and not force:
             raise _already_installed(out.name)
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.import-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            shutil.copytree(src, tmp)
-            verify(tmp, check_hashes=False)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            # Listed regular files only, each hashed as it is copied: no stamp, link or extra file comes along.
+            copy_model_folder(src, tmp, progress=progress, cancel=cancel)
+            durable.publish_folder(tmp, out, aside=out.with_name(f".{out.name}.old-{os.getpid()}"))
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise DiskFullError(f"The disk filled up while copying {src} to {out}.",
@@ -364,7 +404,11 @@ class Store:
 def _visible_dirs(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return []
-    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise GlimpseError(f"Cannot read {parent}: {e.strerror or e}.",
+                           "Check the folder's permissions, or set GLIMPSE_HOME to another folder.") from e
 
 
 def _vision_sha(folder: Path) -> str | None:

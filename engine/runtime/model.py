@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import durable
 from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
 from engine.models.gguf_header import check_gguf_file
 from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
 from engine.models.onnx_external import check_onnx_file
 from engine.models.store import Store
+from engine.progress import check_cancel
 from engine.runtime.conversation import Conversation
 from engine.runtime.llm import LanguageModel
 from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
@@ -164,20 +166,22 @@ class Model:
         return self._cancel
 
 
-def _verify_once(folder: Path) -> ModelManifest:
+def _verify_once(folder: Path, cancel: threading.Event | None = None) -> ModelManifest:
     """Full sha256 verification the first time a folder is loaded (and whenever a file changed since); later loads
     check sizes only. The stamp records each file's size and modification time."""
     manifest = verify(folder, check_hashes=False)
     stamp = {n: [(folder / n).stat().st_size, (folder / n).stat().st_mtime_ns] for n in manifest.files}
     stamp_path = folder / _VERIFIED_STAMP
     try:
-        if json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
+        # is_file: a FIFO or device named like the stamp would block the read or never end.
+        if stamp_path.is_file() and stamp_path.stat().st_size < 1 << 16 \
+                and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
             return manifest
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
-    manifest = verify(folder, check_hashes=True)
+    manifest = verify(folder, check_hashes=True, cancel=cancel)
     with contextlib.suppress(OSError):  # a read-only folder is verified on every load instead
-        stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
+        durable.write_text(stamp_path, json.dumps(stamp))  # replaces, never opens, whatever had the name
     return manifest
 
 
@@ -195,17 +199,19 @@ def resolve_model(path_or_name: str | Path) -> Path:
 
 
 def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096, n_batch: int = 512,
-               flash_attn: bool = False) -> Model:
+               flash_attn: bool = False, cancel: threading.Event | None = None) -> Model:
     """Load a model folder (or an installed model by name, e.g. "fastvlm-0.5b").
 
     ``threads`` defaults to the physical core count; ``n_ctx`` is the context window in positions (a 1024 px image
     takes 256). The folder is checked first (sizes always, sha256 on first load), so a damaged file is reported as a
-    sentence instead of crashing a runtime.
+    sentence instead of crashing a runtime. ``cancel`` stops the sha256 check (raising Cancelled); the runtimes'
+    own loading cannot be interrupted.
     """
     if n_ctx < 512:
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
     folder = resolve_model(path_or_name)
-    manifest = _verify_once(folder)
+    manifest = _verify_once(folder, cancel)
+    check_cancel(cancel, "Loading the model")
     # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
     check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
     check_onnx_file(folder / VISION_FILE, manifest.files)

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from engine import durable
 from engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
 from engine.folders import user_folder
 from engine.models.model_folder import recorded_file
@@ -170,7 +171,7 @@ class VisionEncoder:
             return self._create(self.path, self._options(level))
         try:
             if partial.is_file() and partial.stat().st_size > 0:
-                os.replace(partial, target)
+                durable.publish(partial, target)
         except OSError as e:
             log.debug("Could not cache the optimized vision graph in %s (%s).", target, e)
         finally:
