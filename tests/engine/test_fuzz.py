@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
 from engine.convert.checkpoint import LlmGeometry
@@ -39,6 +40,9 @@ from engine.runtime.preprocess import load_image
 from tests.engine.test_native_checks import LLM, _data_size, _good_kvs, _good_tensors, gguf_bytes
 
 _LONG = os.environ.get("GLIMPSE_FUZZ", "").lower() == "long"
+if not _LONG:  # Hypothesis keeps caches in ./.hypothesis even without a database: a normal run leaves no trace
+    set_hypothesis_home_dir(tempfile.mkdtemp(prefix="glimpse-hypothesis-"))
+
 FUZZ = settings(
     max_examples=2000 if _LONG else 60,
     deadline=None if _LONG else 5000,  # ms per example: a hang or a quadratic blow-up fails the test

@@ -34,21 +34,21 @@ def gguf_bytes(kvs: list[tuple[str, int, Any]], tensors: list[tuple[str, tuple[i
                data: int = 0, version: int = 3, alignment: int = 32) -> bytes:
     """A GGUF file: ``kvs`` as (key, type, value), arrays as (key, ARRAY, (item type, [items])); ``tensors`` as
     (name, dims, ggml type, offset); ``data`` zero bytes of tensor data after the aligned header."""
-    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs))
+    parts = [b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs))]
     for key, vtype, value in kvs:
-        out += _s(key) + struct.pack("<I", vtype)
+        parts.append(_s(key) + struct.pack("<I", vtype))
         if vtype == STRING:
-            out += _s(value)
+            parts.append(_s(value))
         elif vtype == ARRAY:
             item, items = value
-            out += struct.pack("<IQ", item, len(items))
-            for x in items:
-                out += _s(x) if item == STRING else struct.pack("<i" if item == I32 else "<I", x)
+            parts.append(struct.pack("<IQ", item, len(items)))
+            parts += (_s(x) if item == STRING else struct.pack("<i" if item == I32 else "<I", x) for x in items)
         else:
-            out += struct.pack("<i" if vtype == I32 else "<I", value)
+            parts.append(struct.pack("<i" if vtype == I32 else "<I", value))
     for name, dims, ggml_type, offset in tensors:
-        out += _s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
-        out += struct.pack("<IQ", ggml_type, offset)
+        parts.append(_s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims))
+        parts.append(struct.pack("<IQ", ggml_type, offset))
+    out = b"".join(parts)
     out += b"\0" * (-len(out) % alignment)
     return out + b"\0" * data
 
