@@ -5,6 +5,7 @@ sources' threads and the model manager's jobs, so the window itself never waits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ from engine.download import DownloadOptions
 from engine.errors import GlimpseError
 from engine.store import Store
 
+log = logging.getLogger(__name__)
 U8Array = npt.NDArray[np.uint8]
 OPEN_FILTER = IMAGE_FILTER.replace("Images (", "Images and videos (" + " ".join(f"*{s}" for s in
                                                                                 sorted(VIDEO_SUFFIXES)) + " ")
@@ -428,4 +430,5 @@ class MainWindow(QMainWindow):
             self.manager.close()
         self.sources.shutdown()
         self.worker.shutdown()
+        log.info("window closed cleanly: generation, capture and downloads stopped")
         event.accept()
