@@ -36,6 +36,7 @@ class CaptionPanel(QWidget):
         super().__init__(parent)
         self.current = QLabel()
         self.current.setWordWrap(True)
+        self.current.setTextFormat(Qt.TextFormat.PlainText)  # captions are one plain sentence, never markup
         self.current.setMinimumHeight(72)
         self.current.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.current.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
