@@ -11,13 +11,14 @@ import html
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QKeySequence
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
+from app.announce import announce
 from app.export import ChatTurn
 from app.qtcompat import emit
-from app.rich_text import markdown_html
+from app.rich_text import markdown_document, markdown_html
 from app.widgets.transcript import Transcript
 from app.worker import Reply
 
@@ -46,6 +47,10 @@ class ChatPanel(QWidget):
         self.input = QLineEdit()
         self.input.setPlaceholderText("Ask about the picture, or press Enter to use the preset")
         self.input.setAccessibleName("Question")
+        self.input.setAccessibleDescription("Type a question about the picture; Enter asks it, an empty question "
+                                            "asks the chosen preset")
+        self.transcript.setAccessibleDescription("The questions and answers about the current picture; in a code "
+                                                 "block, the context menu copies it")
         self.send_button = QPushButton("Ask")
         self.stop_button = QPushButton("Stop")
         self.copy_button = QPushButton("Copy")
@@ -72,8 +77,8 @@ class ChatPanel(QWidget):
         self.input.returnPressed.connect(self._send)
         self.send_button.clicked.connect(self._send)
         self.stop_button.clicked.connect(lambda: emit(self.stop))
-        self.stop_button.setShortcut(QKeySequence(Qt.Key.Key_Escape))  # only while it is enabled: an answer runs
         self.stop_button.setToolTip("Stop the answer (Esc)")
+        self.send_button.setToolTip("Ask the question (Enter)")
         self.copy_button.clicked.connect(self.copy_last)
         self.regenerate_button.clicked.connect(lambda: emit(self.regenerate))
         self.export_button.clicked.connect(lambda: emit(self.export))
@@ -156,6 +161,8 @@ class ChatPanel(QWidget):
             notes = "".join(f"<p style='color:#8a5a00'>{html.escape(note)}</p>" for note in reply.notes)
             self._turn_blocks.append(self._put(self._turn_html(turn.question, turn.answer, turn.stats) + notes))
             self._turns.append(turn)
+            # What a screen reader says is the text as shown, not its Markdown marks.
+            announce(self.transcript, "Glimpse answered: " + markdown_document(turn.answer).toPlainText())
         self.set_busy(False)
         self._render()
 

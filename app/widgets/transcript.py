@@ -23,7 +23,7 @@ class Transcript(QTextBrowser):
         self.setOpenExternalLinks(False)
         self.setUndoRedoEnabled(False)
 
-    def loadResource(self, type: int, name: QUrl) -> Any:
+    def loadResource(self, type: int, name: QUrl | str) -> Any:
         return None
 
     def code_block_at(self, point: QPoint) -> str:
