@@ -34,7 +34,8 @@ def close_on_signals(window: QWidget) -> bool:
         for name in CLOSING_SIGNALS:
             # A handler that does nothing: the byte on the wake-up socket does the work, in the event loop.
             signal.signal(getattr(signal, name), lambda _signum, _frame: None)
-    except ValueError:
+    except ValueError as e:
+        log.warning("signals will not close the window: %s", e)
         reader.close()
         writer.close()
         return False
@@ -50,6 +51,7 @@ def close_on_signals(window: QWidget) -> bool:
         window.close()
 
     notifier.activated.connect(wake)
+    log.info("SIGTERM, SIGINT and SIGHUP close the window")
     # The sockets and the notifier live as long as the window.
     window._signal_wakeup = (reader, writer, notifier)  # type: ignore[attr-defined]
     return True
