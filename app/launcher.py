@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     log_file = setup_logging()
     _ensure_streams(log_file)
     if not args:
+        from app import platform_check
+
+        problem = platform_check.prepare()  # before app.main imports QtGui, which may not load either
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
         from app.main import main as gui
 
         return gui([])

@@ -205,13 +205,21 @@ def choose(env: Mapping[str, str]) -> Outcome:
                            "(`glimpse --help`).")
 
 
+_done: dict[str, Outcome] = {}  # this process's check, once made: the launcher checks before app.main can
+
+
 def prepare(env: MutableMapping[str, str] | None = None) -> str:
     """On Linux, check the platform and set QT_QPA_PLATFORM to a fallback if needed; returns the sentence to print
-    instead of starting, or "" to go on."""
+    instead of starting, or "" to go on. Call it before importing PySide6's QtGui: that links X and GL libraries
+    too, and would fail with an ImportError instead of this sentence."""
     if not sys.platform.startswith("linux"):
         return ""
+    if env is None and "os.environ" in _done:
+        return _done["os.environ"].problem
     environ: MutableMapping[str, str] = os.environ if env is None else env
     outcome = choose(environ)
+    if env is None:
+        _done["os.environ"] = outcome
     if outcome.platform:
         log.info("Qt's default platform cannot load here; using %s instead", outcome.platform)
         environ["QT_QPA_PLATFORM"] = outcome.platform

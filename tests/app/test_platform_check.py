@@ -181,3 +181,17 @@ def test_sigterm_closes_the_window_through_its_close_event(qtbot: QtBot) -> None
         signal.set_wakeup_fd(-1)
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
+
+
+def test_the_launcher_checks_before_qtgui_is_imported(tmp_path: Path) -> None:
+    """QtGui itself links X and GL libraries: the check must come first, or a missing libxcb is a traceback."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the check is for Linux")
+    environ = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY", "DISPLAY")}
+    environ.update(PYTHONPATH=str(ROOT), GLIMPSE_HOME=str(tmp_path / "home"))
+    code = ("import sys; from app.launcher import main; rc = main([]); "
+            "print(sorted(m for m in sys.modules if m.startswith(('PySide6.QtGui', 'app.main')))); sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120,
+                            check=False)
+    assert result.returncode == 1 and "no desktop session" in result.stderr
+    assert result.stdout.strip() == "[]"
