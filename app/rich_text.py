@@ -11,9 +11,20 @@ from __future__ import annotations
 
 import re
 
-from PySide6.QtGui import QFont, QFontDatabase, QTextCharFormat, QTextCursor, QTextDocument, QTextFormat
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontDatabase,
+    QTextBlockFormat,
+    QTextCharFormat,
+    QTextCursor,
+    QTextDocument,
+    QTextFormat,
+    QTextTable,
+)
 
 _FEATURES = QTextDocument.MarkdownFeature.MarkdownDialectGitHub | QTextDocument.MarkdownFeature.MarkdownNoHTML
+CODE_BACKGROUND = "#f0f0f0"
 _BODY = re.compile(r"<body[^>]*>(.*)</body>", re.DOTALL)
 
 
@@ -23,6 +34,7 @@ def markdown_document(text: str) -> QTextDocument:
     doc.setMarkdown(text, _FEATURES)
     _defuse(doc)
     _monospace_code(doc)
+    _table_headers(doc)
     return doc
 
 
@@ -95,11 +107,28 @@ def _monospace_code(doc: QTextDocument) -> None:
                 it += 1
         block = block.next()
     mono = monospace_format()
+    shaded = QTextBlockFormat()
+    shaded.setBackground(QColor(CODE_BACKGROUND))
     cursor = QTextCursor(doc)
     for start, end in spans:  # formatting changes no positions, so they can be applied after the walk
         cursor.setPosition(start)
         cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
         cursor.mergeCharFormat(mono)
+        if cursor.block().blockFormat().nonBreakableLines():
+            cursor.mergeBlockFormat(shaded)
+
+
+def _table_headers(doc: QTextDocument) -> None:
+    """A Markdown table's first row is its header: bold, all of it (Qt's reader leaves the first cell plain)."""
+    bold = QTextCharFormat()
+    bold.setFontWeight(QFont.Weight.Bold)
+    for frame in doc.rootFrame().childFrames():
+        if isinstance(frame, QTextTable):
+            for column in range(frame.columns()):
+                cell = frame.cellAt(0, column)
+                cursor = cell.firstCursorPosition()
+                cursor.setPosition(cell.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
+                cursor.mergeCharFormat(bold)
 
 
 def code_block_at(doc: QTextDocument, position: int) -> str:

@@ -38,7 +38,7 @@ class ShortcutsDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.table)
         layout.addWidget(buttons)
-        self.resize(640, 360)
+        self.resize(680, 440)
 
     def rows(self) -> list[tuple[str, ...]]:
         cells = [[self.table.item(r, c) for c in range(3)] for r in range(self.table.rowCount())]

@@ -10,7 +10,7 @@ from PySide6.QtGui import QGuiApplication, QTextCursor, QTextDocument, QTextForm
 from pytestqt.qtbot import QtBot
 
 from app.export import conversation_markdown
-from app.rich_text import code_block_at, markdown_document, markdown_html
+from app.rich_text import CODE_BACKGROUND, code_block_at, markdown_document, markdown_html
 from app.widgets.caption_panel import CaptionPanel
 from app.widgets.chat_panel import RENDER_INTERVAL_MS, ChatPanel
 from app.worker import Reply
@@ -50,6 +50,15 @@ def _fragments(doc: QTextDocument) -> list[tuple[str, QTextFormat]]:
     return out
 
 
+def _blocks(doc: QTextDocument) -> list:
+    out = []
+    block = doc.begin()
+    while block.isValid():
+        out.append(block)
+        block = block.next()
+    return out
+
+
 def _monospace(fmt: QTextFormat) -> bool:
     char = fmt.toCharFormat()
     families = [char.font().family(), *(char.fontFamilies() or [])]
@@ -84,6 +93,9 @@ def _check_formatted(doc: QTextDocument) -> None:
     assert cursor.movePosition(QTextCursor.MoveOperation.End)
     tables = [f for f in doc.rootFrame().childFrames() if f.__class__.__name__ == "QTextTable"]
     assert tables and tables[0].rows() == 2 and tables[0].columns() == 2
+    assert "colour" in bold and "count" in bold and "red" not in bold  # the header row, all of it
+    code_blocks = [b for b in _blocks(doc) if "print(" in b.text()]
+    assert code_blocks and code_blocks[0].blockFormat().background().color().name() == CODE_BACKGROUND
 
 
 def _check_safe(doc: QTextDocument) -> None:
