@@ -19,13 +19,15 @@ from PySide6.QtWidgets import QWidget
 log = logging.getLogger(__name__)
 
 CLOSING_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+_keep: list[socket.socket] = []
 
 
-def close_on_signals(window: QWidget) -> bool:
-    """Close ``window`` when the process gets one of CLOSING_SIGNALS; False where signals cannot be caught so
-    (Windows, or not the main thread)."""
+def catch_signals() -> socket.socket | None:
+    """From now on CLOSING_SIGNALS only leave a byte on the returned socket, for ``close_on_signals`` to act on once
+    the window exists (a signal that comes while it is being built closes it as soon as the event loop runs).
+    None where signals cannot be caught so (Windows, or not the main thread)."""
     if sys.platform == "win32":
-        return False
+        return None
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     writer.setblocking(False)
@@ -38,6 +40,16 @@ def close_on_signals(window: QWidget) -> bool:
         log.warning("signals will not close the window: %s", e)
         reader.close()
         writer.close()
+        return None
+    _keep.append(writer)  # the wake-up fd must stay open as long as the reader
+    return reader
+
+
+def close_on_signals(window: QWidget, reader: socket.socket | None = None) -> bool:
+    """Close ``window`` when the process gets one of CLOSING_SIGNALS (or has got one since ``catch_signals``
+    returned ``reader``); False where signals cannot be caught so."""
+    reader = reader if reader is not None else catch_signals()
+    if reader is None:
         return False
     notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, window)
 
@@ -52,6 +64,6 @@ def close_on_signals(window: QWidget) -> bool:
 
     notifier.activated.connect(wake)
     log.info("SIGTERM, SIGINT and SIGHUP close the window")
-    # The sockets and the notifier live as long as the window.
-    window._signal_wakeup = (reader, writer, notifier)  # type: ignore[attr-defined]
+    # The socket and the notifier live as long as the window.
+    window._signal_wakeup = (reader, notifier)  # type: ignore[attr-defined]
     return True

@@ -12,7 +12,7 @@ from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import paths, platform_check
-from app.lifecycle import close_on_signals
+from app.lifecycle import catch_signals, close_on_signals
 from engine import __version__
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return 1
+    # Before the window is built: a SIGTERM while it is (a slow start, a session logging out) still closes it
+    # cleanly, once the event loop runs, with the settings saved.
+    wake = catch_signals() if QApplication.instance() is None else None
     app = make_app(qt_args)
 
     from app.settings import Settings
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         settings.mode = args.mode
     window = MainWindow(settings)
-    close_on_signals(window)
+    close_on_signals(window, wake)
     window.show()
     if args.open:
         window.sources.open_file(args.open)
