@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from app import platform_check
 from engine.folders import user_folder
 
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     log_file = setup_logging()
     _ensure_streams(log_file)
     if not args:
+        problem = platform_check.prepare()  # before app.main imports QtGui, which may not load either
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
         # Start-up: each command loads only its own half; the window's modules take about 3 s to import (-X importtime),
         # the CLI about 1 s, and `glimpse ask` never needs Qt.
         from app.main import main as gui  # noqa: PLC0415

@@ -11,7 +11,8 @@ from PySide6.QtCore import QCoreApplication, QLoggingCategory
 from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication
 
-from app import paths
+from app import paths, platform_check
+from app.lifecycle import catch_signals, close_on_signals
 from engine import __version__
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,14 @@ def make_app(qt_args: list[str]) -> QApplication:
 def main(argv: list[str] | None = None) -> int:
     """Open the window and run until it closes; returns the exit status. ``argv`` excludes the program name."""
     args, qt_args = _parse(sys.argv[1:] if argv is None else list(argv))
+    if QApplication.instance() is None:
+        problem = platform_check.prepare()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
+    # Before the window is built: a SIGTERM while it is (a slow start, a session logging out) still closes it
+    # cleanly, once the event loop runs, with the settings saved.
+    wake = catch_signals() if QApplication.instance() is None else None
     app = make_app(qt_args)
 
     # Start-up: app.capture.headless and `glimpse caption` import this module for its Qt set-up; the window's modules
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         settings.mode = args.mode
     window = MainWindow(settings)
+    close_on_signals(window, wake)
     window.show()
     if args.open:
         window.sources.open_file(args.open)

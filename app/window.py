@@ -5,6 +5,8 @@ sources' threads and the model manager's jobs, so the window itself never waits.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QGuiApplication, QIcon, QScreen
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
-from app import closing, paths
+from app import closing, paths, shortcuts
 from app import threads as app_threads
 from app.ask_mode import AskAboutPicture
 from app.capture.cameras import Camera, list_cameras, multimedia_problem, with_camera_permission
@@ -33,6 +35,7 @@ from app.widgets.chat_panel import ChatPanel
 from app.widgets.message_bar import MessageBar
 from app.widgets.model_manager import ModelManager
 from app.widgets.settings_dialog import SettingsDialog
+from app.widgets.shortcuts_dialog import ShortcutsDialog
 from app.widgets.source_view import SourceView
 from app.widgets.status_line import StatusLine
 from app.widgets.toolbar import TILES, MainToolbar
@@ -41,6 +44,7 @@ from engine.errors import GlimpseError
 from engine.models.download import DownloadOptions
 from engine.models.store import Store
 
+log = logging.getLogger(__name__)
 U8Array = npt.NDArray[np.uint8]
 OPEN_FILTER = IMAGE_FILTER.replace("Images (", "Images and videos (" + " ".join(f"*{s}" for s in
                                                                                 sorted(VIDEO_SUFFIXES)) + " ")
@@ -107,6 +111,10 @@ class MainWindow(QMainWindow):
                                       read_aloud=self.toolbar.read_aloud, settings=settings,
                                       model_name=lambda: self.model_name, error=self.show_error, parent=self)
         self._connect()
+        self.shortcut_actions = shortcuts.install(self, self.show_shortcuts)
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(self.shortcut_actions[-1])
+        self._describe_for_assistive_technology()
         self._restore()
         if settings.notices:
             self.messages.show_message(" ".join(settings.notices), "info")
@@ -362,7 +370,8 @@ class MainWindow(QMainWindow):
             self.toolbar.mode.setCurrentIndex(self.toolbar.mode.findData(mode))
         self.side.setCurrentWidget(self.captions if mode == "live" else self.chat)
         self.toolbar.presets.length.setEnabled(mode == "ask")
-        self.toolbar.presets.length.setToolTip("" if mode == "ask" else "Live captions are always brief")
+        self.toolbar.presets.length.setToolTip("Answer length: how long answers should be" if mode == "ask"
+                                               else "Answer length: live captions are always brief")
         if mode == "ask":
             self.live.stop()
             if self.asking.picture is None and self.sources.feed is not None:
@@ -371,6 +380,49 @@ class MainWindow(QMainWindow):
             self.asking.forget_picture()
             if self.sources.feed is not None and self.model_name and not self.asking.asking:
                 self.live.start()
+
+    # -- keyboard -------------------------------------------------------------------------------------------------
+
+    def toggle_captions(self) -> None:
+        if self.settings.mode != "live":
+            self.set_mode("live")
+        self.captions.start_button.click()
+
+    def go_to_question(self) -> None:
+        if self.settings.mode != "ask":
+            self.set_mode("ask")
+        self.chat.input.setFocus()
+
+    def stop_current(self) -> None:
+        """Esc: the answer being written, else the live captions."""
+        if self.chat.busy:
+            self.chat.stop_button.click()
+        elif self.live.running:
+            self.live.stop()
+
+    def show_shortcuts(self) -> ShortcutsDialog:
+        dialog = ShortcutsDialog(shortcuts.table(self.shortcut_actions), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
+
+    def _describe_for_assistive_technology(self) -> None:
+        """Tab goes through the window as it reads: the toolbar left to right, the message, the picture, then the
+        panel on the right; and every control says what it is for."""
+        t, c, a = self.toolbar, self.captions, self.chat
+        # QToolBar leaves the buttons it makes for actions out of the Tab chain; these have no other way in.
+        action_buttons = [t.widgetForAction(action) for action in (t.read_aloud, t.settings_action)]
+        for button in action_buttons:
+            button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+        self.view.setFocusPolicy(Qt.FocusPolicy.TabFocus)  # a screen reader reads what the picture is
+        order = [t.source, t.capture, t.mode, t.presets.combo, t.presets.length, t.presets.edit_button, t.size_box,
+                 t.model, *action_buttons, *self.messages.controls(), self.view,
+                 c.start_button, c.interval, c.freeze_button, c.current, c.history, c.copy_button,
+                 c.markdown_button, c.srt_button, c.clear_button,
+                 a.transcript, a.input, a.send_button, a.stop_button, a.copy_button, a.regenerate_button,
+                 a.export_button]
+        for first, second in itertools.pairwise(order):
+            QWidget.setTabOrder(first, second)
 
     # -- export, messages, settings -------------------------------------------------------------------------------
 
@@ -444,6 +496,7 @@ class MainWindow(QMainWindow):
         self._close_timer.stop()
         if self._closing_dialog is not None:
             self._closing_dialog.close()
+        log.info("window closed cleanly: generation, capture and downloads stopped")
         event.accept()
 
     def _begin_closing(self) -> None:

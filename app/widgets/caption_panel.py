@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.announce import announce
 from app.export import CaptionEntry
 from app.qtcompat import emit
 from app.settings import MAX_INTERVAL_S
@@ -36,6 +37,7 @@ class CaptionPanel(QWidget):
         super().__init__(parent)
         self.current = QLabel()
         self.current.setWordWrap(True)
+        self.current.setTextFormat(Qt.TextFormat.PlainText)  # captions are one plain sentence, never markup
         self.current.setMinimumHeight(72)
         self.current.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.current.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -46,6 +48,7 @@ class CaptionPanel(QWidget):
         self.history = QListWidget()
         self.history.setWordWrap(True)
         self.history.setAccessibleName("Caption history")
+        self.history.setToolTip("The captions so far, newest last, each with the time of its frame")
 
         self.start_button = QPushButton("Start captions")
         self.freeze_button = QPushButton("Freeze and ask")
@@ -63,6 +66,11 @@ class CaptionPanel(QWidget):
         self.markdown_button.setToolTip("Save the captions with their times as Markdown or plain text")
         self.srt_button = QPushButton("Export SRT…")
         self.clear_button = QPushButton("Clear")
+        self.start_button.setToolTip("Start or stop captioning the live source (Ctrl+Shift+L)")
+        self.copy_button.setToolTip("Copy all captions with their times")
+        self.srt_button.setToolTip("Save the captions as SRT subtitles")
+        self.clear_button.setToolTip("Forget the captions so far")
+        self.current.setToolTip("The newest caption")
 
         top = QHBoxLayout()
         top.addWidget(self.start_button)
@@ -124,6 +132,7 @@ class CaptionPanel(QWidget):
             self.history.takeItem(0)
         self.history.scrollToBottom()
         self._update_buttons()
+        announce(self.current, entry.text)
 
     @property
     def entries(self) -> list[CaptionEntry]:

@@ -11,13 +11,20 @@ import html
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QGuiApplication, QKeySequence
-from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
+from app.announce import announce
 from app.export import ChatTurn
 from app.qtcompat import emit
+from app.rich_text import markdown_document, markdown_html
+from app.widgets.transcript import Transcript
 from app.worker import Reply
+
+# A streamed answer is drawn again at most this often: at 30+ tokens/s, drawing on every token would re-lay out
+# the whole transcript that many times a second, and a half-written table or list would flicker as it grows.
+RENDER_INTERVAL_MS = 100
 
 
 @dataclass
@@ -35,12 +42,15 @@ class ChatPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.transcript = QTextBrowser()
-        self.transcript.setOpenExternalLinks(False)
+        self.transcript = Transcript()
         self.transcript.setAccessibleName("Conversation")
         self.input = QLineEdit()
         self.input.setPlaceholderText("Ask about the picture, or press Enter to use the preset")
         self.input.setAccessibleName("Question")
+        self.input.setAccessibleDescription("Type a question about the picture; Enter asks it, an empty question "
+                                            "asks the chosen preset")
+        self.transcript.setAccessibleDescription("The questions and answers about the current picture; in a code "
+                                                 "block, the context menu copies it")
         self.send_button = QPushButton("Ask")
         self.stop_button = QPushButton("Stop")
         self.copy_button = QPushButton("Copy")
@@ -67,8 +77,8 @@ class ChatPanel(QWidget):
         self.input.returnPressed.connect(self._send)
         self.send_button.clicked.connect(self._send)
         self.stop_button.clicked.connect(lambda: emit(self.stop))
-        self.stop_button.setShortcut(QKeySequence(Qt.Key.Key_Escape))  # only while it is enabled: an answer runs
         self.stop_button.setToolTip("Stop the answer (Esc)")
+        self.send_button.setToolTip("Ask the question (Enter)")
         self.copy_button.clicked.connect(self.copy_last)
         self.regenerate_button.clicked.connect(lambda: emit(self.regenerate))
         self.export_button.clicked.connect(lambda: emit(self.export))
@@ -81,6 +91,11 @@ class ChatPanel(QWidget):
         self._taken_back: tuple[ChatTurn, str] | None = None  # the answer being regenerated, and its block
         self._busy = False
         self.can_regenerate = False
+        self.renders = 0  # how often the transcript was drawn (streaming draws at most every RENDER_INTERVAL_MS)
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(RENDER_INTERVAL_MS)
+        self._render_timer.timeout.connect(self._render)
         self._update_buttons()
 
     # -- what the window calls ------------------------------------------------------------------------------------
@@ -129,7 +144,8 @@ class ChatPanel(QWidget):
     def append(self, text: str) -> None:
         if self._pending is not None:
             self._pending.text += text
-            self._render()
+            if not self._render_timer.isActive():
+                self._render_timer.start()
 
     def finish(self, reply: Reply) -> None:
         pending, self._pending = self._pending, None
@@ -145,6 +161,8 @@ class ChatPanel(QWidget):
             notes = "".join(f"<p style='color:#8a5a00'>{html.escape(note)}</p>" for note in reply.notes)
             self._turn_blocks.append(self._put(self._turn_html(turn.question, turn.answer, turn.stats) + notes))
             self._turns.append(turn)
+            # What a screen reader says is the text as shown, not its Markdown marks.
+            announce(self.transcript, "Glimpse answered: " + markdown_document(turn.answer).toPlainText())
         self.set_busy(False)
         self._render()
 
@@ -179,6 +197,8 @@ class ChatPanel(QWidget):
             QGuiApplication.clipboard().setText(self.last_answer())
 
     def plain_text(self) -> str:
+        if self._render_timer.isActive():  # what has streamed in so far, not what was last drawn
+            self._render()
         return self.transcript.toPlainText()
 
     # -- drawing --------------------------------------------------------------------------------------------------
@@ -198,8 +218,8 @@ class ChatPanel(QWidget):
     @staticmethod
     def _turn_html(question: str, answer: str, stats: str) -> str:
         q = html.escape(question)
-        a = html.escape(answer).replace("\n", "<br>")
-        out = f"<p><b>You:</b> {q}</p><p><b>Glimpse:</b> {a}</p>"
+        # The answer's Markdown is formatted; the question stays as typed.
+        out = f"<p><b>You:</b> {q}</p><p><b>Glimpse:</b></p>{markdown_html(answer)}"
         if stats:
             out += f"<p style='color:#777;font-size:small'>{html.escape(stats)}</p>"
         return out
@@ -212,9 +232,13 @@ class ChatPanel(QWidget):
                 blocks.append(block)
             else:
                 blocks[self._slot] = block
-        self.transcript.setHtml("".join(blocks))
+        self._render_timer.stop()
         bar = self.transcript.verticalScrollBar()
-        bar.setValue(bar.maximum())
+        # Follow the answer only when the reader is at the end; someone scrolled back to read stays where they are.
+        following, kept = bar.value() >= bar.maximum() - 4, bar.value()
+        self.transcript.setHtml("".join(blocks))
+        bar.setValue(bar.maximum() if following else kept)
+        self.renders += 1
         self._update_buttons()
 
     def _send(self) -> None:

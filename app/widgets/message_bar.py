@@ -11,6 +11,8 @@ from collections.abc import Callable
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
 
+from app.announce import announce
+
 _STYLES = {
     "error": "background:#fde2e1;color:#5c0b07;border:1px solid #e0a19d;",
     "info": "background:#e4eefc;color:#0b2a5c;border:1px solid #9db6e0;",
@@ -30,6 +32,7 @@ class MessageBar(QFrame):
         self._close = QToolButton()
         self._close.setText("✕")
         self._close.setAccessibleName("Dismiss message")
+        self._close.setToolTip("Hide this message")
         self._close.clicked.connect(self.hide)
         layout.addWidget(self._label, 1)
         layout.addWidget(self._action)
@@ -51,9 +54,15 @@ class MessageBar(QFrame):
             self._action.hide()
         else:
             self._action.setText(action[0])
+            self._action.setAccessibleDescription(text)  # what the button is about
             self._callback = action[1]
             self._action.show()
         self.show()
+        announce(self, text)
+
+    def controls(self) -> list[QWidget]:
+        """Its buttons, in the order Tab reaches them."""
+        return [self._action, self._close]
 
     def text(self) -> str:
         """The message shown, or "" when the bar is hidden."""

@@ -74,6 +74,16 @@ class ModelManager(QDialog):
         self.import_button = QPushButton("Import folder…")
         self.cancel_button = QPushButton("Cancel")
         self.close_button = QPushButton("Close")
+        tips = ((self.download_button, "Download the chosen model from Apple's repository, then convert it"),
+                (self.use_button, "Caption and answer with the chosen model"),
+                (self.remove_button, "Delete the chosen model's converted files"),
+                (self.import_button, "Convert a checkpoint folder you already downloaded"),
+                (self.cancel_button, "Stop the download or conversion (it can be resumed)"),
+                (self.close_button, "Close this window (a download under way stops, and resumes next time)"))
+        for button, tip in tips:
+            button.setToolTip(tip)
+        self.table.setAccessibleDescription("The models Glimpse can download and those installed, one per row: "
+                                            "choose one, then a button below")
         self.progress = QProgressBar()
         self.detail = QLabel()
         self.detail.setWordWrap(True)

@@ -21,9 +21,11 @@ class PresetBar(QWidget):
         self._settings = settings
         self.combo = QComboBox()
         self.combo.setAccessibleName("Prompt preset")
+        self.combo.setToolTip("Prompt preset: what the model is asked to do with the picture")
         self.combo.setMinimumContentsLength(18)
         self.length = QComboBox()
         self.length.setAccessibleName("Answer length")
+        self.length.setToolTip("Answer length: how long answers should be")
         for hint in LENGTHS:
             self.length.addItem(hint.label, hint.key)
         self.edit_button = QToolButton()

@@ -76,6 +76,7 @@ class MainToolbar(QToolBar):
         self.addSeparator()
         self.mode = QComboBox()
         self.mode.setAccessibleName("Mode")
+        self.mode.setToolTip("Mode: live captions of the source, or questions about one picture")
         self.mode.addItem("Live captions", "live")
         self.mode.addItem("Ask", "ask")
         self.mode.setCurrentIndex(max(0, self.mode.findData(settings.mode)))
@@ -100,6 +101,7 @@ class MainToolbar(QToolBar):
 
         self.model = QComboBox()
         self.model.setAccessibleName("Model")
+        self.model.setToolTip("The model that writes captions and answers; Manage models… downloads or imports one")
         self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.model.activated.connect(self._model_activated)
         self.addWidget(self.model)
