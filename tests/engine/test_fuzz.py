@@ -33,7 +33,7 @@ from engine.convert.safetensors_header import read_header
 from engine.errors import CheckpointError, GlimpseError
 from engine.limits import parse_json
 from engine.models.gguf_header import check_gguf_file
-from engine.models.model_folder import MANIFEST, read_manifest
+from engine.models.model_folder import MANIFEST, read_manifest, verify
 from engine.models.onnx_external import check_onnx_file
 from engine.names import safe_child
 from engine.runtime.preprocess import load_image
@@ -204,6 +204,7 @@ def test_fuzz_model_json(changes: dict[str, Any], names: list[str]) -> None:
             m = read_manifest(d)
             for name in m.files:
                 safe_child(d, name, "model.json", CheckpointError, "")
+            verify(d)  # the listed files are missing or wrong: a sentence, never a TypeError
 
         _glimpse_error_or_success(run)
 
