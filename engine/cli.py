@@ -27,7 +27,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                  progress=bar)
     from engine.model_folder import read_manifest
 
-    reason = read_manifest(out).raw.get("vision", {}).get("precision_reason")
+    reason = read_manifest(out).vision_reason
     if reason:
         print(f"Vision encoder: {reason}")
     print(f"Model folder written to {out}")

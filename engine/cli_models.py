@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engine import catalog
@@ -125,6 +126,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     with ProgressBar(enabled=not args.quiet) as bar:
         out = store.pull_model(entry, quant=args.quant, force=args.force, keep_download=args.keep_download,
                                confirm_license=_license_prompt(args.accept_license), progress=bar)
+    _print_vision_reason(out)
     print(f"{entry.display_name} is ready: {out}")
     return 0
 
@@ -137,8 +139,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = Store.default()
     with ProgressBar(enabled=not args.quiet) as bar:
         out = store.import_model(args.path, name=args.name, quant=args.quant, force=args.force, progress=bar)
+    _print_vision_reason(out)
     print(f"Imported as '{out.name}': {out}")
     return 0
+
+
+def _print_vision_reason(folder: Path) -> None:
+    """The converter's one line on the vision encoder's precision (an imported model folder may predate it)."""
+    from engine.model_folder import read_manifest
+
+    reason = read_manifest(folder).vision_reason
+    if reason:
+        print(f"Vision encoder: {reason}")
 
 
 # -- remove / path ----------------------------------------------------------------------------------------------------

@@ -58,6 +58,11 @@ class ModelManifest:
     def vision_precision(self) -> str:
         return str(self.raw.get("vision", {}).get("precision", "fp32"))
 
+    @property
+    def vision_reason(self) -> str:
+        """Why the converter wrote the vision encoder in its precision, one sentence ("" for older folders)."""
+        return str(self.raw.get("vision", {}).get("precision_reason") or "")
+
 
 def is_model_folder(path: str | Path) -> bool:
     """True when ``path`` looks like a converted model folder (has model.json); says nothing about its health."""

@@ -140,7 +140,7 @@ class Store:
                 manifest = read_manifest(path)
                 quant = manifest.quant
                 vision = manifest.vision_precision
-                reason = str(manifest.raw.get("vision", {}).get("precision_reason") or "")
+                reason = manifest.vision_reason
                 verify(path, check_hashes=False)
             except ModelFolderError as e:
                 problem = e.message

@@ -25,9 +25,11 @@ from engine import cli
 from engine.convert import convert_checkpoint
 from engine.errors import Cancelled, ConversionError
 from engine.model_folder import read_manifest, sha256_file, verify
+from engine.preprocess import preprocess
 from engine.progress import Progress, Reporter
 from engine.store import Store
 from engine.synthetic import CheckpointSpec, VisionSpec, write_checkpoint
+from engine.vision import VisionEncoder
 
 SIZE = 256
 
@@ -369,6 +371,9 @@ def test_default_conversion_says_what_it_wrote_and_why(tiny_checkpoint: Path, tm
     assert gate["tries"][0]["passed"] and gate["views"] and gate["tries"][0]["thresholds"] == (
         ag.GateThresholds().to_json())
     verify(out)
+    with VisionEncoder(out / "vision.onnx") as enc:
+        rows = enc.encode(preprocess(vi.heldout_images()[0], 512))
+    assert rows.shape == (64, read_manifest(out).llm_hidden) and np.isfinite(rows).all()
     (model,) = Store(tmp_path).installed()
     assert model.vision == "int8" and model.vision_reason == vision["precision_reason"]
 
@@ -377,3 +382,11 @@ def test_cli_offers_auto_int8_fp32(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["convert", "--help"])
     assert "--vision-precision {auto,int8,fp32}" in capsys.readouterr().out
+
+
+def test_models_import_says_what_it_wrote(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["models", "import", str(tiny_checkpoint), "--name", "mine", "--quant", "f16", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (model,) = Store.default().installed()
+    assert model.vision in ("int8", "mixed", "fp32") and model.vision_reason
+    assert lines[0] == f"Vision encoder: {model.vision_reason}"
