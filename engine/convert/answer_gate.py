@@ -232,12 +232,10 @@ def compare(llm: LanguageModel, references: Mapping[str, Reference], rows: Mappi
             kls.extend([math.inf] * len(ref.answer))
             continue
         _prefill(llm, head, actual, ref.tail)
-        q: list[F64] = []
-        for i, token in enumerate(ref.answer):
-            q.append(log_softmax(llm.logits()))
-            if i + 1 < len(ref.answer):
-                llm.eval_tokens([token])
-        q_log = np.stack(q)
+        first = llm.logits()
+        # The rest of the answer in one batch: the logits after each token predict the next one.
+        rest = llm.eval_tokens_with_logits(ref.answer[:-1])
+        q_log = log_softmax(np.concatenate([first[None, :], rest]))
         view_kl = kl_divergence(ref.logprobs, q_log)
         hits = int((q_log.argmax(axis=-1) == np.asarray(ref.answer)).sum())
         agree += hits

@@ -136,6 +136,31 @@ def test_shipped_heldout_views_include_native_1024_screens_and_documents() -> No
     assert len([v for v in views if v.size == 512]) == len(vi.heldout_images())
 
 
+def test_batched_teacher_forcing_matches_token_by_token(llm_path: Path) -> None:
+    from engine.llm import LanguageModel
+
+    with LanguageModel(llm_path, n_ctx=256, n_batch=64) as llm:
+        prompt = llm.tokenize("<|im_start|>user\nWhat is this?<|im_end|>\n<|im_start|>assistant\n")
+        answer = llm.tokenize("A small grey cat on a chair")
+        llm.eval_tokens(prompt)
+        sequential = []
+        for token in answer:
+            llm.eval_tokens([token])
+            sequential.append(llm.logits())
+        history = llm.history
+        llm.rewind(len(prompt))
+        batched = llm.eval_tokens_with_logits(answer)
+        assert batched.shape == (len(answer), llm.n_vocab) and llm.history == history
+        ref = np.stack(sequential)
+        np.testing.assert_allclose(batched, ref, rtol=0, atol=1e-3 * float(np.abs(ref).max()))
+        np.testing.assert_array_equal(llm.logits(), batched[-1])
+        with pytest.raises(ValueError, match="At most 64"):
+            llm.eval_tokens_with_logits([answer[0]] * 65)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            llm.eval_tokens_with_logits([llm.n_vocab])
+        assert llm.eval_tokens_with_logits([]).shape == (0, llm.n_vocab)
+
+
 # -- the gate on the tiny model -------------------------------------------------------------------------------------
 
 def _copy_with_initializer(src: Path, dst: Path, consumer: onnx.NodeProto | None, old: str,
