@@ -70,6 +70,11 @@ def test_download_shows_licence_progress_and_chooses_the_model(qtbot: QtBot, hub
     assert store.license_accepted("apple-amlr")
     assert [m.name for m in store.installed() if m.complete] == ["fastvlm-0.5b"]
     assert dialog.table.status_of("fastvlm-0.5b").startswith("Installed")
+    (model,) = store.installed()
+    # The vision encoder's precision is shown, and why it was chosen is in the tooltip.
+    assert f", vision {model.vision}" in dialog.table.status_of("fastvlm-0.5b") and model.vision_reason
+    row = dialog.table._names.index("fastvlm-0.5b")
+    assert model.vision_reason in dialog.table.item(row, 2).toolTip()
     byte_reports = [p for p in reports if p.unit == "B"]
     assert byte_reports and byte_reports[-1].done == byte_reports[-1].total > 0
     assert any(shown) and not dialog.progress.isTextVisible()  # a percentage while it counts, none after
