@@ -415,3 +415,13 @@ def test_models_import_says_what_it_wrote(tiny_checkpoint: Path, capsys: pytest.
     (model,) = Store.default().installed()
     assert model.vision in ("int8", "mixed", "fp32") and model.vision_reason
     assert lines[0] == f"Vision encoder: {model.vision_reason}"
+
+
+def test_selftest_fails_when_the_gate_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.selftest import SelfTestReport, run_engine_selftest
+
+    monkeypatch.setattr(vi, "heldout_images", list)  # an install that lost its package data
+    report = SelfTestReport()
+    run_engine_selftest(report, tmp_path)
+    assert report.failure is not None and report.failure.startswith("int8 gate on the shipped pictures")
+    assert "0 held-out" in report.failure
