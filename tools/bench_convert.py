@@ -1,6 +1,6 @@
 """Benchmark: convert a random checkpoint with the full FastVLM-0.5B geometry; report time and peak memory.
 
-    python -m tools.bench_convert [--quant q8_0] [--runs 1] [--workdir DIR]
+    python -m tools.bench_convert [--quant q8_0] [--vision-precision auto] [--runs 1] [--workdir DIR]
 
 The checkpoint is written once (random weights, Apple's layout, full-size vision tower and Qwen2-0.5B shapes);
 each run converts it in a fresh child process, so the peak resident memory measured is the converter's alone.
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quant", default="q8_0")
     parser.add_argument("--vision-weights", default="fp16")
+    parser.add_argument("--vision-precision", default="auto")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--write-checkpoint", type=Path, help=argparse.SUPPRESS)
@@ -59,22 +60,32 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(p.stat().st_size for p in src.iterdir())
     times: list[float] = []
     peaks: list[float] = []
+    steps: list[dict[str, object]] = []
     for i in range(args.runs):
         out = work / f"out-{i}"
         seconds, peak = _run_measured([sys.executable, "-m", "engine", "convert", str(src), str(out), "--quant",
-                                       args.quant, "--vision-weights", args.vision_weights, "--force", "-q"])
+                                       args.quant, "--vision-weights", args.vision_weights, "--vision-precision",
+                                       args.vision_precision, "--force", "-q"])
         times.append(seconds)
         peaks.append(peak)
+        vision = json.loads((out / "model.json").read_text(encoding="utf-8"))["vision"]
+        gate = vision.get("int8_gate") or {}
+        steps.append({"total_s": round(seconds, 1), "precision": vision.get("precision"),
+                      "precision_s": vision.get("precision_seconds"), "precision_steps_s": gate.get("seconds"),
+                      "reason": vision.get("precision_reason")})
     result = {
         "what": "convert full-size FastVLM-0.5B geometry (random weights)",
         "quant": args.quant,
         "vision_weights": args.vision_weights,
+        "vision_precision": args.vision_precision,
         "checkpoint_gb": round(size / 1e9, 3),
         "runs": args.runs,
         "median_s": round(statistics.median(times), 2),
         "peak_rss_mb": round(statistics.median(peaks)),
         "output_mb": round(sum(p.stat().st_size for p in (work / "out-0").iterdir()) / 1e6, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "runs_detail": steps,
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -41,7 +41,8 @@ class ModelTable(QTableWidget):
                 label += "  (in use)"
             if model is not None:
                 size = human_bytes(model.size_bytes)
-                status = ("Installed" + (f", {model.quant}" if model.quant else "") if model.complete
+                status = ("Installed" + (f", {model.quant}" if model.quant else "")
+                          + (f", vision {model.vision}" if model.vision else "") if model.complete
                           else f"Damaged: {model.problem}")
             else:
                 size = f"≈ {human_bytes(entry.approx_download_bytes)} download" if entry else "-"
@@ -55,7 +56,9 @@ class ModelTable(QTableWidget):
                     status = "Not installed"
             for col, text in enumerate((label, size, status)):
                 item = QTableWidgetItem(text)
-                item.setToolTip(text)
+                # The status's tooltip says why the vision encoder has the precision it has.
+                why = model.vision_reason if model is not None and model.complete and col == 2 else ""
+                item.setToolTip(f"{text}\n{why}" if why else text)
                 self.setItem(row, col, item)
         self.select(selected if selected in self._names else self._names[0])
 

@@ -24,6 +24,7 @@ from engine.convert import (
     convert_checkpoint,
 )
 from engine.errors import GlimpseError
+from engine.models.model_folder import read_manifest
 
 log = logging.getLogger("glimpse")
 
@@ -37,6 +38,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         out = convert_checkpoint(args.src, args.out, quant=args.quant, force=args.force,
                                  vision_weights=args.vision_weights, vision_precision=args.vision_precision,
                                  progress=bar)
+
+    reason = read_manifest(out).vision_reason
+    if reason:
+        print(f"Vision encoder: {reason}")
     print(f"Model folder written to {out}")
     return 0
 
@@ -55,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-weights", choices=VISION_WEIGHTS, default=DEFAULT_VISION_WEIGHTS,
                    help="how vision.onnx stores its weights (computation is float32 either way)")
     p.add_argument("--vision-precision", choices=VISION_PRECISIONS, default=DEFAULT_VISION_PRECISION,
-                   help=f"vision encoder arithmetic (default {DEFAULT_VISION_PRECISION}: int8 when its embeddings "
-                        "pass a quality check against fp32 on held-out images, fp32 otherwise)")
+                   help=f"vision encoder arithmetic (default {DEFAULT_VISION_PRECISION}: int8, or int8 with its most "
+                        "sensitive parts in float, only when the answers on held-out pictures stay those of fp32; "
+                        "fp32 otherwise. int8: whole-graph int8 even when that check fails)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)

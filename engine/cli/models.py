@@ -10,12 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engine.convert import DEFAULT_QUANT, QUANTS
 from engine.errors import GlimpseError, LicenseNotAcceptedError
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
+from engine.models.model_folder import read_manifest
 from engine.models.store import ConfirmLicense, Store, folder_size
 
 
@@ -128,6 +130,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     with ProgressBar(enabled=not args.quiet) as bar:
         out = store.pull_model(entry, quant=args.quant, force=args.force, keep_download=args.keep_download,
                                confirm_license=_license_prompt(args.accept_license), progress=bar)
+    _print_vision_reason(out)
     print(f"{entry.display_name} is ready: {out}")
     return 0
 
@@ -140,8 +143,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     with ProgressBar(enabled=not args.quiet) as bar:
         out = store.import_model(args.path, name=args.name, quant=args.quant, force=args.force, progress=bar)
+    _print_vision_reason(out)
     print(f"Imported as '{out.name}': {out}")
     return 0
+
+
+def _print_vision_reason(folder: Path) -> None:
+    """The converter's one line on the vision encoder's precision (an imported model folder may predate it)."""
+
+    reason = read_manifest(folder).vision_reason
+    if reason:
+        print(f"Vision encoder: {reason}")
 
 
 # -- remove / path ----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 from engine import __version__
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from engine.models.model_folder import read_manifest
 from engine.runtime.model import Answer, load_model
 
 
@@ -84,6 +85,15 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
                          lambda: convert_checkpoint(work / "checkpoint", work / "model", quant="q8_0"))
     if ckpt is None or folder is None:
         return None
+
+    def gate_ran() -> None:
+        # Without its pictures (a wheel or bundle missing its package data) the converter silently writes fp32.
+
+        vision = read_manifest(work / "model").raw.get("vision", {})
+        if not (vision.get("int8_gate") or {}).get("tries"):
+            raise RuntimeError(f"the int8 gate did not run: {vision.get('precision_reason')}")
+
+    report.step("int8 gate on the shipped pictures", gate_ran)
     image = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
 
     def ask() -> None:

@@ -38,10 +38,10 @@ DEFAULT_QUANT = "q8_0"
 VISION_WEIGHTS = ("fp16", "fp32")
 # fp16 storage halves vision.onnx with no measurable loss (bf16 weights are exact in fp16; see docs/benchmarks.md).
 DEFAULT_VISION_WEIGHTS = "fp16"
-# int8 (static, calibrated, behind a cosine gate on held-out images; see convert/vision_int8.py) halves the encoder's
-# time on CPUs; fp32 is kept automatically when the gate fails.
-VISION_PRECISIONS = ("int8", "fp32")
-DEFAULT_VISION_PRECISION = "int8"
+# "auto" writes int8 (or int8 with its most sensitive nodes in float) only when the answer-level gate shows the
+# language model's answers stay float32's on held-out pictures (convert/vision_precision.py), fp32 otherwise.
+VISION_PRECISIONS = ("auto", "int8", "fp32")
+DEFAULT_VISION_PRECISION = "auto"
 DEFAULT_IMAGE_SIZE = 1024
 _LICENSE_CANDIDATES = ("LICENSE_MODEL", "LICENSE", "LICENSE.md", "LICENSE.txt", "license.txt", "LICENSE_MODEL.txt")
 # Approximate bytes per weight in the written GGUF, for the disk-space check (block scales included).
@@ -71,7 +71,7 @@ def estimate_output_bytes(ckpt: Checkpoint, geo: LlmGeometry, quant: str, vision
     and, for an int8 encoder, the instrumented copy of the float graph and the int8 graph written beside it."""
     vision_params = _vision_params(ckpt)
     vision = vision_params * (4 if vision_weights == "fp32" else 2)
-    if vision_precision == "int8":
+    if vision_precision != "fp32":
         vision += vision + vision_params  # the calibration probe (a float copy), then the int8 graph (1 byte each)
     llm_params = _llm_params(geo)
     llm = int(llm_params * _BYTES_PER_WEIGHT[quant])
@@ -130,8 +130,9 @@ def convert_checkpoint(
     """Convert the checkpoint folder ``src`` into the model folder ``out`` and return ``out``.
 
     ``quant`` picks the language model's weight type (``QUANTS``); ``vision_weights`` how the ONNX graph stores its
-    weights; ``vision_precision`` "int8" quantizes the graph when its embeddings stay within the quality gate of
-    float32 on held-out images (and keeps float32 otherwise), "fp32" never quantizes. ``source`` is recorded in
+    weights; ``vision_precision`` "auto" quantizes the graph (whole, or with its most sensitive nodes in float) only
+    when the converted language model's answers on held-out pictures stay those of float32, and keeps float32
+    otherwise; "int8" writes whole-graph int8 whatever the gate says; "fp32" never quantizes. ``source`` is recorded in
     model.json (e.g. repo and revision).
     Raises a GlimpseError subclass with a readable sentence on every expected failure.
     """
@@ -139,7 +140,7 @@ def convert_checkpoint(
     # `glimpse models` and the model manager import this module for its constants.
     from engine.convert.llm_gguf import write_llm_gguf  # noqa: PLC0415
     from engine.convert.vision_graph import build_vision_onnx  # noqa: PLC0415
-    from engine.convert.vision_int8 import apply_vision_precision  # noqa: PLC0415
+    from engine.convert.vision_precision import choose_vision_precision  # noqa: PLC0415
 
     src, out = Path(src), Path(out)
     if quant not in QUANTS:
@@ -169,8 +170,9 @@ def convert_checkpoint(
         try:
             tmp.mkdir()
             vision = build_vision_onnx(ckpt, tmp / VISION_FILE, weight_dtype=vision_weights, report=report)
-            precision = apply_vision_precision(tmp / VISION_FILE, vision_precision, report=report)
             write_llm_gguf(ckpt, geo, tmp / LLM_FILE, quant=quant, name=name or src.name, report=report)
+            # After the language model: the gate judges quantized image rows by the answers it gives.
+            precision = choose_vision_precision(tmp / VISION_FILE, tmp / LLM_FILE, vision_precision, report=report)
             license_name = _copy_license(src, tmp)
             report("checking", 0, 1)
             manifest = _manifest(name or src.name, geo, vision, quant=quant, vision_weights=vision_weights,

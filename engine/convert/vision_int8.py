@@ -16,26 +16,23 @@ The float graph (fp16- or fp32-stored weights, float32 compute) becomes an onnxr
    grouped convolutions, the attention products, GELU, LayerNorm and the residual additions stay float32:
    onnxruntime's int8 depthwise kernels were 4x slower than its float32 ones here, and an int8 attention softmax
    costs time and accuracy;
-4. compare int8 with float32 embeddings on the different, held-out images in ``assets/heldout/`` at
-   ``GATE_SIZES``; the gate passes when the cosine similarity of every image's embeddings (all tokens flattened
-   into one vector) is at least ``GATE_COSINE``. The lowest single-token cosine is reported too.
-
-``apply_vision_precision`` is the converter's entry point: it replaces the float graph by the int8 one when the
-gate passes, keeps float32 otherwise, and returns what model.json records either way.
+4. ``quantize_vision`` also compares int8 with float32 embeddings on the held-out images in ``assets/heldout/``
+   by a flat cosine. That figure is too weak to decide anything (the projector's bias dominates it): the
+   converter decides with the answer-level gate instead (``answer_gate.py``, driven by ``vision_precision.py``),
+   using ``calibrate``, ``embed`` and ``write_int8`` from here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import gc
 import logging
 import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +46,7 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, Te
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import QuantType
 
-from engine.errors import Cancelled, ConversionError
+from engine.errors import ConversionError
 from engine.folders import assets_root
 from engine.progress import Reporter
 from engine.runtime.preprocess import preprocess
@@ -57,7 +54,6 @@ from engine.system import default_threads
 
 log = logging.getLogger("glimpse")
 
-PRECISIONS = ("int8", "fp32")
 GATE_COSINE = 0.995  # keep float32 when any held-out image's embeddings fall below this cosine
 # Input sides the gate checks: the default 1024 and the fast 512 of live captions.
 GATE_SIZES = (512, 1024)
@@ -311,6 +307,98 @@ def _pixels(image: Path, size: int) -> F32:
     return preprocess(image, size)
 
 
+@dataclass
+class Ranges:
+    """What calibration measured: the nodes to quantize and the range of every activation they read or write."""
+
+    selected: list[str]
+    targets: list[str]
+    lows: F32
+    highs: F32
+
+    def of(self, tensor: str) -> tuple[float, float]:
+        i = self.targets.index(tensor)
+        return float(self.lows[i]), float(self.highs[i])
+
+
+def calibrate(src: Path, views: Sequence[tuple[str, Path, int]], *, threads: int | None = None,
+              tick: Callable[[], None] | None = None) -> Ranges:
+    """Activation ranges of the float graph ``src`` on ``views`` (MinMax), one run each.
+
+    Reductions scheduled late would keep activations alive: at 1024 px the instrumented graph needs 3x the memory
+    of the plain one, so it is only used here, never for reference embeddings.
+    """
+    model = onnx.load(str(src))
+    selected = nodes_to_quantize(model)
+    targets = calibration_targets(model, selected)
+    probe = src.with_name(f".{src.name}.probe")
+    try:
+        onnx.save(instrument(model, targets), str(probe))
+        del model
+        _release_memory()
+        session = _session(probe, threads, priority_order=True)
+    finally:
+        probe.unlink(missing_ok=True)
+    outputs = [o.name for o in session.get_outputs()]
+    lows = np.full(len(targets), np.inf, dtype=np.float32)
+    highs = np.full(len(targets), -np.inf, dtype=np.float32)
+    for _key, image, size in views:
+        if tick is not None:
+            tick()
+        values = session.run(outputs[1:], {INPUT_NAME: _pixels(image, size)})
+        lows = np.minimum(lows, np.asarray(values[0::2], dtype=np.float32))
+        highs = np.maximum(highs, np.asarray(values[1::2], dtype=np.float32))
+    del session
+    _release_memory()
+    if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
+        raise ConversionError("The float32 graph produced non-finite activations on the calibration images.",
+                              "The checkpoint's vision weights look damaged.")
+    return Ranges(selected, targets, lows, highs)
+
+
+def embed(path: Path, views: Sequence[tuple[str, Path, int]], *, threads: int | None = None,
+          tick: Callable[[], None] | None = None) -> dict[str, F32]:
+    """The image rows ``path`` gives for each view, keyed by the view's name."""
+    out: dict[str, F32] = {}
+    session = _session(path, threads)
+    for key, image, size in views:
+        if tick is not None:
+            tick()
+        out[key] = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: _pixels(image, size)})[0][0],
+                              dtype=np.float32)
+    del session
+    _release_memory()
+    return out
+
+
+def write_int8(src: Path, dst: Path, ranges: Ranges, exclude: Sequence[str] = ()) -> None:
+    """Quantize the float graph ``src`` into ``dst`` with onnxruntime's QDQ quantizer and the measured ``ranges``,
+    leaving the nodes named in ``exclude`` in float32."""
+    # Module paths rather than the package's re-exports, which older onnxruntime releases lack for some of these.
+
+    skip = set(exclude)
+    selected = [n for n in ranges.selected if n not in skip]
+    tensors = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+        for name, lo, hi in zip(ranges.targets, ranges.lows, ranges.highs, strict=True)})
+    quantizer = QDQQuantizer(
+        with_value_info(float_model(src)),
+        per_channel=True,
+        reduce_range=True,
+        weight_qType=QuantType.QInt8,
+        activation_qType=QuantType.QUInt8,
+        tensors_range=tensors,
+        nodes_to_quantize=selected,
+        nodes_to_exclude=sorted(skip),
+        op_types_to_quantize=["Conv", "MatMul"],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(dst), False)
+    del quantizer
+    _release_memory()
+
+
 def quantize_vision(src: str | Path, dst: str | Path, *, calibration: Sequence[Path] | None = None,
                     heldout: Sequence[Path] | None = None, sizes: Sequence[int] | None = None,
                     calibration_sizes: Sequence[int] | None = None, threshold: float | None = None,
@@ -350,64 +438,15 @@ def quantize_vision(src: str | Path, dst: str | Path, *, calibration: Sequence[P
             report(STAGE, done, total)
         done += 1
 
-    # 1. Activation ranges on the calibration images. (Reductions scheduled late would keep activations alive: at
-    # 1024 px the instrumented graph needs 3x the memory of the plain one, so references come from a plain session.)
-    model = onnx.load(str(src))
-    selected = nodes_to_quantize(model)
-    targets = calibration_targets(model, selected)
-    probe = dst.with_name(f".{dst.name}.probe")
-    try:
-        onnx.save(instrument(model, targets), str(probe))
-        del model
-        _release_memory()
-        session = _session(probe, threads, priority_order=True)
-    finally:
-        probe.unlink(missing_ok=True)
-    outputs = [o.name for o in session.get_outputs()]
-    lows = np.full(len(targets), np.inf, dtype=np.float32)
-    highs = np.full(len(targets), -np.inf, dtype=np.float32)
-    for _key, image, size in calib:
-        tick()
-        values = session.run(outputs[1:], {INPUT_NAME: _pixels(image, size)})
-        lows = np.minimum(lows, np.asarray(values[0::2], dtype=np.float32))
-        highs = np.maximum(highs, np.asarray(values[1::2], dtype=np.float32))
-    del session
-    _release_memory()
-    if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
-        raise ConversionError("The float32 graph produced non-finite activations on the calibration images.",
-                              "The checkpoint's vision weights look damaged.")
+    # 1. Activation ranges on the calibration images.
+    ranges = calibrate(src, calib, threads=threads, tick=tick)
 
     # 2. float32 reference embeddings of the held-out images.
-    reference: dict[str, F32] = {}
-    session = _session(src, threads)
-    for key, image, size in evals:
-        tick()
-        reference[key] = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: _pixels(image, size)})[0][0],
-                                    dtype=np.float32)
-    del session
-    _release_memory()
+    reference = embed(src, evals, threads=threads, tick=tick)
 
     # 3. Quantize with onnxruntime's QDQ quantizer (what quantize_static runs after its own, slower calibration).
     tick()
-    ranges = TensorsData(CalibrationMethod.MinMax, {
-        name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
-        for name, lo, hi in zip(targets, lows, highs, strict=True)})
-    quantizer = QDQQuantizer(
-        with_value_info(float_model(src)),
-        per_channel=True,
-        reduce_range=True,
-        weight_qType=QuantType.QInt8,
-        activation_qType=QuantType.QUInt8,
-        tensors_range=ranges,
-        nodes_to_quantize=selected,
-        nodes_to_exclude=[],
-        op_types_to_quantize=["Conv", "MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-    )
-    quantizer.quantize_model()
-    quantizer.model.save_model_to_file(str(dst), False)
-    del quantizer
-    _release_memory()
+    write_int8(src, dst, ranges)
 
     # 4. The gate: every held-out view, every size.
     per_image: dict[str, float] = {}
@@ -427,51 +466,3 @@ def quantize_vision(src: str | Path, dst: str | Path, *, calibration: Sequence[P
                       sizes=sizes, calibration_images=len(calibration), heldout_images=len(heldout),
                       per_image=per_image, seconds=time.perf_counter() - started)
 
-
-def apply_vision_precision(path: str | Path, precision: str, *, threshold: float | None = None,
-                           report: Reporter | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Make ``path`` (the float vision graph in a model folder being written) use ``precision`` if it is safe.
-
-    ``"int8"``: quantize, and replace ``path`` by the int8 graph when the gate passes; otherwise keep float32 and say
-    why. ``"fp32"``: leave ``path`` as it is. Returns the entries model.json records under "vision": "precision"
-    (what the graph now computes in), "precision_requested", "int8_gate" (the figures, or None when not measured)
-    and "precision_note" (why float32 was kept, or None). Raises ConversionError for an unknown precision,
-    Cancelled, and OSError for a full disk; any other quantization failure keeps float32.
-    """
-    if precision not in PRECISIONS:
-        raise ConversionError(f"Unknown vision precision '{precision}'.", f"Choose one of: {', '.join(PRECISIONS)}.")
-    path = Path(path)
-    info: dict[str, Any] = {"precision": "fp32", "precision_requested": precision, "int8_gate": None,
-                            "precision_note": None}
-    if precision == "fp32":
-        return info
-    out = path.with_name(f".{path.stem}.int8{path.suffix}")
-    try:
-        result = quantize_vision(path, out, threshold=threshold, report=report, **kwargs)
-    except Cancelled:
-        out.unlink(missing_ok=True)
-        raise
-    except OSError as e:
-        out.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        info["precision_note"] = f"int8 quantization failed ({e}); float32 kept."
-        log.warning("Vision int8: %s", info["precision_note"])
-        return info
-    except Exception as e:  # onnxruntime / onnx raise their own types; fall back, never fail the conversion
-        out.unlink(missing_ok=True)
-        info["precision_note"] = f"int8 quantization failed ({type(e).__name__}: {e}); float32 kept."
-        log.warning("Vision int8: %s", info["precision_note"])
-        return info
-    info["int8_gate"] = result.to_json()
-    if result.passed:
-        out.replace(path)
-        info["precision"] = info["weights"] = "int8"  # "weights" was the float graph's storage type
-    else:
-        out.unlink(missing_ok=True)
-        info["precision_note"] = (f"int8 embeddings reached a cosine of only {result.min_cosine:.4f} against float32 "
-                                  f"on the held-out images (gate {result.threshold}); float32 kept.")
-        log.warning("Vision int8: %s", info["precision_note"])
-    with contextlib.suppress(OSError):
-        out.unlink(missing_ok=True)
-    return info

@@ -68,6 +68,12 @@ class ModelManifest:
     def vision_precision(self) -> str:
         return _precision(self.raw)
 
+    @property
+    def vision_reason(self) -> str:
+        """Why the converter wrote the vision encoder in its precision, one sentence ("" for older folders)."""
+        vision = self.raw.get("vision")
+        return str(vision.get("precision_reason") or "") if isinstance(vision, dict) else ""
+
 
 def is_model_folder(path: str | Path) -> bool:
     """True when ``path`` looks like a converted model folder (has model.json); says nothing about its health."""

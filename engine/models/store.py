@@ -103,6 +103,8 @@ class InstalledModel:
     quant: str | None  # None when model.json is unreadable
     complete: bool  # model.json readable and every file it lists present with the recorded size
     problem: str = ""  # why it is not complete
+    vision: str | None = None  # the vision encoder's precision ("int8", "mixed", "fp32"); None when unknown
+    vision_reason: str = ""  # why the converter chose it, one sentence (model.json "precision_reason")
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,14 @@ class Store:
         out = []
         for path in _visible_dirs(self.models_dir):
             quant: str | None = None
+            vision: str | None = None
+            reason = ""
             problem = ""
             try:
-                quant = read_manifest(path).quant
+                manifest = read_manifest(path)
+                quant = manifest.quant
+                vision = manifest.vision_precision
+                reason = manifest.vision_reason
                 verify(path, check_hashes=False)
             except GlimpseError as e:
                 problem = e.message
@@ -153,7 +160,8 @@ class Store:
             except Exception as e:  # a bug in the checks must not hide every other model, or Remove
                 log.exception("checking %s failed", path)
                 problem = f"{path} cannot be read ({type(e).__name__}: {e})."
-            out.append(InstalledModel(path.name, path, folder_size(path), quant, not problem, problem))
+            out.append(InstalledModel(path.name, path, folder_size(path), quant, not problem, problem, vision,
+                                      reason))
         return out
 
     def downloads(self) -> list[PartialDownload]:

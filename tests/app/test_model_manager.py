@@ -61,14 +61,19 @@ def test_download_shows_licence_progress_and_chooses_the_model(qtbot: QtBot, hub
     shown: list[bool] = []
     dialog._on_progress = (lambda p, orig=dialog._on_progress:  # type: ignore[method-assign]
                            (reports.append(p), orig(p), shown.append(dialog.progress.isTextVisible()))[1])
-    with qtbot.waitSignal(dialog.model_chosen, timeout=30_000) as chosen, \
-            qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(dialog.model_chosen, timeout=180_000) as chosen, \
+            qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.license.accept_button.click()
     assert finished.args == ["done"] and chosen.args == ["fastvlm-0.5b"]
     assert settings.model == "fastvlm-0.5b"
     assert store.license_accepted("apple-amlr")
     assert [m.name for m in store.installed() if m.complete] == ["fastvlm-0.5b"]
     assert dialog.table.status_of("fastvlm-0.5b").startswith("Installed")
+    (model,) = store.installed()
+    # The vision encoder's precision is shown, and why it was chosen is in the tooltip.
+    assert f", vision {model.vision}" in dialog.table.status_of("fastvlm-0.5b") and model.vision_reason
+    row = dialog.table._names.index("fastvlm-0.5b")
+    assert model.vision_reason in dialog.table.item(row, 2).toolTip()
     byte_reports = [p for p in reports if p.unit == "B"]
     assert byte_reports and byte_reports[-1].done == byte_reports[-1].total > 0
     assert any(shown) and not dialog.progress.isTextVisible()  # a percentage while it counts, none after
@@ -80,7 +85,7 @@ def test_cancelled_download_resumes(qtbot: QtBot, hub: FakeHub, settings: Settin
     options = DownloadOptions(endpoint=hub.endpoint, offline=False, retries=0, timeout=5.0)
     dialog = manager(qtbot, settings, store, options)
     dialog.select("fastvlm-0.5b")
-    with qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.download_button.click()
     assert finished.args == ["failed"]
     assert "resume" in dialog.detail.text()
@@ -89,7 +94,7 @@ def test_cancelled_download_resumes(qtbot: QtBot, hub: FakeHub, settings: Settin
     assert dialog.download_button.text() == "Resume download"
 
     hub.reset()
-    with qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.download_button.click()
     assert finished.args == ["done"]
     assert any(e.range == "bytes=300000-" for e in hub.gets("model.safetensors"))
@@ -103,7 +108,7 @@ def test_cancel_button_stops_a_download(qtbot: QtBot, hub: FakeHub, settings: Se
     dialog.select("fastvlm-0.5b")
     # Cancel as soon as the first bytes arrive.
     dialog.detail.setText("")
-    with qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.download_button.click()
         qtbot.waitUntil(lambda: "download" in dialog.detail.text(), timeout=10_000)
         dialog.cancel_button.click()
@@ -119,13 +124,13 @@ def test_offline_says_so_and_import_still_works(qtbot: QtBot, settings: Settings
     dialog.select("fastvlm-0.5b")
     assert not dialog.download_button.isEnabled()
 
-    with qtbot.waitSignal(dialog.job_finished, timeout=60_000) as finished:
+    with qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.import_folder(tiny_checkpoint)  # a checkpoint: converted, with progress
     assert finished.args == ["done"], dialog.detail.text()
     name = tiny_checkpoint.name
     assert settings.model == name  # the first model is chosen for use
 
-    with qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.import_folder(tiny_model_dir)  # converted from the same checkpoint: same name
     assert finished.args == ["failed"] and "already installed" in dialog.detail.text()
     assert "--" not in dialog.detail.text() and "model manager" in dialog.detail.text()  # no command-line advice
@@ -135,7 +140,7 @@ def test_offline_says_so_and_import_still_works(qtbot: QtBot, settings: Settings
     manifest = json.loads((other / "model.json").read_text(encoding="utf-8"))
     manifest["name"] = "other-tiny"
     (other / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
-    with qtbot.waitSignal(dialog.job_finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(dialog.job_finished, timeout=180_000) as finished:
         dialog.import_folder(other)  # a converted folder: verified and copied
     assert finished.args == ["done"], dialog.detail.text()
     assert {m.name for m in store.installed()} == {name, "other-tiny"}

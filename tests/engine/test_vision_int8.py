@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import stat
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ from engine import cli
 from engine.convert import convert_checkpoint, estimate_output_bytes
 from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, build_vision_onnx
-from engine.errors import Cancelled, ConversionError
+from engine.errors import ConversionError
 from engine.folders import assets_root
-from engine.models.model_folder import read_manifest, sha256_file, verify
-from engine.progress import Progress, Reporter
+from engine.models.model_folder import sha256_file
 from engine.runtime.preprocess import preprocess
 from engine.runtime.vision import VisionEncoder, cache_dir
 
@@ -219,85 +217,7 @@ def test_overlapping_or_missing_images_are_refused(float_graph: Path, tmp_path: 
         vi.quantize_vision(float_graph, tmp_path / "q.onnx", calibration=[], heldout=[image])
 
 
-# -- the gate in the converter's entry point ----------------------------------------------------------------------
-
-def test_gate_that_cannot_pass_keeps_float(float_graph: Path, tmp_path: Path) -> None:
-    path = Path(shutil.copy(float_graph, tmp_path / "vision.onnx"))
-    before = sha256_file(path)
-    info = vi.apply_vision_precision(path, "int8", threshold=1.0 + 1e-9)
-    assert info["precision"] == "fp32" and info["precision_requested"] == "int8"
-    assert info["int8_gate"]["passed"] is False and "float32 kept" in info["precision_note"]
-    assert sha256_file(path) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vision.onnx"]
-
-
-def test_gate_that_passes_replaces_the_graph(float_graph: Path, tmp_path: Path) -> None:
-    path = Path(shutil.copy(float_graph, tmp_path / "vision.onnx"))
-    seen: list[Progress] = []
-    info = vi.apply_vision_precision(path, "int8", threshold=-1.0, report=Reporter(seen.append))
-    assert info["precision"] == "int8" and info["precision_note"] is None and info["int8_gate"]["passed"]
-    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vision.onnx"]
-    stages = [p for p in seen if p.stage == vi.STAGE]
-    assert stages[0].done == 0 and stages[-1].done == stages[-1].total > 0
-    assert [p.done for p in stages] == sorted(p.done for p in stages)
-
-
-def test_fp32_precision_leaves_the_graph_alone(float_graph: Path, tmp_path: Path) -> None:
-    path = Path(shutil.copy(float_graph, tmp_path / "vision.onnx"))
-    before = sha256_file(path)
-    info = vi.apply_vision_precision(path, "fp32")
-    assert info == {"precision": "fp32", "precision_requested": "fp32", "int8_gate": None, "precision_note": None}
-    assert sha256_file(path) == before
-    with pytest.raises(ConversionError, match="Unknown vision precision 'int4'"):
-        vi.apply_vision_precision(path, "int4")
-
-
-def test_quantizer_failure_keeps_float(float_graph: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = Path(shutil.copy(float_graph, tmp_path / "vision.onnx"))
-    monkeypatch.setattr(vi, "calibration_images", list)
-    info = vi.apply_vision_precision(path, "int8")
-    assert info["precision"] == "fp32" and "0 calibration" in info["precision_note"]
-
-
-def test_cancel_during_quantization(float_graph: Path, tmp_path: Path) -> None:
-    path = Path(shutil.copy(float_graph, tmp_path / "vision.onnx"))
-    cancel = threading.Event()
-
-    def on_progress(p: Progress) -> None:
-        if p.stage == vi.STAGE and p.done >= 3:
-            cancel.set()
-
-    with pytest.raises(Cancelled):
-        vi.apply_vision_precision(path, "int8", report=Reporter(on_progress, cancel))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vision.onnx"]
-
-
-# -- converter and CLI --------------------------------------------------------------------------------------------
-
-def test_converter_records_the_precision(tiny_checkpoint: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vi, "GATE_COSINE", 1.0 + 1e-9)  # a gate nothing passes: float32 must be kept
-    out = convert_checkpoint(tiny_checkpoint, tmp_path / "m", quant="f16")
-    vision = json.loads((out / "model.json").read_text())["vision"]
-    assert vision["precision"] == "fp32" and vision["precision_requested"] == "int8" and vision["weights"] == "fp16"
-    assert vision["int8_gate"]["passed"] is False and vision["int8_gate"]["threshold"] == 1.0 + 1e-9
-    assert vision["int8_gate"]["calibration_images"] == len(vi.calibration_images())
-    assert vision["int8_gate"]["min_cosine"] < 1.0 + 1e-9 and "float32 kept" in vision["precision_note"]
-    assert read_manifest(out).vision_precision == "fp32"
-    verify(out)
-
-    monkeypatch.setattr(vi, "GATE_COSINE", -1.0)  # and one everything passes
-    out = convert_checkpoint(tiny_checkpoint, tmp_path / "m", quant="f16", force=True)
-    manifest = verify(out)
-    assert manifest.vision_precision == "int8" and manifest.raw["vision"]["int8_gate"]["passed"] is True
-    assert manifest.raw["vision"]["weights"] == "int8"  # not the float graph's fp16 any more
-    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out / "vision.onnx")).graph.node}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    with VisionEncoder(out / "vision.onnx") as enc:
-        rows = enc.encode(preprocess(vi.heldout_images()[0], SIZE))
-    assert rows.shape == ((SIZE // 64) ** 2, manifest.llm_hidden) and np.isfinite(rows).all()
-
+# -- converter and CLI (the precision the converter chooses: tests/engine/test_answer_gate.py) ---------------
 
 def test_space_check_counts_the_int8_working_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The int8 step writes a float copy of the graph (the calibration probe) and the int8 graph beside the float
@@ -332,7 +252,7 @@ def test_cli_and_converter_refuse_unknown_precision(tiny_checkpoint: Path, tmp_p
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(SystemExit):
         cli.main(["convert", "--help"])
-    assert re.search(r"--vision-precision \{int8,fp32\}", capsys.readouterr().out)
+    assert re.search(r"--vision-precision \{auto,int8,fp32\}", capsys.readouterr().out)
 
 
 # -- VisionEncoder's optimized-graph cache ------------------------------------------------------------------------

@@ -1,0 +1,304 @@
+"""The answer-level gate: does a quantized vision encoder keep the answers the language model gives?
+
+An int8 encoder's image rows are never compared only with each other. The converted language model reads the
+float32 rows of each held-out view and answers its question greedily (``ANSWER_TOKENS`` tokens); that answer is
+then fed again, token by token (teacher forcing), after the quantized rows instead. At every answer position the
+gate compares the two next-token distributions:
+
+- KL divergence D(float32 || quantized), in nats: the mean over all positions of all views, and the worst single
+  position;
+- top-1 agreement: how often the quantized rows' most likely next token is the float32 answer's token;
+- and, on the rows themselves, a mean-centred cosine: both row sets minus the float32 rows' mean row, so the
+  projector's bias (the same in every row) cannot hide differences the way a plain cosine lets it.
+
+The thresholds (``GateThresholds``) were picked from measurements on the full FastVLM-0.5B geometry; see
+docs/benchmarks.md, "The answer-level gate".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from engine.convert.vision_int8 import embed
+from engine.errors import ConversionError
+from engine.runtime.llm import LanguageModel
+from engine.runtime.prompt import IM_END, first_turn
+
+if TYPE_CHECKING:
+    from engine.runtime.llm import LanguageModel
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+ANSWER_TOKENS = 12
+# A view at side S is only used when the picture's longer side is at least this fraction of S: a 1024 px view of
+# a 400 px thumbnail would measure the resampler's blur, not what users show the model.
+NATIVE_FRACTION = 0.75
+PHOTO_QUESTION = "Describe this picture in one sentence."
+TEXT_QUESTION = "What does the text in this picture say?"
+
+
+def question_for(image: Path) -> str:
+    """Screenshots and documents are asked to be read, photographs to be described (the two main uses)."""
+    return TEXT_QUESTION if image.name.split("_")[0] in ("screen", "doc") else PHOTO_QUESTION
+
+
+@dataclass(frozen=True)
+class GateView:
+    """One held-out picture at one input side, with its question."""
+
+    image: Path
+    size: int
+    question: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.image.name}@{self.size}"
+
+
+def native_side(image: Path) -> int:
+    """The longer side of ``image`` in pixels, read from its header."""
+
+    try:
+        with Image.open(image) as img:
+            return max(img.size)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"The held-out image {image.name} cannot be read ({e}).",
+                              "Reinstall Glimpse, or use --vision-precision fp32.") from e
+
+
+def gate_views(images: Sequence[Path], sizes: Sequence[int]) -> list[GateView]:
+    """Every held-out image at every side in ``sizes`` its own resolution supports (see ``NATIVE_FRACTION``)."""
+    sides = {p: native_side(p) for p in images}
+    return [GateView(p, s, question_for(p)) for s in sizes for p in images if sides[p] >= NATIVE_FRACTION * s]
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """When a quantized encoder's answers count as unchanged. See docs/benchmarks.md for how each was chosen."""
+
+    max_mean_kl: float = 0.02
+    max_worst_kl: float = 0.5
+    min_top1: float = 0.95
+    min_centred_cosine: float = 0.99
+
+    def to_json(self) -> dict[str, float]:
+        return {"max_mean_kl": self.max_mean_kl, "max_worst_kl": self.max_worst_kl, "min_top1": self.min_top1,
+                "min_centred_cosine": self.min_centred_cosine}
+
+
+@dataclass
+class Reference:
+    """The float32 side of one view: its rows, its prompt around them, its greedy answer and the log-probabilities
+    at each answer position."""
+
+    rows: F32
+    tail: list[int]
+    answer: list[int]
+    logprobs: F64  # (len(answer), vocab)
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """How quantized rows compare with float32 rows, at the answer and at the rows."""
+
+    passed: bool
+    mean_kl: float
+    worst_kl: float
+    top1: float
+    centred_cosine: float  # the lowest over the views
+    views: int
+    positions: int
+    sizes: tuple[int, ...]
+    thresholds: GateThresholds
+    failed: tuple[str, ...] = ()  # which figures missed their threshold, as sentences
+    per_view: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"mean KL {self.mean_kl:.4f}, worst KL {self.worst_kl:.3f}, top-1 {100 * self.top1:.1f} %, "
+                f"centred cosine {self.centred_cosine:.4f} over {self.views} views")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "mean_kl": round(self.mean_kl, 6),
+            "worst_kl": round(self.worst_kl, 6),
+            "top1": round(self.top1, 6),
+            "centred_cosine": round(self.centred_cosine, 6),
+            "views": self.views,
+            "answer_positions": self.positions,
+            "sizes": list(self.sizes),
+            "thresholds": self.thresholds.to_json(),
+            "failed": list(self.failed),
+            "per_view": {k: {m: round(v, 6) for m, v in d.items()} for k, d in self.per_view.items()},
+        }
+
+
+def log_softmax(logits: npt.NDArray[Any]) -> F64:
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return np.asarray(x - np.log(np.exp(x).sum(axis=-1, keepdims=True)), dtype=np.float64)
+
+
+def kl_divergence(p_log: F64, q_log: F64) -> F64:
+    """D(p || q) per row, in nats, from log-probabilities (rows are positions)."""
+    return np.asarray((np.exp(p_log) * (p_log - q_log)).sum(axis=-1), dtype=np.float64)
+
+
+def centred_cosine(reference: F32, actual: F32) -> float:
+    """Cosine of the two row sets flattened, after subtracting the reference's mean row from both; float64.
+
+    A bias shared by every row (the projector's) cancels, so the figure reflects how the rows differ from each
+    other, which is what the language model reads. Non-finite or shape-mismatched input gives -1.
+    """
+    a = np.asarray(reference, dtype=np.float64).reshape(-1, reference.shape[-1])
+    b = np.asarray(actual, dtype=np.float64).reshape(-1, actual.shape[-1])
+    if a.shape != b.shape:
+        return -1.0
+    mean = a.mean(axis=0, keepdims=True)
+    a, b = (a - mean).ravel(), (b - mean).ravel()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    value = float(a @ b) / den if den > 0 else (1.0 if not (a.any() or b.any()) else -1.0)
+    return value if math.isfinite(value) else -1.0
+
+
+def _head(llm: LanguageModel) -> list[int]:
+    return llm.tokenize(str(first_turn("")[0]))
+
+
+def _tail(llm: LanguageModel, question: str) -> list[int]:
+    return llm.tokenize(str(first_turn(question)[2]))
+
+
+def _prefill(llm: LanguageModel, head: list[int], rows: F32, tail: list[int]) -> None:
+    """The prompt of one view, reusing the system prompt already in the cache."""
+    if llm.n_past >= len(head) and llm.history[:len(head)] == head:
+        llm.rewind(len(head))
+    else:
+        llm.rewind(0)
+        llm.eval_tokens(head)
+    llm.eval_embeddings(np.ascontiguousarray(rows, dtype=np.float32))
+    llm.eval_tokens(tail)
+
+
+def reference_answers(llm: LanguageModel, rows: Mapping[str, F32], views: Sequence[GateView],
+                      tick: Any = None) -> dict[str, Reference]:
+    """Greedy float32 answers (up to ``ANSWER_TOKENS``, stopping at the end of turn) and their distributions."""
+    head = _head(llm)
+    stops = set(llm.tokenize(IM_END)) | set(llm.tokenize("<|endoftext|>"))
+    out: dict[str, Reference] = {}
+    for view in views:
+        if tick is not None:
+            tick()
+        tail = _tail(llm, view.question)
+        _prefill(llm, head, rows[view.key], tail)
+        answer: list[int] = []
+        logprobs: list[F64] = []
+        for _ in range(ANSWER_TOKENS):
+            lp = log_softmax(llm.logits())
+            token = int(lp.argmax())
+            answer.append(token)
+            logprobs.append(lp)
+            if token in stops:
+                break
+            llm.eval_tokens([token])
+        out[view.key] = Reference(rows[view.key], tail, answer, np.stack(logprobs))
+    return out
+
+
+def compare(llm: LanguageModel, references: Mapping[str, Reference], rows: Mapping[str, F32],
+            views: Sequence[GateView], thresholds: GateThresholds, tick: Any = None) -> GateFigures:
+    """Teacher-force each float32 answer after the quantized ``rows`` and judge the differences."""
+    head = _head(llm)
+    kls: list[float] = []
+    agree = 0
+    per_view: dict[str, dict[str, float]] = {}
+    cosine_min = 1.0
+    for view in views:
+        if tick is not None:
+            tick()
+        ref = references[view.key]
+        actual = rows[view.key]
+        cos = centred_cosine(ref.rows, actual)
+        cosine_min = min(cosine_min, cos)
+        if not np.isfinite(actual).all():
+            per_view[view.key] = {"mean_kl": math.inf, "worst_kl": math.inf, "top1": 0.0, "centred_cosine": -1.0}
+            kls.extend([math.inf] * len(ref.answer))
+            continue
+        _prefill(llm, head, actual, ref.tail)
+        first = llm.logits()
+        # The rest of the answer in one batch: the logits after each token predict the next one.
+        rest = llm.eval_tokens_with_logits(ref.answer[:-1])
+        q_log = log_softmax(np.concatenate([first[None, :], rest]))
+        view_kl = kl_divergence(ref.logprobs, q_log)
+        hits = int((q_log.argmax(axis=-1) == np.asarray(ref.answer)).sum())
+        agree += hits
+        kls.extend(float(k) for k in view_kl)
+        per_view[view.key] = {"mean_kl": float(view_kl.mean()), "worst_kl": float(view_kl.max()),
+                              "top1": hits / len(ref.answer), "centred_cosine": cos}
+    positions = len(kls)
+    mean_kl = float(np.mean(kls)) if kls else math.inf
+    worst_kl = float(np.max(kls)) if kls else math.inf
+    top1 = agree / positions if positions else 0.0
+    failed = []
+    if not mean_kl <= thresholds.max_mean_kl:
+        failed.append(f"mean KL {mean_kl:.4f} > {thresholds.max_mean_kl}")
+    if not worst_kl <= thresholds.max_worst_kl:
+        failed.append(f"worst KL {worst_kl:.3f} > {thresholds.max_worst_kl}")
+    if not top1 >= thresholds.min_top1:
+        failed.append(f"top-1 agreement {100 * top1:.1f} % < {100 * thresholds.min_top1:.0f} %")
+    if not cosine_min >= thresholds.min_centred_cosine:
+        failed.append(f"centred cosine {cosine_min:.4f} < {thresholds.min_centred_cosine}")
+    return GateFigures(passed=not failed, mean_kl=mean_kl, worst_kl=worst_kl, top1=top1, centred_cosine=cosine_min,
+                       views=len(views), positions=positions, sizes=tuple(sorted({v.size for v in views})),
+                       thresholds=thresholds, failed=tuple(failed), per_view=per_view)
+
+
+class AnswerGate:
+    """The float32 side of the gate, computed once: rows and answers on every view; then ``judge`` any number of
+    quantized graphs against it. Owns a ``LanguageModel``; close it (or use ``with``)."""
+
+    def __init__(self, float_graph: Path, llm_path: Path, views: Sequence[GateView],
+                 thresholds: GateThresholds | None = None, *, threads: int | None = None,
+                 tick: Any = None) -> None:
+
+        if not views:
+            raise ConversionError("No held-out picture is large enough for the int8 gate.",
+                                  "Reinstall Glimpse, or use --vision-precision fp32.")
+        self.views = list(views)
+        self.thresholds = thresholds or GateThresholds()
+        self.threads = threads
+        self.float_rows = embed(float_graph, self._plain(), threads=threads, tick=tick)
+        longest = max(r.shape[0] for r in self.float_rows.values())
+        self.llm = LanguageModel(llm_path, n_ctx=longest + 256, n_threads=threads)
+        try:
+            self.references = reference_answers(self.llm, self.float_rows, self.views, tick=tick)
+        except BaseException:
+            self.llm.close()
+            raise
+
+    def _plain(self) -> list[tuple[str, Path, int]]:
+        return [(v.key, v.image, v.size) for v in self.views]
+
+    def judge(self, graph: Path, tick: Any = None) -> GateFigures:
+        """Run the quantized ``graph`` on every view and compare its answers with float32's."""
+
+        rows = embed(graph, self._plain(), threads=self.threads, tick=tick)
+        return compare(self.llm, self.references, rows, self.views, self.thresholds, tick=tick)
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __enter__(self) -> AnswerGate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
