@@ -2,7 +2,8 @@
 engine's command line (``glimpse ask``, ``glimpse models``...).
 
 It also makes a frozen, windowed build safe to run: with no terminal, ``sys.stdout`` and ``sys.stderr`` are None,
-and the first print would crash the app; they are pointed at the log file instead.
+and the first print would crash the app; they are pointed at the log file instead. And before any native library
+loads, it checks the processor has the instructions they need (app/cpu_baseline.py): one sentence, not a crash.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     log_file = setup_logging()
     _ensure_streams(log_file)
+    from app.cpu_baseline import baseline_message, missing_features
+
+    refusal = baseline_message(missing_features())
+    if refusal:
+        logging.getLogger("glimpse").error(refusal)
+        print(refusal, file=sys.stderr)
+        return 3
     if not args:
         from app.main import main as gui
 
