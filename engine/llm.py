@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from engine.cpu_backends import load_cpu_backends
 from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
 from engine.system import default_threads
 
@@ -203,6 +204,7 @@ class LanguageModel:
         import llama_cpp
 
         route_llama_logs()
+        load_cpu_backends()
         threads = n_threads or default_threads()
         n_batch = min(n_batch, n_ctx)
         try:

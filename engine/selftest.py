@@ -72,6 +72,17 @@ def versions() -> dict[str, str]:
     return found
 
 
+def cpu_kernels() -> str:
+    """Which of llama.cpp's CPU variants this processor got (portable build), or that they are built in."""
+    from engine.cpu_backends import load_cpu_backends
+
+    backends = load_cpu_backends()
+    if backends is None:
+        return "built in (a build for one CPU kind)"
+    chosen = backends.loaded or "chosen at run time"
+    return f"{chosen} (of {len(backends.variants)} variants)"
+
+
 def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
     """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
     from engine.convert import convert_checkpoint
@@ -102,6 +113,7 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
                 raise RuntimeError("the follow-up re-encoded the image instead of using the cache")
             report.versions["answer"] = (f"{len(first.token_ids)} tokens, time to first token "
                                          f"{first.timings.ttft_ms:.0f} ms, follow-up {follow.timings.ttft_ms:.0f} ms")
+        report.versions["llama.cpp CPU kernels"] = cpu_kernels()
 
     report.step("encode with onnxruntime and answer with llama.cpp", ask)
     return work / "model"
