@@ -3,6 +3,7 @@ against the kernel's own flags, and the launcher refusing before any native libr
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,20 @@ def test_the_launcher_refuses_before_loading_native_libraries(tmp_path: Path) ->
     assert run.stderr.strip().splitlines() == [cpu_baseline.baseline_message(["SSE4.2", "POPCNT"])]
     assert "Traceback" not in run.stderr
     assert "SSE4.2, POPCNT" in (tmp_path / "logs" / "glimpse.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("qemu-x86_64") and sys.platform.startswith("linux")
+                         and cpu_baseline.is_x86_64()), reason="needs qemu-user on x86-64 Linux")
+@pytest.mark.parametrize(("cpu", "code", "missing"), [("Penryn", 3, "SSE4.2, POPCNT"), ("Nehalem", 0, None)])
+def test_the_bundles_first_code_on_emulated_cpus(cpu: str, code: int, missing: str | None) -> None:
+    # The runtime hook the frozen app runs before anything else, on a CPU just below and just at the baseline.
+    hook = REPO / "packaging" / "rthook_cpu_baseline.py"
+    run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, str(hook)], capture_output=True, text=True,
+                         timeout=300, check=False, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == code, run.stderr
+    lines = [line for line in run.stderr.splitlines() if not line.startswith("qemu-x86_64: warning")]
+    if missing is None:
+        assert lines == []
+    else:
+        assert lines == [cpu_baseline.baseline_message(missing.split(", "))]
