@@ -40,8 +40,10 @@ _VERSION = re.compile(r"[0-9][A-Za-z0-9.+~]*(-[A-Za-z0-9.+~]+)?")
 # Plugins Qt loads only if present and usable: their libraries are recommended, not required. The xcb platform
 # plugin and its GL integration are what the window needs on X11, so they count as required.
 _OPTIONAL_PLUGIN = re.compile(r"/plugins/(?!platforms/libqxcb\.so|xcbglintegrations/)")
-# Libraries Qt's xcb plugin needs that a build machine without a desktop may not have installed; their packages.
+# The libraries Qt's xcb platform plugin links, and their packages. They are always in Depends: PyInstaller copies
+# them into the bundle only if the build machine has them installed, and the package must work the same either way.
 KNOWN_SONAMES = {
+    "libxcb-util.so.1": "libxcb-util1",
     "libxcb-cursor.so.0": "libxcb-cursor0", "libxcb-icccm.so.4": "libxcb-icccm4",
     "libxcb-image.so.0": "libxcb-image0", "libxcb-keysyms.so.1": "libxcb-keysyms1",
     "libxcb-render-util.so.0": "libxcb-render-util0", "libxcb-xkb.so.1": "libxcb-xkb1",
@@ -50,10 +52,10 @@ KNOWN_SONAMES = {
     "libxcb-xfixes.so.0": "libxcb-xfixes0", "libxcb-sync.so.1": "libxcb-sync1",
     "libxcb-shm.so.0": "libxcb-shm0", "libxcb-render.so.0": "libxcb-render0", "libxcb-glx.so.0": "libxcb-glx0",
     "libxcb.so.1": "libxcb1", "libX11-xcb.so.1": "libx11-xcb1", "libX11.so.6": "libx11-6",
-    "libpulse.so.0": "libpulse0", "libpulse-mainloop-glib.so.0": "libpulse-mainloop-glib0",
+    "libpulse.so.0": "libpulse0",
 }
-# Qt Multimedia opens PulseAudio with dlopen on some versions, so no ELF file names it: always required.
-ALWAYS_DEPENDS = ("libpulse0",)
+# And Qt Multimedia's PulseAudio client, which some Qt versions open with dlopen (no ELF file names it then).
+ALWAYS_DEPENDS = tuple(sorted(set(KNOWN_SONAMES.values())))
 
 
 class PackagingError(Exception):
@@ -89,18 +91,32 @@ def needed_sonames(path: Path) -> list[str]:
     return [line.split()[1] for line in out.splitlines() if line.strip().startswith("NEEDED")]
 
 
-def scan_bundle(bundle: Path) -> tuple[dict[str, set[str]], set[str]]:
-    """(soname -> the bundle files that need it, sonames the bundle carries itself)."""
-    needs: dict[str, set[str]] = {}
-    carried: set[str] = set()
-    for path in sorted(bundle.rglob("*")):
-        if path.is_symlink() or not path.is_file() or not is_elf(path):
+def scan_bundle(bundle: Path) -> dict[str, list[str]]:
+    """Each ELF file of the bundle ("/_internal/...", relative to it) -> the sonames it needs (DT_NEEDED)."""
+    return {"/" + path.relative_to(bundle).as_posix(): needed_sonames(path)
+            for path in sorted(bundle.rglob("*")) if not path.is_symlink() and path.is_file() and is_elf(path)}
+
+
+def required_files(needs: dict[str, list[str]]) -> set[str]:
+    """The bundle's ELF files the app needs to start and run, as opposed to those only optional Qt plugins use.
+
+    Roots are the files nothing in the bundle links to (the executable, Python's extension modules, llama.cpp's
+    CPU variants), except optional plugins; every bundled library a required file links to is required too. So
+    libQt6WaylandClient, linked only by the Wayland platform plugins, is optional, like them.
+    """
+    by_name: dict[str, list[str]] = {}
+    for path in needs:
+        by_name.setdefault(path.rsplit("/", 1)[-1], []).append(path)
+    linked = {name for sonames in needs.values() for name in sonames}
+    todo = [p for p in needs if p.rsplit("/", 1)[-1] not in linked and not _OPTIONAL_PLUGIN.search(p)]
+    required: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in required:
             continue
-        carried.add(path.name)
-        rel = "/" + path.relative_to(bundle).as_posix()
-        for soname in needed_sonames(path):
-            needs.setdefault(soname, set()).add(rel)
-    return needs, carried
+        required.add(path)
+        todo += [dep for soname in needs[path] for dep in by_name.get(soname, [])]
+    return required
 
 
 def dpkg_resolver(soname: str) -> str | None:
@@ -116,22 +132,26 @@ def dpkg_resolver(soname: str) -> str | None:
     return None
 
 
-def dependencies(needs: dict[str, set[str]], carried: set[str],
-                 resolve: Resolver = dpkg_resolver) -> tuple[list[str], list[str]]:
-    """(Depends, Recommends) package names for the sonames the bundle needs but does not carry."""
+def dependencies(needs: dict[str, list[str]], resolve: Resolver = dpkg_resolver) -> tuple[list[str], list[str]]:
+    """(Depends, Recommends) package names for the sonames the bundle's ELF files need but it does not carry."""
+    carried = {path.rsplit("/", 1)[-1] for path in needs}
+    required = required_files(needs)
+    users: dict[str, set[str]] = {}
+    for path, sonames in needs.items():
+        for soname in sonames:
+            if soname not in carried:
+                users.setdefault(soname, set()).add(path)
     depends: set[str] = set(ALWAYS_DEPENDS)
     recommends: set[str] = set()
     unknown = []
-    for soname, users in sorted(needs.items()):
-        if soname in carried:
-            continue
+    for soname, files in sorted(users.items()):
         package = resolve(soname) or KNOWN_SONAMES.get(soname)
-        required = any(not _OPTIONAL_PLUGIN.search(user) for user in users)
+        needed = bool(files & required)
         if package is None:
-            if required:
-                unknown.append(f"{soname} (needed by {sorted(users)[0]})")
-            continue  # an optional plugin's library nobody here can name: Qt skips that plugin
-        (depends if required else recommends).add(package)
+            if needed:
+                unknown.append(f"{soname} (needed by {sorted(files & required)[0]})")
+            continue  # only optional plugins need it and nobody here can name its package: Qt skips them
+        (depends if needed else recommends).add(package)
     if unknown:
         raise PackagingError("No installed package provides " + ", ".join(unknown) + "; install the library on "
                              "this build machine (or add it to KNOWN_SONAMES), then build again.")
@@ -236,8 +256,7 @@ def stage(bundle: Path, staging: Path, version: str, resolve: Resolver = dpkg_re
             path.chmod(0o755)
     staging.chmod(0o755)
 
-    needs, carried = scan_bundle(opt)
-    depends, recommends = dependencies(needs, carried, resolve)
+    depends, recommends = dependencies(scan_bundle(opt), resolve)
     files = [p for p in sorted(staging.rglob("*")) if p.is_file() and not p.is_symlink()]
     installed_kib = sum((p.stat().st_size + 1023) // 1024 for p in files)
     sums = "".join(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.relative_to(staging).as_posix()}\n"

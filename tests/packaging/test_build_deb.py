@@ -33,27 +33,37 @@ def test_other_versions_are_refused(version: str) -> None:
 
 
 def test_depends_and_recommends_come_from_what_the_bundle_needs() -> None:
+    qt = "/_internal/PySide6/Qt"
     needs = {
-        "libc.so.6": {"/glimpse"},
-        "libpython3.11.so.1.0": {"/glimpse"},  # carried by the bundle itself
-        "libxcb-cursor.so.0": {"/_internal/PySide6/Qt/plugins/platforms/libqxcb.so"},
-        "libgtk-3.so.0": {"/_internal/PySide6/Qt/plugins/platformthemes/libqgtk3.so"},
-        "libspeechd.so.2": {"/_internal/PySide6/Qt/plugins/texttospeech/libqtexttospeech_speechd.so"},
-        "libwayland-client.so.0": {"/_internal/PySide6/Qt/plugins/platforms/libqwayland-generic.so",
-                                   "/_internal/PySide6/Qt/lib/libQt6WaylandClient.so.6"},
-        "libexotic.so.9": {"/_internal/PySide6/Qt/plugins/imageformats/libqexotic.so"},
+        "/glimpse": ["libc.so.6", "libpython3.11.so.1.0"],
+        "/_internal/libpython3.11.so.1.0": ["libc.so.6"],  # carried by the bundle itself
+        "/_internal/PySide6/QtCore.abi3.so": ["libQt6Core.so.6"],
+        f"{qt}/lib/libQt6Core.so.6": ["libc.so.6", "libicu.so.73"],
+        "/_internal/libicu.so.73": [],
+        f"{qt}/plugins/platforms/libqxcb.so": ["libQt6XcbQpa.so.6"],
+        f"{qt}/lib/libQt6XcbQpa.so.6": ["libxcb-cursor.so.0", "libQt6Core.so.6"],
+        f"{qt}/plugins/platformthemes/libqgtk3.so": ["libgtk-3.so.0"],
+        f"{qt}/plugins/texttospeech/libqtexttospeech_speechd.so": ["libspeechd.so.2"],
+        f"{qt}/plugins/platforms/libqwayland-generic.so": ["libQt6WaylandClient.so.6"],
+        f"{qt}/lib/libQt6WaylandClient.so.6": ["libwayland-cursor.so.0"],  # only Wayland plugins link it
+        f"{qt}/plugins/imageformats/libqexotic.so": ["libexotic.so.9"],
     }
-    known = {"libc.so.6": "libc6", "libgtk-3.so.0": "libgtk-3-0", "libspeechd.so.2": "libspeechd2",
-             "libwayland-client.so.0": "libwayland-client0"}
-    depends, recommends = build_deb.dependencies(needs, {"libpython3.11.so.1.0"}, known.get)
-    # libxcb-cursor0 is not installed here, but the xcb plugin needs it: it comes from the known table.
-    assert depends == ["libc6", "libpulse0", "libwayland-client0", "libxcb-cursor0"]
-    assert recommends == ["libgtk-3-0", "libspeechd2"]  # libexotic: optional and unknown, so left out
+    known = {"libc.so.6": "libc6", "libgtk-3.so.0": "libgtk-3-0", "libspeechd.so.2": "libspeechd2"}
+    required = build_deb.required_files(needs)
+    assert f"{qt}/lib/libQt6XcbQpa.so.6" in required and f"{qt}/lib/libQt6Core.so.6" in required
+    assert f"{qt}/lib/libQt6WaylandClient.so.6" not in required
+    depends, recommends = build_deb.dependencies(needs, known.get)
+    # Qt's xcb libraries and PulseAudio always; libc6 because the bundle links it and does not carry it.
+    assert depends == sorted({"libc6", *build_deb.ALWAYS_DEPENDS})
+    assert {"libxcb-cursor0", "libxcb-icccm4", "libxcb-keysyms1", "libpulse0"} <= set(depends)
+    # libexotic and libwayland-cursor: optional and nobody can name their package, so left out.
+    assert recommends == ["libgtk-3-0", "libspeechd2"]
 
 
 def test_a_required_library_nobody_provides_is_a_sentence() -> None:
+    needs = {"/glimpse": ["libQt6Core.so.6"], "/_internal/libQt6Core.so.6": ["libmystery.so.1"]}
     with pytest.raises(build_deb.PackagingError) as err:
-        build_deb.dependencies({"libmystery.so.1": {"/_internal/libQt6Core.so.6"}}, set(), lambda _: None)
+        build_deb.dependencies(needs, lambda _: None)
     assert "libmystery.so.1 (needed by /_internal/libQt6Core.so.6)" in str(err.value)
 
 
