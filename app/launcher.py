@@ -2,7 +2,8 @@
 engine's command line (``glimpse ask``, ``glimpse models``...).
 
 It also makes a frozen, windowed build safe to run: with no terminal, ``sys.stdout`` and ``sys.stderr`` are None,
-and the first print would crash the app; they are pointed at the log file instead.
+and the first print would crash the app; they are pointed at the log file instead. And before any native library
+loads, it checks the processor has the instructions they need (app/cpu_baseline.py): one sentence, not a crash.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from app import platform_check
+from app.cpu_baseline import baseline_message, missing_features
 from engine.folders import user_folder
 
 
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     log_file = setup_logging()
     _ensure_streams(log_file)
+    refusal = baseline_message(missing_features())
+    if refusal:
+        logging.getLogger("glimpse").error(refusal)
+        print(refusal, file=sys.stderr)
+        return 3
     if not args:
         problem = platform_check.prepare()  # before app.main imports QtGui, which may not load either
         if problem:

@@ -22,6 +22,7 @@ from engine import __version__
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 from engine.models.model_folder import read_manifest
+from engine.runtime.cpu_backends import load_cpu_backends
 from engine.runtime.model import Answer, load_model
 
 
@@ -75,6 +76,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def cpu_kernels() -> str:
+    """Which of llama.cpp's CPU variants this processor got (portable build), or that they are built in."""
+
+    backends = load_cpu_backends()
+    if backends is None:
+        return "built in (a build for one CPU kind)"
+    chosen = backends.loaded or "chosen at run time"
+    return f"{chosen} (of {len(backends.variants)} variants)"
+
+
 def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
     """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
     report.versions.update(versions())
@@ -110,6 +121,7 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
                 raise RuntimeError("the follow-up re-encoded the image instead of using the cache")
             report.versions["answer"] = (f"{len(first.token_ids)} tokens, time to first token "
                                          f"{first.timings.ttft_ms:.0f} ms, follow-up {follow.timings.ttft_ms:.0f} ms")
+        report.versions["llama.cpp CPU kernels"] = cpu_kernels()
 
     report.step("encode with onnxruntime and answer with llama.cpp", ask)
     return work / "model"

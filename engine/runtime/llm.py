@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
+from engine.runtime.cpu_backends import load_cpu_backends
 from engine.system import default_threads
 
 if TYPE_CHECKING:
@@ -205,6 +206,7 @@ class LanguageModel:
         import llama_cpp  # noqa: PLC0415
 
         route_llama_logs()
+        load_cpu_backends()
         threads = n_threads or default_threads()
         n_batch = min(n_batch, n_ctx)
         try:

@@ -19,7 +19,8 @@ def test_self_test_passes_and_reports() -> None:
     result = _launch("self-test")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for line in ("onnxruntime: ", "llama_cpp: ", "PySide6: ", "first window: ", "self-test passed"):
+    for line in ("onnxruntime: ", "llama_cpp: ", "llama.cpp CPU kernels: ", "PySide6: ", "first window: ",
+                 "self-test passed"):
         assert line in out
     assert "FAIL" not in out
 

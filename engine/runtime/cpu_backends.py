@@ -1,0 +1,108 @@
+"""llama.cpp's CPU kernels in a portable build: one library per CPU variant, the best one chosen at run time.
+
+A portable llama-cpp-python wheel (packaging/build-llama-wheel.sh: ``GGML_BACKEND_DL`` + ``GGML_CPU_ALL_VARIANTS``)
+has no CPU backend linked into libggml; it ships ``libggml-cpu-<variant>.so`` (x64, sse42, haswell, skylakex, ...)
+next to libllama, and ggml scores each against the running CPU and loads the best. Left to itself, ggml looks for
+them next to the executable (for a venv, python's real path in /usr/bin) and in the current folder, which must
+never decide what native code Glimpse runs. So the engine points ggml at llama_cpp's own lib folder before the
+first model opens; llama.cpp then finds a backend already registered and searches nowhere else.
+
+A native build (the CPU backend linked in, no variant files) is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import GlimpseError
+
+
+class CpuBackendError(GlimpseError):
+    """llama.cpp's CPU kernels could not be loaded."""
+
+
+@dataclass(frozen=True)
+class CpuBackends:
+    """What :func:`load_cpu_backends` found: the lib folder, the variant files in it, and the one in use."""
+
+    lib_dir: Path
+    variants: tuple[str, ...]
+    loaded: str | None  # the variant's file name where the OS says which one is mapped (Linux), else None
+
+
+_loaded: list[CpuBackends] = []  # at most one: ggml registers a backend once per process
+
+
+def _ggml_file_names() -> tuple[str, str, str]:
+    """(prefix of a variant file, its suffix, the core ggml library) for this OS, as ggml names them."""
+    if sys.platform == "win32":
+        return "ggml-cpu-", ".dll", "ggml.dll"
+    core = "libggml.dylib" if sys.platform == "darwin" else "libggml.so"
+    return "libggml-cpu-", ".so", core
+
+
+def variant_files(lib_dir: Path) -> tuple[str, ...]:
+    """Names of the CPU variant libraries in ``lib_dir``, sorted; empty for a native build."""
+    prefix, suffix, _ = _ggml_file_names()
+    try:
+        names = [p.name for p in lib_dir.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)]
+    except OSError:
+        return ()
+    return tuple(sorted(names))
+
+
+def llama_lib_dir() -> Path:
+    """llama_cpp's own folder of native libraries (in the frozen app too: the spec collects them there)."""
+    import llama_cpp  # noqa: PLC0415 (about 0.5 s at start-up; only a model load and the self-test ask)
+
+    return Path(llama_cpp.__file__).resolve().parent / "lib"
+
+
+def mapped_variant(maps_text: str) -> str | None:
+    """The CPU variant library named in a /proc/self/maps text, if exactly one is mapped."""
+    prefix, suffix, _ = _ggml_file_names()
+    found = {line.rsplit("/", 1)[-1] for line in maps_text.splitlines()
+             if f"/{prefix}" in line and line.rstrip().endswith(suffix)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _read_maps() -> str:
+    try:
+        return Path("/proc/self/maps").read_text(errors="replace")
+    except OSError:  # not Linux
+        return ""
+
+
+def load_cpu_backends(lib_dir: Path | None = None) -> CpuBackends | None:
+    """Load the best CPU variant from ``lib_dir`` (default: llama_cpp's) once per process.
+
+    Returns None for a native build. Raises :class:`CpuBackendError` if variants are there but none loads.
+    """
+    if _loaded:
+        return _loaded[0]
+    folder = lib_dir if lib_dir is not None else llama_lib_dir()
+    variants = variant_files(folder)
+    if not variants:
+        return None
+    _, _, core_name = _ggml_file_names()
+    try:
+        ggml = ctypes.CDLL(str(folder / core_name))
+        load_all = ggml.ggml_backend_load_all_from_path
+        by_name = ggml.ggml_backend_reg_by_name
+    except (OSError, AttributeError) as e:
+        raise CpuBackendError(f"llama.cpp's core library could not be opened in {folder} ({e}).",
+                              "Reinstall Glimpse (or llama-cpp-python): the installation is incomplete.") from e
+    load_all.argtypes = [ctypes.c_char_p]
+    load_all.restype = None
+    by_name.argtypes = [ctypes.c_char_p]
+    by_name.restype = ctypes.c_void_p
+    if not by_name(b"CPU"):  # nothing registered it yet (a second registration would double the CPU device)
+        load_all(str(folder).encode())
+    if not by_name(b"CPU"):
+        raise CpuBackendError(f"None of llama.cpp's CPU kernels in {folder} ({', '.join(variants)}) can run on "
+                              "this processor.", "Reinstall Glimpse: the x64 variant runs on every x86-64 CPU.")
+    _loaded.append(CpuBackends(folder, variants, mapped_variant(_read_maps())))
+    return _loaded[0]

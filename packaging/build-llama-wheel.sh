@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds a portable llama-cpp-python wheel for the bundle and prints its path on the last line of stdout.
+#
+#   packaging/build-llama-wheel.sh [PYTHON]        # PYTHON defaults to python3
+#
+# `pip install llama-cpp-python` compiles llama.cpp for the build machine's CPU (GGML_NATIVE=ON), so a bundle made
+# on a machine with AVX-512 dies with an illegal instruction on one without. This wheel is built with no native
+# tuning and every x86-64 CPU variant of ggml's CPU backend as its own library (libggml-cpu-haswell.so, ...);
+# engine/cpu_backends.py loads the best one the running CPU supports from llama_cpp/lib.
+#
+# pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS, so a cached native wheel would silently come back:
+# the build uses --no-cache-dir and keeps its own cache, one folder per version and flags, outside the repository.
+set -euo pipefail
+
+python=${1:-python3}
+version=${LLAMA_CPP_VERSION:-0.3.36}
+# CMAKE_INSTALL_BINDIR: ggml installs dynamically loaded backends to the "bin" folder, which in a wheel would land
+# outside the package; llama_cpp/lib is where libllama and libggml already are. mtmd (llava) is never used.
+flags="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DCMAKE_INSTALL_BINDIR=llama_cpp/lib"
+flags="$flags -DLLAVA_BUILD=OFF"
+key=$(printf '%s' "$flags" | sha256sum | cut -c1-12)
+out="${GLIMPSE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/glimpse/wheels}/llama-cpp-python-$version-$key"
+
+wheel=$(find "$out" -maxdepth 1 -name "llama_cpp_python-$version-*.whl" 2>/dev/null | head -1 || true)
+if [ -z "$wheel" ]; then
+    echo "build-llama-wheel: building llama-cpp-python $version ($flags) into $out" >&2
+    mkdir -p "$out"
+    started=$(date +%s)
+    CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+        "$python" -m pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$version" -w "$out" >&2
+    echo "build-llama-wheel: built in $(( $(date +%s) - started )) s" >&2
+    wheel=$(find "$out" -maxdepth 1 -name "llama_cpp_python-$version-*.whl" | head -1)
+    printf '%s\n' "$flags" > "$out/FLAGS"
+fi
+
+# A wheel without the variant libraries would be a native-free build with no CPU backend at all: refuse it.
+variants=$("$python" -c 'import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+print(" ".join(sorted(n.rsplit("/", 1)[-1] for n in names if "/lib/" in n and "ggml-cpu-" in n)))' "$wheel")
+if [ -z "$variants" ]; then
+    echo "build-llama-wheel: $wheel has no ggml-cpu-* variants in llama_cpp/lib; delete $out and build again." >&2
+    exit 1
+fi
+echo "build-llama-wheel: CPU variants: $variants" >&2
+printf '%s\n' "$wheel"
