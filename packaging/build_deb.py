@@ -57,7 +57,8 @@ KNOWN_SONAMES = {
     "libpulse.so.0": "libpulse0",
 }
 # And Qt Multimedia's PulseAudio client, which some Qt versions open with dlopen (no ELF file names it then).
-ALWAYS_DEPENDS = tuple(sorted(set(KNOWN_SONAMES.values())))
+# sensible-utils: the bundled libmount/libblkid run sensible-pager.
+ALWAYS_DEPENDS = tuple(sorted({*KNOWN_SONAMES.values(), "sensible-utils"}))
 
 
 class PackagingError(Exception):
@@ -240,7 +241,10 @@ def stage(bundle: Path, staging: Path, version: str, resolve: Resolver = dpkg_re
     shutil.copytree(bundle, opt, symlinks=True)
     for path in [opt, *opt.rglob("*")]:
         if not path.is_symlink():
-            path.chmod(0o755 if path.is_dir() or path.stat().st_mode & 0o111 else 0o644)
+            # Shared libraries are not programs (Debian policy 8.1: 0644); only the launcher and real executables
+            # keep their execute bit.
+            library = re.search(r"\.so(\.[0-9.]+)?$", path.name) is not None
+            path.chmod(0o755 if path.is_dir() or (path.stat().st_mode & 0o111 and not library) else 0o644)
     (staging / "usr" / "bin").mkdir(parents=True)
     # Between top-level folders a link is absolute (Debian policy 10.5); the bundle finds itself through it.
     (staging / "usr" / "bin" / PACKAGE).symlink_to(f"/opt/{PACKAGE}/glimpse")

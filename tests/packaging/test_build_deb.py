@@ -119,3 +119,19 @@ def test_a_package_built_from_a_fake_bundle(tmp_path: Path) -> None:
     assert tops == {"opt", "usr", "DEBIAN"}
     if shutil.which("desktop-file-validate"):
         subprocess.run(["desktop-file-validate", str(root / "usr/share/applications/glimpse.desktop")], check=True)
+
+
+@pytest.mark.skipif(not HAVE_DPKG, reason="needs dpkg-deb, dpkg and objdump (Debian or Ubuntu)")
+def test_shared_libraries_lose_their_execute_bit(tmp_path: Path) -> None:
+    bundle = tmp_path / "Glimpse"
+    (bundle / "_internal").mkdir(parents=True)
+    shutil.copy2("/bin/true", bundle / "glimpse")
+    for name in ("libfoo.so", "libfoo.so.6.2", "tool"):
+        shutil.copy2("/bin/true", bundle / "_internal" / name)
+        (bundle / "_internal" / name).chmod(0o755)
+    build_deb.stage(bundle, tmp_path / "root", "0.1.0", {"libc.so.6": "libc6"}.get)
+    internal = tmp_path / "root/opt/glimpse/_internal"
+    assert (internal / "libfoo.so").stat().st_mode & 0o777 == 0o644
+    assert (internal / "libfoo.so.6.2").stat().st_mode & 0o777 == 0o644
+    assert (internal / "tool").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "root/opt/glimpse/glimpse").stat().st_mode & 0o777 == 0o755
