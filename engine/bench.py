@@ -9,12 +9,14 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from engine.model import Answer, Model
 from engine.system import peak_rss_bytes
+from engine.tuning import RuntimeSettings
 
 QUESTION = "Describe the image in detail."
 FOLLOW_UP = "What colours stand out?"
@@ -94,6 +96,8 @@ def run_bench(model: Model, sizes: list[int], runs: int) -> dict[str, object]:
         "quant": model.manifest.quant,
         "vision_precision": model.manifest.vision_precision,
         "threads": model.threads,
+        "settings": asdict(model.settings),
+        "tuning": model.tuning_report,
         "sizes": results,
         "peak_rss_mb": round(peak_rss_bytes() / 1e6),
         "seconds": round(time.perf_counter() - started, 1),
@@ -106,10 +110,43 @@ def format_table(report: dict[str, object]) -> str:
     lines = [
         f"{report['model']} ({report['quant']}, vision {report['vision_precision']}, {report['threads']} threads), "
         f"peak RSS {report['peak_rss_mb']} MB",
+        f"settings: {RuntimeSettings(**settings).describe()}" if isinstance(settings := report.get("settings"), dict)
+        else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['size']} | {r['image_tokens']} | {r['encode_ms']} | {r['prefill_ms']} | {r['ttft_ms']} | "
               f"{r['read_ahead_ttft_ms']} | {r['follow_up_ttft_ms']} | {r['decode_tokens_per_s']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_tuning(report: dict[str, Any]) -> str:
+    """What the tuning measured, one line per candidate (times are the best of its runs). The report may come from
+    a cache file someone edited: anything unexpected in it gives one line saying so."""
+    try:
+        return _tuning_lines(report)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return "(the cached record of the measurement is unreadable; `glimpse bench --tune` measures again)"
+
+
+def _tuning_lines(report: dict[str, Any]) -> str:
+    lines = []
+    vision = report.get("vision", {})
+    for c in vision.get("candidates", []):
+        lines.append(f"encoder {vision.get('size')} px, graph {c['level']}, {c['threads']} threads: {c['ms']} ms"
+                     + ("" if c.get("kept_rows", True) else " (rows changed: not allowed)"))
+    llm = report.get("llm", {})
+    for c in llm.get("candidates", []):
+        if "unavailable" in c:
+            lines.append(f"n_ubatch {c['n_ubatch']}, flash attention {'on' if c['flash_attn'] else 'off'}, KV "
+                         f"{c['kv_type']}: not available ({c['unavailable']})")
+            continue
+        lines.append(f"prefill {llm.get('rows')} rows + prompt, n_ubatch {c['n_ubatch']}, flash attention "
+                     f"{'on' if c['flash_attn'] else 'off'}, KV {c['kv_type']}: {c['ms']} ms, logits cosine "
+                     f"{c['cosine']}" + ("" if c.get("same_answer", True) else " (answer changed: not allowed)"))
+    for n, ms in llm.get("decode_ms_per_token", {}).items():
+        lines.append(f"decode with {n} threads: {ms} ms/token")
+    if "seconds" in report:
+        lines.append(f"measured in {report['seconds']} s")
     return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""The short measurement behind ``engine.tuning``: each CPU-dependent choice timed on the model itself.
+
+Order and bounds, so a first start stays short (a few seconds on the test model; on FastVLM-0.5B about 20-30 s on
+2 cores, once per CPU and model):
+
+1. encoder: onnxruntime's graph levels (and thread counts where the CPU has hyper-threads) on one picture at
+   ``PROBE_SIZE`` px, the best of ``RUNS`` encodes each after a warm-up;
+2. language model: the image rows of that picture, repeated to ``PROBE_ROWS`` (the rows of a 1024 px image), plus
+   a short prompt, prefilled with flash attention off/on, then the n_ubatch candidates, then a q8_0 KV cache;
+3. decode threads: tokens generated one at a time with each thread count in the winning context.
+
+A candidate replaces the current choice only when it is ``MARGIN`` faster (noise on a shared machine must not flip
+a choice) and only when it computes the same thing: image rows within cosine ``ROWS_COSINE`` of the default graph's,
+and final logits within cosine ``LOGITS_COSINE`` of the default context's with the same top token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import ModelFolderError
+from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest
+from engine.tuning import DEFAULTS, VISION_LEVELS, RuntimeSettings, StatusFn
+
+PROBE_SIZE = 512
+PROBE_ROWS = 256
+RUNS = 2
+DECODE_TOKENS = 6
+MARGIN = 0.03
+# Float graphs differ between layouts only in summation order (cosine 1 - 1e-7); an int8 graph's quantize/dequantize
+# pairs fuse into other int8 kernels per layout, moving a rounding step here and there (cosine 0.99997 measured on
+# the test model), 100x inside the 0.995 the int8 graph itself is allowed against float32 (convert/vision_int8.py).
+ROWS_COSINE = 0.9999
+LOGITS_COSINE = 0.9999
+UBATCH_CANDIDATES = (256, 128)
+PROMPT = "<|im_start|>user\nDescribe the image in detail.<|im_end|>\n<|im_start|>assistant\n"
+
+F32Array = npt.NDArray[np.float32]
+
+
+def cosine(a: F32Array, b: F32Array) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return float(a64 @ b64 / denom) if denom > 0 else (1.0 if not a64.any() and not b64.any() else 0.0)
+
+
+def same_logits(reference: F32Array, candidate: F32Array) -> tuple[bool, float]:
+    """(whether ``candidate`` keeps the answer: same top token and cosine at least LOGITS_COSINE, the cosine)."""
+    cos = cosine(reference, candidate)
+    return bool(cos >= LOGITS_COSINE and int(np.argmax(reference)) == int(np.argmax(candidate))), round(cos, 7)
+
+
+def faster(candidate_ms: float, best_ms: float) -> bool:
+    return candidate_ms <= best_ms * (1.0 - MARGIN)
+
+
+def _best_of(fn: Callable[[], object], runs: int = RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(min(times), 1)
+
+
+def _thread_candidates(physical: int, logical: int) -> list[int]:
+    return [physical] + ([logical] if logical > physical else [])
+
+
+class _Steps:
+    def __init__(self, status: StatusFn | None, total: int) -> None:
+        self.status, self.done, self.total = status, 0, total
+
+    def __call__(self, text: str) -> None:
+        if self.status is not None:
+            self.status(text, self.done, self.total)
+        self.done += 1
+
+
+def _probe_pixels(manifest: ModelManifest) -> F32Array:
+    from engine.bench import sample_image
+    from engine.preprocess import preprocess
+
+    return preprocess(sample_image(7), min(PROBE_SIZE, manifest.image_size))
+
+
+def measure_vision(path: Path, pixels: F32Array, threads: list[int], step: _Steps) -> tuple[dict[str, Any], F32Array]:
+    from engine.vision import VisionEncoder
+
+    report: dict[str, Any] = {"size": int(pixels.shape[-1]), "candidates": []}
+    best: tuple[float, str, int] | None = None
+    reference: F32Array | None = None
+    for level in VISION_LEVELS:
+        for n in threads:
+            step(f"Measuring the image encoder ({level}, {n} threads)")
+            with VisionEncoder(path, threads=n, cache=False, level=level) as enc:
+                rows = enc.encode(pixels)  # warm-up: first-run allocations and kernel selection
+                ms = _best_of(partial(enc.encode, pixels))
+            if reference is None:
+                reference = rows
+            cos = round(cosine(reference, rows), 7)
+            ok = cos >= ROWS_COSINE
+            report["candidates"].append({"level": level, "threads": n, "ms": ms, "cosine": cos, "kept_rows": ok})
+            if ok and (best is None or faster(ms, best[0])):
+                best = (ms, level, n)
+    assert best is not None and reference is not None
+    report["chosen"] = {"level": best[1], "threads": best[2], "ms": best[0]}
+    return report, reference
+
+
+def _prefill(path: Path, s: RuntimeSettings, rows: F32Array, step: _Steps, label: str
+             ) -> tuple[float, F32Array, Any]:
+    from engine.llm import LanguageModel
+
+    step(f"Measuring the language model ({label})")
+    lm = LanguageModel(path, n_ctx=rows.shape[0] + 256, n_threads=s.threads, n_threads_batch=s.threads_batch,
+                       n_batch=s.n_batch, n_ubatch=s.n_ubatch, flash_attn=s.flash_attn, kv_type=s.kv_type)
+    try:
+        prompt = lm.tokenize(PROMPT, special=True)
+        lm.eval_embeddings(rows[:1], marker=-1)  # llama.cpp sizes its buffers on the first decode
+        lm.rewind(0)
+
+        def run() -> None:
+            lm.rewind(0)
+            lm.eval_embeddings(rows, marker=-1)
+            lm.eval_tokens(prompt)
+
+        ms = _best_of(run)
+        return ms, lm.logits(), lm
+    except BaseException:
+        lm.close()
+        raise
+
+
+def _decode_ms(lm: Any, threads: int, batch: int, token: int) -> float:
+    lm.set_threads(threads, batch)
+    base = lm.n_past
+    times = []
+    for _ in range(DECODE_TOKENS):
+        t0 = time.perf_counter()
+        lm.eval_tokens([token])
+        times.append((time.perf_counter() - t0) * 1e3)
+        token = int(np.argmax(lm.logits()))
+    lm.rewind(base)
+    return round(float(np.median(times)), 2)
+
+
+def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps) -> tuple[dict[str, Any], RuntimeSettings]:
+    report: dict[str, Any] = {"rows": int(rows.shape[0]), "candidates": []}
+    best = replace(DEFAULTS, threads=cores, threads_batch=cores)
+    best_ms, reference, lm = _prefill(path, best, rows, step, "defaults")
+    report["candidates"].append({**_llm_fields(best), "ms": best_ms, "cosine": 1.0, "same_answer": True})
+
+    def consider(candidate: RuntimeSettings, label: str) -> None:
+        nonlocal best, best_ms, lm
+        try:
+            ms, logits, new_lm = _prefill(path, candidate, rows, step, label)
+        except ModelFolderError as e:  # e.g. a q8_0 KV cache needs a head width divisible by 32
+            report["candidates"].append({**_llm_fields(candidate), "unavailable": e.message})
+            return
+        keeps, cos = same_logits(reference, logits)
+        report["candidates"].append({**_llm_fields(candidate), "ms": ms, "cosine": cos, "same_answer": keeps})
+        if keeps and faster(ms, best_ms):
+            lm.close()
+            best, best_ms, lm = candidate, ms, new_lm
+        else:
+            new_lm.close()
+
+    try:
+        consider(replace(best, flash_attn=True), "flash attention")
+        for ub in UBATCH_CANDIDATES:
+            consider(replace(best, n_ubatch=ub), f"n_ubatch {ub}")
+        if best.flash_attn:
+            consider(replace(best, kv_type="q8_0"), "q8_0 KV cache")
+        report["chosen"] = {**_llm_fields(best), "ms": best_ms}
+        decode: dict[int, float] = {}
+        first = int(np.argmax(lm.logits()))
+        for n in sorted({cores, max(1, cores - 1)}, reverse=True):
+            step(f"Measuring generation with {n} threads")
+            decode[n] = _decode_ms(lm, n, best.threads_batch, first)
+        chosen = cores
+        for n, ms in decode.items():
+            if faster(ms, decode[chosen]):
+                chosen = n
+        report["decode_ms_per_token"] = {str(n): ms for n, ms in decode.items()}
+        best = replace(best, threads=chosen)
+    finally:
+        lm.close()
+    return report, best
+
+
+def _llm_fields(s: RuntimeSettings) -> dict[str, Any]:
+    return {"n_ubatch": s.n_ubatch, "flash_attn": s.flash_attn, "kv_type": s.kv_type}
+
+
+def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = None
+            ) -> tuple[RuntimeSettings, dict[str, Any]]:
+    """Measure every choice for the model in ``folder``; returns the settings and a report of what was timed."""
+    import psutil
+
+    from engine.system import default_threads
+
+    started = time.perf_counter()
+    cores = default_threads()
+    threads = _thread_candidates(cores, psutil.cpu_count(logical=True) or cores)
+    steps = _Steps(status, len(VISION_LEVELS) * len(threads) + 2 + len(UBATCH_CANDIDATES) + 1 + 2)
+    vision, rows = measure_vision(folder / VISION_FILE, _probe_pixels(manifest), threads, steps)
+    repeat = -(-PROBE_ROWS // rows.shape[0])
+    llm, settings = measure_llm(folder / LLM_FILE, np.ascontiguousarray(np.tile(rows, (repeat, 1))[:PROBE_ROWS]),
+                                cores, steps)
+    settings = replace(settings, vision_level=vision["chosen"]["level"], vision_threads=vision["chosen"]["threads"])
+    if status is not None:
+        status("Measured", steps.total, steps.total)
+    return settings, {"vision": vision, "llm": llm, "seconds": round(time.perf_counter() - started, 1)}
