@@ -135,7 +135,7 @@ def _tuning_lines(report: dict[str, Any]) -> str:
     vision = report.get("vision", {})
     for c in vision.get("candidates", []):
         lines.append(f"encoder {vision.get('size')} px, graph {c['level']}, {c['threads']} threads: {c['ms']} ms"
-                     + ("" if c.get("kept_rows", True) else " (rows changed: not allowed)"))
+                     + ("" if c.get("kept_rows", True) else " (rows outside the fidelity gate: not used)"))
     llm = report.get("llm", {})
     for c in llm.get("candidates", []):
         if "unavailable" in c:
@@ -144,7 +144,8 @@ def _tuning_lines(report: dict[str, Any]) -> str:
             continue
         lines.append(f"prefill {llm.get('rows')} rows + prompt, n_ubatch {c['n_ubatch']}, flash attention "
                      f"{'on' if c['flash_attn'] else 'off'}, KV {c['kv_type']}: {c['ms']} ms, logits cosine "
-                     f"{c['cosine']}" + ("" if c.get("same_answer", True) else " (answer changed: not allowed)"))
+                     f"{c['cosine']}" + ("" if c.get("same_answer", True) else " (outside the fidelity gate: not used)")
+                     )
     for n, ms in llm.get("decode_ms_per_token", {}).items():
         lines.append(f"decode with {n} threads: {ms} ms/token")
     if "seconds" in report:
