@@ -150,4 +150,8 @@ def _tuning_lines(report: dict[str, Any]) -> str:
         lines.append(f"decode with {n} threads: {ms} ms/token")
     if "seconds" in report:
         lines.append(f"measured in {report['seconds']} s")
+    load, cpus = report.get("load_average", [0.0]), report.get("logical_cpus", 0)
+    if cpus and max(load) > cpus:
+        lines.append(f"the CPU was busy while measuring (load average up to {max(load)} on {cpus} CPUs), so these "
+                     "choices may be noise: run `glimpse bench --tune` again when it is quiet")
     return "\n".join(lines)

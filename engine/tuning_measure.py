@@ -1,7 +1,8 @@
 """The short measurement behind ``engine.tuning``: each CPU-dependent choice timed on the model itself.
 
-Order and bounds, so a first start stays short (a few seconds on the test model; on FastVLM-0.5B about 20-30 s on
-2 cores, once per CPU and model):
+Bounds: a fixed number of runs, nothing repeated until it settles. On FastVLM-0.5B that is 2 x 3 encodes at
+512 px and up to 5 x 3 prefills of 256 rows, 30-50 s by the quiet AVX2 figures of issue 12 (measured: 643 s
+while other work held the load average at 15-20); the test model takes 7-11 s at a load average of 14. Order:
 
 1. encoder: onnxruntime's graph levels (and thread counts where the CPU has hyper-threads) on one picture at
    ``PROBE_SIZE`` px, the best of ``RUNS`` encodes each after a warm-up;
@@ -209,6 +210,7 @@ def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = 
     from engine.system import default_threads
 
     started = time.perf_counter()
+    load_before = _load_average()
     cores = default_threads()
     threads = _thread_candidates(cores, psutil.cpu_count(logical=True) or cores)
     steps = _Steps(status, len(VISION_LEVELS) * len(threads) + 2 + len(UBATCH_CANDIDATES) + 1 + 2)
@@ -219,4 +221,15 @@ def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = 
     settings = replace(settings, vision_level=vision["chosen"]["level"], vision_threads=vision["chosen"]["threads"])
     if status is not None:
         status("Measured", steps.total, steps.total)
-    return settings, {"vision": vision, "llm": llm, "seconds": round(time.perf_counter() - started, 1)}
+    return settings, {"vision": vision, "llm": llm, "seconds": round(time.perf_counter() - started, 1),
+                      "load_average": [load_before, _load_average()], "logical_cpus": psutil.cpu_count() or 1}
+
+
+def _load_average() -> float:
+    """The 1-minute load average: above the CPU count, other work shared the cores and the timings are noisy."""
+    import psutil
+
+    try:
+        return round(float(psutil.getloadavg()[0]), 2)
+    except (OSError, AttributeError):
+        return 0.0

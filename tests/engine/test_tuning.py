@@ -344,6 +344,8 @@ def test_bench_tune_measures_again_and_says_so(tiny_model_dir: Path, measurement
 def test_a_hostile_measurement_report_does_not_crash() -> None:
     from engine.bench import format_tuning
 
+    assert "CPU was busy" in format_tuning({"load_average": [1.0, 9.5], "logical_cpus": 2})
+    assert "busy" not in format_tuning({"load_average": [0.4, 1.5], "logical_cpus": 2})
     for hostile in ({"vision": {"candidates": [{"level": 1}]}}, {"llm": {"candidates": "x"}}, {"vision": []},
-                    {"llm": {"decode_ms_per_token": [1, 2]}}):
+                    {"llm": {"decode_ms_per_token": [1, 2]}}, {"load_average": "high", "logical_cpus": 2}):
         assert "unreadable" in format_tuning(hostile)
