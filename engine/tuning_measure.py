@@ -1,14 +1,17 @@
 """The short measurement behind ``engine.tuning``: each CPU-dependent choice timed on the model itself.
 
-Bounds: a fixed number of runs, nothing repeated until it settles. On FastVLM-0.5B that is 2 x 3 encodes at
-512 px and up to 5 x 3 prefills of 256 rows, 30-50 s by the quiet AVX2 figures of issue 12 (measured: 643 s
-while other work held the load average at 15-20); the test model takes 7-11 s at a load average of 14. Order:
+Bounds: a fixed number of runs, nothing repeated until it settles. On FastVLM-0.5B that is 6 encodes at 512 px
+and at most 17 prefills of 256 rows, 40-60 s by the quiet AVX2 figures of issue 12 (an earlier version with 10
+prefills took 643 s while other work held the load average at 15-20). Order:
 
 1. encoder: onnxruntime's graph levels (and thread counts where the CPU has hyper-threads) on one picture at
-   ``PROBE_SIZE`` px, the best of ``RUNS`` encodes each after a warm-up;
+   ``PROBE_SIZE`` px;
 2. language model: the image rows of that picture, repeated to ``PROBE_ROWS`` (the rows of a 1024 px image), plus
    a short prompt, prefilled with flash attention off/on, then the n_ubatch candidates, then a q8_0 KV cache;
 3. decode threads: tokens generated one at a time with each thread count in the winning context.
+
+Each candidate races the current choice: both are loaded and warmed up, then run alternately (A B, B A), and each
+gets the best of its ``RUNS`` times, so load from other work that comes and goes falls on both.
 
 A candidate replaces the current choice only when it is ``MARGIN`` faster (noise on a shared machine must not flip
 a choice) and only when it computes the same thing: image rows within cosine ``ROWS_COSINE`` of the default graph's,
@@ -72,6 +75,18 @@ def _best_of(fn: Callable[[], object], runs: int = RUNS) -> float:
     return round(min(times), 1)
 
 
+def race(current: Callable[[], object], candidate: Callable[[], object], runs: int = RUNS) -> tuple[float, float]:
+    """Best-of times of the current choice and a candidate, run alternately (A B, then B A): load from other work
+    that comes and goes during the measurement falls on both, not on whichever ran in a busy second."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for r in range(runs):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            (current, candidate)[i]()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return round(min(times[0]), 1), round(min(times[1]), 1)
+
+
 def _thread_candidates(physical: int, logical: int) -> list[int]:
     return [physical] + ([logical] if logical > physical else [])
 
@@ -97,48 +112,64 @@ def measure_vision(path: Path, pixels: F32Array, threads: list[int], step: _Step
     from engine.vision import VisionEncoder
 
     report: dict[str, Any] = {"size": int(pixels.shape[-1]), "candidates": []}
-    best: tuple[float, str, int] | None = None
-    reference: F32Array | None = None
-    for level in VISION_LEVELS:
-        for n in threads:
+    candidates = [(level, n) for level in VISION_LEVELS for n in threads]
+    step(f"Measuring the image encoder ({candidates[0][0]}, {candidates[0][1]} threads)")
+    best = VisionEncoder(path, threads=candidates[0][1], cache=False, level=candidates[0][0])
+    try:
+        reference = best.encode(pixels)  # also the warm-up: first-run allocations and kernel selection
+        best_key, best_ms = candidates[0], _best_of(partial(best.encode, pixels)) if len(candidates) == 1 else 0.0
+        first = {"level": best_key[0], "threads": best_key[1], "ms": best_ms, "cosine": 1.0, "kept_rows": True}
+        report["candidates"].append(first)
+        for level, n in candidates[1:]:
             step(f"Measuring the image encoder ({level}, {n} threads)")
-            with VisionEncoder(path, threads=n, cache=False, level=level) as enc:
-                rows = enc.encode(pixels)  # warm-up: first-run allocations and kernel selection
-                ms = _best_of(partial(enc.encode, pixels))
-            if reference is None:
-                reference = rows
+            enc = VisionEncoder(path, threads=n, cache=False, level=level)
+            rows = enc.encode(pixels)
+            current_ms, ms = race(partial(best.encode, pixels), partial(enc.encode, pixels))
+            first["ms"] = first["ms"] or current_ms
             cos = round(cosine(reference, rows), 7)
             ok = cos >= ROWS_COSINE
-            report["candidates"].append({"level": level, "threads": n, "ms": ms, "cosine": cos, "kept_rows": ok})
-            if ok and (best is None or faster(ms, best[0])):
-                best = (ms, level, n)
-    assert best is not None and reference is not None
-    report["chosen"] = {"level": best[1], "threads": best[2], "ms": best[0]}
+            report["candidates"].append({"level": level, "threads": n, "ms": ms, "cosine": cos, "kept_rows": ok,
+                                         "current_ms": current_ms})
+            if ok and faster(ms, current_ms):
+                best.close()
+                best, best_key, best_ms = enc, (level, n), ms
+            else:
+                enc.close()
+                best_ms = current_ms
+    finally:
+        best.close()
+    report["chosen"] = {"level": best_key[0], "threads": best_key[1], "ms": best_ms}
     return report, reference
 
 
-def _prefill(path: Path, s: RuntimeSettings, rows: F32Array, step: _Steps, label: str
-             ) -> tuple[float, F32Array, Any]:
-    from engine.llm import LanguageModel
+class _Context:
+    """A llama.cpp context for one candidate and its prefill of the probe."""
 
-    step(f"Measuring the language model ({label})")
-    lm = LanguageModel(path, n_ctx=rows.shape[0] + 256, n_threads=s.threads, n_threads_batch=s.threads_batch,
-                       n_batch=s.n_batch, n_ubatch=s.n_ubatch, flash_attn=s.flash_attn, kv_type=s.kv_type)
-    try:
-        prompt = lm.tokenize(PROMPT, special=True)
-        lm.eval_embeddings(rows[:1], marker=-1)  # llama.cpp sizes its buffers on the first decode
-        lm.rewind(0)
+    def __init__(self, path: Path, s: RuntimeSettings, rows: F32Array) -> None:
+        from engine.llm import LanguageModel
 
-        def run() -> None:
-            lm.rewind(0)
-            lm.eval_embeddings(rows, marker=-1)
-            lm.eval_tokens(prompt)
+        self.lm = LanguageModel(path, n_ctx=rows.shape[0] + 256, n_threads=s.threads,
+                                n_threads_batch=s.threads_batch, n_batch=s.n_batch, n_ubatch=s.n_ubatch,
+                                flash_attn=s.flash_attn, kv_type=s.kv_type)
+        try:
+            self.rows = rows
+            self.prompt = self.lm.tokenize(PROMPT, special=True)
+            self.lm.eval_embeddings(rows[:1], marker=-1)  # llama.cpp sizes its buffers on the first decode
+            self.lm.rewind(0)
+        except BaseException:
+            self.lm.close()
+            raise
 
-        ms = _best_of(run)
-        return ms, lm.logits(), lm
-    except BaseException:
-        lm.close()
-        raise
+    def prefill(self) -> None:
+        self.lm.rewind(0)
+        self.lm.eval_embeddings(self.rows, marker=-1)
+        self.lm.eval_tokens(self.prompt)
+
+    def logits(self) -> F32Array:
+        return self.lm.logits()
+
+    def close(self) -> None:
+        self.lm.close()
 
 
 def _decode_ms(lm: Any, threads: int, batch: int, token: int) -> float:
@@ -157,25 +188,35 @@ def _decode_ms(lm: Any, threads: int, batch: int, token: int) -> float:
 def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps) -> tuple[dict[str, Any], RuntimeSettings]:
     report: dict[str, Any] = {"rows": int(rows.shape[0]), "candidates": []}
     best = replace(DEFAULTS, threads=cores, threads_batch=cores)
-    best_ms, reference, lm = _prefill(path, best, rows, step, "defaults")
-    report["candidates"].append({**_llm_fields(best), "ms": best_ms, "cosine": 1.0, "same_answer": True})
+    step("Measuring the language model (defaults)")
+    current = _Context(path, best, rows)
+    first: dict[str, Any] = {**_llm_fields(best), "ms": 0.0, "cosine": 1.0, "same_answer": True}
+    report["candidates"].append(first)
+    best_ms = 0.0
 
     def consider(candidate: RuntimeSettings, label: str) -> None:
-        nonlocal best, best_ms, lm
+        nonlocal best, best_ms, current
+        step(f"Measuring the language model ({label})")
         try:
-            ms, logits, new_lm = _prefill(path, candidate, rows, step, label)
+            ctx = _Context(path, candidate, rows)
         except ModelFolderError as e:  # e.g. a q8_0 KV cache needs a head width divisible by 32
             report["candidates"].append({**_llm_fields(candidate), "unavailable": e.message})
             return
-        keeps, cos = same_logits(reference, logits)
-        report["candidates"].append({**_llm_fields(candidate), "ms": ms, "cosine": cos, "same_answer": keeps})
-        if keeps and faster(ms, best_ms):
-            lm.close()
-            best, best_ms, lm = candidate, ms, new_lm
+        current_ms, ms = race(current.prefill, ctx.prefill)
+        first["ms"] = first["ms"] or current_ms
+        keeps, cos = same_logits(reference, ctx.logits())
+        report["candidates"].append({**_llm_fields(candidate), "ms": ms, "cosine": cos, "same_answer": keeps,
+                                     "current_ms": current_ms})
+        if keeps and faster(ms, current_ms):
+            current.close()
+            best, best_ms, current = candidate, ms, ctx
         else:
-            new_lm.close()
+            ctx.close()
+            best_ms = current_ms
 
     try:
+        current.prefill()  # the warm-up, and the logits every candidate must keep
+        reference = current.logits()
         consider(replace(best, flash_attn=True), "flash attention")
         for ub in UBATCH_CANDIDATES:
             consider(replace(best, n_ubatch=ub), f"n_ubatch {ub}")
@@ -183,10 +224,10 @@ def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps) -> tuple[d
             consider(replace(best, kv_type="q8_0"), "q8_0 KV cache")
         report["chosen"] = {**_llm_fields(best), "ms": best_ms}
         decode: dict[int, float] = {}
-        first = int(np.argmax(lm.logits()))
+        token = int(np.argmax(current.logits()))
         for n in sorted({cores, max(1, cores - 1)}, reverse=True):
             step(f"Measuring generation with {n} threads")
-            decode[n] = _decode_ms(lm, n, best.threads_batch, first)
+            decode[n] = _decode_ms(current.lm, n, best.threads_batch, token)
         chosen = cores
         for n, ms in decode.items():
             if faster(ms, decode[chosen]):
@@ -194,7 +235,7 @@ def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps) -> tuple[d
         report["decode_ms_per_token"] = {str(n): ms for n, ms in decode.items()}
         best = replace(best, threads=chosen)
     finally:
-        lm.close()
+        current.close()
     return report, best
 
 

@@ -349,3 +349,12 @@ def test_a_hostile_measurement_report_does_not_crash() -> None:
     for hostile in ({"vision": {"candidates": [{"level": 1}]}}, {"llm": {"candidates": "x"}}, {"vision": []},
                     {"llm": {"decode_ms_per_token": [1, 2]}}, {"load_average": "high", "logical_cpus": 2}):
         assert "unreadable" in format_tuning(hostile)
+
+
+def test_a_race_alternates_and_takes_each_sides_best(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 0.010, 0.010, 0.030, 0.030, 0.035, 0.035, 0.042])  # A 10 ms, B 20 ms, B 5 ms, A 7 ms
+    monkeypatch.setattr(tuning_measure.time, "perf_counter", lambda: next(clock))
+    order: list[str] = []
+    current, candidate = tuning_measure.race(lambda: order.append("A"), lambda: order.append("B"), runs=2)
+    assert order == ["A", "B", "B", "A"]
+    assert (current, candidate) == (7.0, 5.0)
