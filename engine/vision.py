@@ -3,8 +3,8 @@
 Session options were picked by measurement on the 2-core development machine (docs/benchmarks.md):
 
 - graph optimization level ALL by default: the blocked NCHWc layout for float convolutions and the int8 QDQ fusions
-  need it (EXTENDED or BASIC were 25-75% slower on an AVX-512 CPU); ``level`` takes the choice measured on the
-  running CPU (engine/tuning.py);
+  need it (EXTENDED or BASIC were 25-75% slower on an AVX-512 CPU, EXTENDED 23-39% on an AVX2 one); ``level``
+  takes the choice measured on the running CPU (engine/tuning.py);
 - one intra-op thread per physical core, sequential execution;
 - no spinning: idle onnxruntime workers otherwise keep spinning after ``run`` returns and slow the llama.cpp
   prefill that follows (0.1-0.2 s at 1024 px), which costs more than the few ms spinning saves the encoder;
