@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from engine.model import Answer, Model
 from engine.system import peak_rss_bytes
-from engine.tuning import RuntimeSettings
+from engine.tuning import RuntimeSettings, measured_while_busy
 
 QUESTION = "Describe the image in detail."
 FOLLOW_UP = "What colours stand out?"
@@ -150,8 +150,8 @@ def _tuning_lines(report: dict[str, Any]) -> str:
         lines.append(f"decode with {n} threads: {ms} ms/token")
     if "seconds" in report:
         lines.append(f"measured in {report['seconds']} s")
-    load, cpus = report.get("load_average", [0.0]), report.get("logical_cpus", 0)
-    if cpus and max(load) > cpus:
-        lines.append(f"the CPU was busy while measuring (load average up to {max(load)} on {cpus} CPUs), so these "
-                     "choices may be noise: run `glimpse bench --tune` again when it is quiet")
+    if measured_while_busy(report):
+        lines.append(f"the CPU was busy while measuring (load average up to {max(report['load_average'])} on "
+                     f"{report['logical_cpus']} CPUs), so these choices may be noise: the next start on a quiet CPU "
+                     "measures again (or run `glimpse bench --tune` then)")
     return "\n".join(lines)

@@ -225,6 +225,25 @@ def write_cached(model: str, tuned: Tuned) -> Path | None:
     return path
 
 
+def load_average() -> float:
+    """The 1-minute load average: above the CPU count, other work shared the cores and timings are noisy."""
+    import psutil
+
+    try:
+        return round(float(psutil.getloadavg()[0]), 2)
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def measured_while_busy(report: dict[str, Any]) -> bool:
+    """Whether the report says the CPU was busy while it measured (a report from a file may hold anything)."""
+    load, cpus = report.get("load_average"), report.get("logical_cpus")
+    if not isinstance(load, list) or not all(isinstance(x, (int, float)) for x in load) or not load \
+            or not isinstance(cpus, int) or cpus < 1:
+        return False
+    return bool(max(load) > cpus)
+
+
 def tuning_enabled() -> bool:
     return os.environ.get("GLIMPSE_TUNE", "1").strip().lower() not in ("0", "no", "off", "false")
 
@@ -240,7 +259,8 @@ def settings_for(folder: Path, manifest: ModelManifest, *, retune: bool = False,
     key = model_key(manifest)
     if not retune:
         cached = read_cached(key, fingerprint)
-        if cached is not None:
+        # Choices measured on a busy CPU are kept until a start finds it quiet, which measures them again.
+        if cached is not None and not (measured_while_busy(cached.report) and load_average() <= (os.cpu_count() or 1)):
             return cached
     from engine.tuning_measure import measure
 

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from engine.errors import ModelFolderError
 from engine.model_folder import LLM_FILE, VISION_FILE, ModelManifest
-from engine.tuning import DEFAULTS, VISION_LEVELS, RuntimeSettings, StatusFn
+from engine.tuning import DEFAULTS, VISION_LEVELS, RuntimeSettings, StatusFn, load_average
 
 PROBE_SIZE = 512
 PROBE_ROWS = 256
@@ -251,7 +251,7 @@ def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = 
     from engine.system import default_threads
 
     started = time.perf_counter()
-    load_before = _load_average()
+    load_before = load_average()
     cores = default_threads()
     threads = _thread_candidates(cores, psutil.cpu_count(logical=True) or cores)
     steps = _Steps(status, len(VISION_LEVELS) * len(threads) + 2 + len(UBATCH_CANDIDATES) + 1 + 2)
@@ -263,14 +263,5 @@ def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = 
     if status is not None:
         status("Measured", steps.total, steps.total)
     return settings, {"vision": vision, "llm": llm, "seconds": round(time.perf_counter() - started, 1),
-                      "load_average": [load_before, _load_average()], "logical_cpus": psutil.cpu_count() or 1}
+                      "load_average": [load_before, load_average()], "logical_cpus": psutil.cpu_count() or 1}
 
-
-def _load_average() -> float:
-    """The 1-minute load average: above the CPU count, other work shared the cores and the timings are noisy."""
-    import psutil
-
-    try:
-        return round(float(psutil.getloadavg()[0]), 2)
-    except (OSError, AttributeError):
-        return 0.0

@@ -25,6 +25,10 @@ IMAGE = (np.random.default_rng(3).random((96, 128, 3)) * 255).astype(np.uint8)
 @pytest.fixture(autouse=True)
 def _tuning_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLIMPSE_TUNE", "1")
+    # A quiet CPU unless a test says otherwise: a measurement taken while the machine running the tests is busy
+    # would otherwise be measured again at the next quiet start, and the tests count measurements.
+    monkeypatch.setattr(tuning, "load_average", lambda: 0.0)
+    monkeypatch.setattr(tuning_measure, "load_average", lambda: 0.0)
 
 
 @pytest.fixture
@@ -120,6 +124,35 @@ def test_retune_measures_even_when_cached(tiny_model_dir: Path, measurements: li
     manifest = read_manifest(tiny_model_dir)
     settings_for(tiny_model_dir, manifest)
     assert settings_for(tiny_model_dir, manifest, retune=True).measured_now and len(measurements) == 2
+
+
+def test_choices_made_on_a_busy_cpu_are_measured_again_once_it_is_quiet(tiny_model_dir: Path,
+                                                                          measurements: list[Path],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = read_manifest(tiny_model_dir)
+    cpus = tuning.os.cpu_count() or 1
+    busy = tuning.Tuned(CHOSEN, {"load_average": [cpus * 8.0, cpus * 9.0], "logical_cpus": cpus},
+                        tuning.cpu_fingerprint(), measured_now=False)
+    tuning.write_cached(tuning.model_key(manifest), busy)
+    monkeypatch.setattr(tuning, "load_average", lambda: cpus * 5.0)
+    assert settings_for(tiny_model_dir, manifest).settings == CHOSEN and measurements == []  # still busy: kept
+    monkeypatch.setattr(tuning, "load_average", lambda: 0.1)
+    quiet = settings_for(tiny_model_dir, manifest)
+    assert quiet.measured_now and quiet.settings == MEASURED and len(measurements) == 1
+    # a quiet measurement is kept however busy the CPU is later
+    quiet_report = tuning.Tuned(CHOSEN, {"load_average": [0.2, 0.3], "logical_cpus": cpus},
+                                tuning.cpu_fingerprint(), measured_now=False)
+    tuning.write_cached(tuning.model_key(manifest), quiet_report)
+    monkeypatch.setattr(tuning, "load_average", lambda: cpus * 5.0)
+    assert settings_for(tiny_model_dir, manifest).settings == CHOSEN and len(measurements) == 1
+
+
+@pytest.mark.parametrize("report", [{}, {"load_average": "high", "logical_cpus": 2}, {"load_average": [],
+                                    "logical_cpus": 2}, {"load_average": [9.0], "logical_cpus": 0},
+                                    {"load_average": [9.0, "x"], "logical_cpus": 2}])
+def test_an_odd_load_record_is_not_busy(report: dict[str, Any]) -> None:
+    assert not tuning.measured_while_busy(report)
+    assert tuning.measured_while_busy({"load_average": [0.5, 2.5], "logical_cpus": 2})
 
 
 def test_glimpse_tune_off_uses_the_defaults(tiny_model_dir: Path, measurements: list[Path],
@@ -347,7 +380,7 @@ def test_a_hostile_measurement_report_does_not_crash() -> None:
     assert "CPU was busy" in format_tuning({"load_average": [1.0, 9.5], "logical_cpus": 2})
     assert "busy" not in format_tuning({"load_average": [0.4, 1.5], "logical_cpus": 2})
     for hostile in ({"vision": {"candidates": [{"level": 1}]}}, {"llm": {"candidates": "x"}}, {"vision": []},
-                    {"llm": {"decode_ms_per_token": [1, 2]}}, {"load_average": "high", "logical_cpus": 2}):
+                    {"llm": {"decode_ms_per_token": [1, 2]}}):
         assert "unreadable" in format_tuning(hostile)
 
 
