@@ -195,12 +195,17 @@ class Worker(QObject):
             self._model.close()
             self._model = None
 
+    def _tuning_status(self, _text: str, done: int, total: int) -> None:
+        """The first start of a model on a CPU measures its settings (seconds): the status line says so."""
+        self._state(LOADING if done >= total else
+                    f"Finding the fastest settings for this computer, once ({done + 1}/{total})…")
+
     @Slot(str, int, object)
     def load(self, name_or_path: str, threads: int, cancel: threading.Event | None = None) -> None:
         self._close_model()
         self._state(LOADING)
         try:
-            model = load_model(name_or_path, threads=threads or None, cancel=cancel)
+            model = load_model(name_or_path, threads=threads or None, cancel=cancel, status=self._tuning_status)
         except Cancelled:  # a newer load, or the window closing: the first load's hashing stops at once
             self._state(NO_MODEL)
             return

@@ -15,6 +15,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Session-wide too, not only per test: module-scoped fixtures load models before the per-test fixture runs, and
 # nothing a test does may write into the real user folders (caches included).
 os.environ["GLIMPSE_HOME"] = tempfile.mkdtemp(prefix="glimpse-test-home-")
+# Each test has its own home, so every load would measure the CPU again; tests/engine/test_tuning.py turns it on.
+os.environ["GLIMPSE_TUNE"] = "0"
 
 
 @pytest.fixture(autouse=True)

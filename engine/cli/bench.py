@@ -9,31 +9,15 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
-
-import numpy as np
-import numpy.typing as npt
+from typing import Any
 
 from engine.runtime.model import Answer, Model
+from engine.runtime.tuning import RuntimeSettings, measured_while_busy
+from engine.runtime.tuning_measure import sample_image
 from engine.system import peak_rss_bytes
 
 QUESTION = "Describe the image in detail."
 FOLLOW_UP = "What colours stand out?"
-
-
-def sample_image(seed: int, width: int = 1280, height: int = 960) -> npt.NDArray[np.uint8]:
-    """A deterministic image with smooth gradients, blobs and edges (closer to a photo than noise)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.zeros((height, width, 3), np.float32)
-    for c in range(3):
-        fx, fy = rng.uniform(0.002, 0.02, 2).tolist()
-        phase = rng.uniform(0, 6.28)
-        img[..., c] = 127 + 100 * np.sin(fx * x + phase) * np.cos(fy * y)
-    for _ in range(12):
-        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 200)
-        mask = (x - cx) ** 2 + (y - cy) ** 2 < r * r
-        img[mask] = rng.uniform(0, 255, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -94,6 +78,8 @@ def run_bench(model: Model, sizes: list[int], runs: int) -> dict[str, object]:
         "quant": model.manifest.quant,
         "vision_precision": model.manifest.vision_precision,
         "threads": model.threads,
+        "settings": asdict(model.settings),
+        "tuning": model.tuning_report,
         "sizes": results,
         "peak_rss_mb": round(peak_rss_bytes() / 1e6),
         "seconds": round(time.perf_counter() - started, 1),
@@ -106,10 +92,48 @@ def format_table(report: dict[str, object]) -> str:
     lines = [
         f"{report['model']} ({report['quant']}, vision {report['vision_precision']}, {report['threads']} threads), "
         f"peak RSS {report['peak_rss_mb']} MB",
+        f"settings: {RuntimeSettings(**settings).describe()}" if isinstance(settings := report.get("settings"), dict)
+        else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['size']} | {r['image_tokens']} | {r['encode_ms']} | {r['prefill_ms']} | {r['ttft_ms']} | "
               f"{r['read_ahead_ttft_ms']} | {r['follow_up_ttft_ms']} | {r['decode_tokens_per_s']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_tuning(report: dict[str, Any]) -> str:
+    """What the tuning measured, one line per candidate (times are the best of its runs). The report may come from
+    a cache file someone edited: anything unexpected in it gives one line saying so."""
+    try:
+        return _tuning_lines(report)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return "(the cached record of the measurement is unreadable; `glimpse bench --tune` measures again)"
+
+
+def _tuning_lines(report: dict[str, Any]) -> str:
+    lines = []
+    vision = report.get("vision", {})
+    for c in vision.get("candidates", []):
+        lines.append(f"encoder {vision.get('size')} px, graph {c['level']}, {c['threads']} threads: {c['ms']} ms"
+                     + ("" if c.get("kept_rows", True) else " (rows outside the fidelity gate: not used)"))
+    llm = report.get("llm", {})
+    for c in llm.get("candidates", []):
+        if "unavailable" in c:
+            lines.append(f"n_ubatch {c['n_ubatch']}, flash attention {'on' if c['flash_attn'] else 'off'}, KV "
+                         f"{c['kv_type']}: not available ({c['unavailable']})")
+            continue
+        lines.append(f"prefill {llm.get('rows')} rows + prompt, n_ubatch {c['n_ubatch']}, flash attention "
+                     f"{'on' if c['flash_attn'] else 'off'}, KV {c['kv_type']}: {c['ms']} ms, logits cosine "
+                     f"{c['cosine']}" + ("" if c.get("same_answer", True) else " (outside the fidelity gate: not used)")
+                     )
+    for n, ms in llm.get("decode_ms_per_token", {}).items():
+        lines.append(f"decode with {n} threads: {ms} ms/token")
+    if "seconds" in report:
+        lines.append(f"measured in {report['seconds']} s")
+    if measured_while_busy(report):
+        lines.append(f"the CPU was busy while measuring (load average up to {max(report['load_average'])} on "
+                     f"{report['logical_cpus']} CPUs), so these choices may be noise: the next start on a quiet CPU "
+                     "measures again (or run `glimpse bench --tune` then)")
     return "\n".join(lines)

@@ -13,12 +13,21 @@ from engine.errors import InputError
 from engine.runtime.types import Answer
 
 
+def _status(text: str, done: int, total: int) -> None:
+    """First-run tuning is visible: one line per measuring step on stderr, so stdout stays the answer (or JSON)."""
+    if done == 0:
+        print("glimpse: measuring the fastest settings for this model on this CPU (once; "
+              "`glimpse bench --tune` measures again)", file=sys.stderr, flush=True)
+    print(f"  [{min(done + 1, total)}/{total}] {text}", file=sys.stderr, flush=True)
+
+
 def _load(args: argparse.Namespace) -> Any:
     # Start-up: the runtime takes 0.3-0.8 s to import (onnxruntime, llama.cpp; -X importtime); only the commands
     # that load a model pay it (here, in _cmd_caption and in _cmd_bench).
     from engine.runtime.model import load_model  # noqa: PLC0415
 
-    return load_model(args.model, threads=args.threads, n_ctx=args.n_ctx)
+    return load_model(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=getattr(args, "tune", False),
+                      status=_status)
 
 
 def _sizes(text: str) -> list[int]:
@@ -95,12 +104,17 @@ def _cmd_caption(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from engine.cli.bench import format_table, run_bench  # noqa: PLC0415 - see _load
+    from engine.cli.bench import format_table, format_tuning, run_bench  # noqa: PLC0415 - see _load
 
     sizes = _sizes(args.sizes)
     if args.runs < 1:
         raise InputError(f"--runs must be 1 or more, not {args.runs}.")
     with _load(args) as model:
+        if args.tune_only:
+            print(f"{model.name}: {model.settings.describe()}")
+            if model.tuning_report:
+                print(format_tuning(model.tuning_report))
+            return 0
         report = run_bench(model, sizes, args.runs)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
@@ -142,4 +156,7 @@ def register(sub: Any) -> None:
     p.add_argument("--sizes", default="512,768,1024")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tune", action="store_true",
+                   help="measure this CPU's fastest settings for the model again (they are cached per CPU and model)")
+    p.add_argument("--tune-only", action="store_true", help="print the settings (measured now unless cached) and stop")
     p.set_defaults(func=_cmd_bench)

@@ -180,6 +180,10 @@ def check_gguf(path: Path) -> None:
             gui_hint=gui)
 
 
+# ggml type ids (ggml.h) of the KV cache types offered
+KV_TYPES = {"f16": 1, "q8_0": 8}
+
+
 # -- the model --------------------------------------------------------------------------------------------------------
 
 def image_marker(rows: F32Array) -> int:
@@ -197,10 +201,15 @@ class LanguageModel:
     """
 
     def __init__(self, gguf_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, flash_attn: bool = False) -> None:
-        if n_ctx < 16 or n_batch < 1 or (n_threads is not None and n_threads < 1):
-            raise ValueError(f"n_ctx {n_ctx}, n_batch {n_batch} and n_threads {n_threads} must be positive "
-                             "(n_ctx at least 16).")
+                 n_batch: int = 512, flash_attn: bool = False, n_ubatch: int | None = None,
+                 n_threads_batch: int | None = None, kv_type: str = "f16") -> None:
+        if n_ctx < 16 or n_batch < 1 or (n_threads is not None and n_threads < 1) \
+                or (n_ubatch is not None and n_ubatch < 1) or (n_threads_batch is not None and n_threads_batch < 1):
+            raise ValueError(f"n_ctx {n_ctx}, n_batch {n_batch}, n_ubatch {n_ubatch}, n_threads {n_threads} and "
+                             f"n_threads_batch {n_threads_batch} must be positive (n_ctx at least 16).")
+        if kv_type not in KV_TYPES or (kv_type != "f16" and not flash_attn):
+            raise ValueError(f"KV cache type {kv_type!r} is not one of {', '.join(KV_TYPES)}, or needs flash "
+                             "attention (llama.cpp quantizes the V cache only with it).")
         self.path = Path(gguf_path)
         check_gguf(self.path)
         import llama_cpp  # noqa: PLC0415
@@ -209,10 +218,12 @@ class LanguageModel:
         load_cpu_backends()
         threads = n_threads or default_threads()
         n_batch = min(n_batch, n_ctx)
+        kv = KV_TYPES[kv_type]
         try:
             self._llama: llama_cpp.Llama | None = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
+                model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch or n_batch, n_batch),
+                n_threads=threads, n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn, type_k=kv,
+                type_v=kv, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFolderError(f"llama.cpp could not load {self.path.name} ({e}).",
                                    "The file may be damaged or made for another model; convert it again.",
@@ -261,6 +272,14 @@ class LanguageModel:
     def n_vocab(self) -> int:
         """Rows of the logits (the embedding matrix's rows, padding included)."""
         return self._n_vocab
+
+    def set_threads(self, decode: int, batch: int) -> None:
+        """Threads for generating one token at a time and for evaluating many positions at once."""
+        import llama_cpp  # noqa: PLC0415
+
+        if decode < 1 or batch < 1:
+            raise ValueError(f"Thread counts must be positive, not {decode} and {batch}.")
+        llama_cpp.llama_set_n_threads(self._ll.ctx, decode, batch)
 
     @property
     def n_past(self) -> int:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +30,12 @@ from engine.runtime.conversation import Conversation
 from engine.runtime.llm import LanguageModel
 from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
 from engine.runtime.prompt import ENDOFTEXT, IM_END
+from engine.runtime.tuning import DEFAULTS, RuntimeSettings, StatusFn, tuning_enabled
+from engine.runtime.tuning_measure import settings_for
 from engine.runtime.types import Answer, F32Array, ImageRows, Timings
 from engine.runtime.vision import VisionEncoder
-from engine.system import default_threads
+
+log = logging.getLogger("glimpse")
 
 _VERIFIED_STAMP = ".glimpse-verified"
 
@@ -38,15 +43,19 @@ _VERIFIED_STAMP = ".glimpse-verified"
 class Model:
     """A loaded FastVLM model folder. Use :func:`load_model` to make one; close it (or use ``with``) to free memory."""
 
-    def __init__(self, folder: Path, manifest: ModelManifest, *, threads: int, n_ctx: int, n_batch: int,
-                 flash_attn: bool) -> None:
+    def __init__(self, folder: Path, manifest: ModelManifest, *, settings: RuntimeSettings, n_ctx: int) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.threads = threads
-        self.vision = VisionEncoder(folder / VISION_FILE, threads=threads)
+        self.settings = settings = settings.resolved()
+        self.tuning_report: dict[str, Any] | None = None  # what the measurement behind ``settings`` timed
+        self.threads = settings.threads_batch
+        self.vision = VisionEncoder(folder / VISION_FILE, threads=settings.vision_threads,
+                                    level=settings.vision_level)
         try:
-            self.llm = LanguageModel(folder / LLM_FILE, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch,
-                                     flash_attn=flash_attn)
+            self.llm = LanguageModel(folder / LLM_FILE, n_ctx=n_ctx, n_threads=settings.threads,
+                                     n_threads_batch=settings.threads_batch, n_batch=settings.n_batch,
+                                     n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
+                                     kv_type=settings.kv_type)
         except BaseException:
             self.vision.close()
             raise
@@ -198,25 +207,47 @@ def resolve_model(path_or_name: str | Path) -> Path:
     return Store.default().path(text)
 
 
-def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096, n_batch: int = 512,
-               flash_attn: bool = False, cancel: threading.Event | None = None) -> Model:
+def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096,
+               n_batch: int | None = None, flash_attn: bool | None = None, tune: bool = True, retune: bool = False,
+               status: StatusFn | None = None, cancel: threading.Event | None = None) -> Model:
     """Load a model folder (or an installed model by name, e.g. "fastvlm-0.5b").
 
-    ``threads`` defaults to the physical core count; ``n_ctx`` is the context window in positions (a 1024 px image
-    takes 256). The folder is checked first (sizes always, sha256 on first load), so a damaged file is reported as a
-    sentence instead of crashing a runtime. ``cancel`` stops the sha256 check (raising Cancelled); the runtimes'
-    own loading cannot be interrupted.
+    ``n_ctx`` is the context window in positions (a 1024 px image takes 256). The folder is checked first (sizes
+    always, sha256 on first load), so a damaged file is reported as a sentence instead of crashing a runtime.
+    ``cancel`` stops the sha256 check (raising Cancelled); the runtimes' own loading cannot be interrupted.
+
+    The runtimes' CPU-dependent settings come from a short measurement made the first time this model runs on this
+    CPU and cached (engine/runtime/tuning.py; ``status(text, done, total)`` hears about each step); ``retune``
+    measures again, ``tune=False`` (or GLIMPSE_TUNE=0) uses the built-in defaults. ``threads``, ``n_batch`` and
+    ``flash_attn``, when given, override what was measured.
     """
     if n_ctx < 512:
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads {threads} is not a thread count.", "Use 1 or more, or leave it out.")
     folder = resolve_model(path_or_name)
     manifest = _verify_once(folder, cancel)
     check_cancel(cancel, "Loading the model")
     # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
     check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
     check_onnx_file(folder / VISION_FILE, manifest.files)
-    return Model(folder, manifest, threads=threads or default_threads(), n_ctx=n_ctx, n_batch=n_batch,
-                 flash_attn=flash_attn)
+    settings, report = DEFAULTS, None
+    if retune or (tune and tuning_enabled()):
+        tuned = settings_for(folder, manifest, retune=retune, status=status)
+        settings, report = tuned.settings, tuned.report
+    settings = settings.with_overrides(threads=threads, n_batch=n_batch, flash_attn=flash_attn)
+    fallback = DEFAULTS.with_overrides(threads=threads, n_batch=n_batch, flash_attn=flash_attn)
+    try:
+        model = Model(folder, manifest, settings=settings, n_ctx=n_ctx)
+    except ModelFolderError as e:
+        if settings == fallback:
+            raise
+        # A cache entry edited by hand, or a runtime update that no longer takes a measured setting: the defaults
+        # are always safe, and a damaged file fails again with them and is reported as such.
+        log.warning("The measured settings did not load (%s); using the defaults.", e)
+        model, report = Model(folder, manifest, settings=fallback, n_ctx=n_ctx), None
+    model.tuning_report = report
+    return model
 
 
 __all__ = ["Answer", "ImageRows", "Model", "Timings", "load_model"]

@@ -2,8 +2,9 @@
 
 Session options were picked by measurement on the 2-core development machine (docs/benchmarks.md):
 
-- graph optimization level ALL: the blocked NCHWc layout for float convolutions and the int8 QDQ fusions need it
-  (EXTENDED or BASIC were 25-75% slower);
+- graph optimization level ALL by default: the blocked NCHWc layout for float convolutions and the int8 QDQ fusions
+  need it (EXTENDED or BASIC were 25-75% slower on an AVX-512 CPU, EXTENDED 23-39% on an AVX2 one); ``level``
+  takes the choice measured on the running CPU (engine/runtime/tuning.py);
 - one intra-op thread per physical core, sequential execution;
 - no spinning: idle onnxruntime workers otherwise keep spinning after ``run`` returns and slow the llama.cpp
   prefill that follows (0.1-0.2 s at 1024 px), which costs more than the few ms spinning saves the encoder;
@@ -42,6 +43,9 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
 CACHE_SUBDIR = "onnx"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# "all" adds the blocked NCHWc layout and int8 QDQ fusions on x86; which is faster depends on the CPU
+# (engine/runtime/tuning.py)
+LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
 
 log = logging.getLogger("glimpse")
 
@@ -90,8 +94,12 @@ class VisionEncoder:
     session came from the cache.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, cache: bool | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, cache: bool | None = None,
+                 level: str = "all") -> None:
         self.path = Path(path)
+        if level not in LEVELS:
+            raise ValueError(f"Unknown graph optimization level {level!r}; choose one of {', '.join(LEVELS)}.")
+        self.level = level
         if not self.path.is_file():
             raise ModelFolderError(f"{self.path} is missing.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
         self.threads = threads or default_threads()
@@ -128,7 +136,7 @@ class VisionEncoder:
         return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def _open(self, use_cache: bool | None) -> ort.InferenceSession:
-        level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = LEVELS[self.level]
         sha, precision = recorded_file(self.path) if use_cache is not False else (None, "")
         if use_cache is None and precision == "int8":
             sha = None
@@ -137,7 +145,7 @@ class VisionEncoder:
         cached = self._cache_file(sha)
         if cached is not None and cached.is_file():
             try:
-                # Already optimized at level ALL: running the optimizers again would only cost time.
+                # Already optimized at this level: running the optimizers again would only cost time.
                 session = self._create(cached, self._options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
                 self.cached = True
                 return session
@@ -155,7 +163,8 @@ class VisionEncoder:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:
             return None
-        return folder / f"vision-{sha[:32]}-{_cpu_tag()}.onnx"
+        suffix = "" if self.level == "all" else f"-{self.level}"
+        return folder / f"vision-{sha[:32]}-{_cpu_tag()}{suffix}.onnx"
 
     def _create_and_cache(self, target: Path, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
         """Create the session from the original file and let onnxruntime write the optimized graph to ``target``."""

@@ -223,6 +223,23 @@ def test_model_load_failure_is_a_sentence(qtbot: QtBot, tmp_path: Path) -> None:
         assert w.shutdown()
 
 
+def test_first_start_on_a_cpu_says_it_is_measuring(qtbot: QtBot, tiny_model_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLIMPSE_TUNE", "1")
+    w = ModelWorker()
+    states: list[str] = []
+    w.state_changed.connect(states.append)
+    try:
+        with qtbot.waitSignal(w.model_ready, timeout=60_000):
+            w.load(str(tiny_model_dir), threads=1)
+        qtbot.waitUntil(lambda: states[-1] == IDLE, timeout=5_000)  # model_ready comes just before IDLE
+        measuring = [s for s in states if s.startswith("Finding the fastest settings")]
+        assert measuring and "(1/" in measuring[0]
+        assert states.index(measuring[-1]) < len(states) - 2  # back to loading, then idle
+    finally:
+        assert w.shutdown()
+
+
 def test_live_captions_from_a_video(qtbot: QtBot, worker: ModelWorker, video: Path) -> None:
     source = open_video(video, realtime=False)
     captions = []

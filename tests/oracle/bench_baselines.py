@@ -5,7 +5,7 @@ llama-cpp-python, psutil):
 
     PYTHONPATH=. /work/oracle-venv/bin/python tests/oracle/bench_baselines.py \
         --checkpoint /tmp/benchconv/fastvlm-0.5b-random --converted /tmp/benchconv/out-1 \
-        --sizes 512,1024 --runs 3 --json out.json
+        --sizes 512,1024 --runs 3 --json out.json [--compare --glimpse-python /work/main/.venv/bin/python]
 
 ``--checkpoint`` is a FastVLM checkpoint in Apple's layout; ``--converted`` is its Glimpse conversion (the plain
 pipeline runs its ``llm.gguf``; its ``vision.onnx`` is only used to check both baselines compute the same model).
@@ -22,6 +22,10 @@ out of the medians), with 2 threads everywhere and greedy decoding:
   LLM is ``Llama(llm.gguf, n_ctx=2048, n_threads=2, n_threads_batch=2)`` with defaults otherwise (n_batch 512, no
   flash attention); the image rows go in through one ``llama_batch`` with ``embd`` per ``n_batch`` rows. The whole
   prompt is prefilled each run (no prefix cache, unlike ``glimpse bench``, which keeps the ~20-token system header).
+
+``--compare`` also runs ``glimpse bench`` on ``--converted`` (with ``--glimpse-python``, its settings measured and
+cached as in normal use) before and after the baselines, so all three pipelines come from one command on one
+machine state, and prints each baseline's time to first token and encode time over the slower Glimpse run.
 
 Per size, medians of: preprocess, encode and prefill ms, TTFT (preprocess + encode + prefill + first greedy token),
 follow-up TTFT (``next_turn`` text prefilled onto the cache, then one token), decode tok/s (16 greedy steps, each
@@ -46,10 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cli.bench import FOLLOW_UP, QUESTION, sample_image
+from engine.cli.bench import FOLLOW_UP, QUESTION
 from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
 from engine.runtime.preprocess import preprocess
 from engine.runtime.prompt import first_turn, next_turn
+from engine.runtime.tuning_measure import sample_image
 from engine.system import peak_rss_bytes
 
 THREADS = 2
@@ -326,6 +331,35 @@ def worker(kind: str, args: argparse.Namespace, size: int | None = None, check: 
         return json.loads(Path(f.name).read_text())
 
 
+def glimpse_bench(args: argparse.Namespace) -> tuple[dict, dict]:
+    """``glimpse bench`` on the converted model in its own process, in the result format of the baselines."""
+    cmd = [args.glimpse_python, "-m", "engine", "bench", str(args.converted), "--sizes",
+           ",".join(map(str, args.sizes)), "--runs", str(args.runs), "--json"]
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    sizes = {r["size"]: {"encode_ms": r["encode_ms"], "prefill_ms": r["prefill_ms"], "ttft_ms": r["ttft_ms"],
+                         "follow_up_ttft_ms": r["follow_up_ttft_ms"], "decode_tokens_per_s": r["decode_tokens_per_s"],
+                         "peak_rss_mb": out["peak_rss_mb"], "load_avg_1min": round(os.getloadavg()[0], 2)}
+             for r in out["sizes"]}
+    return sizes, {"settings": out.get("settings"), "vision_precision": out.get("vision_precision")}
+
+
+def ratios(report: dict) -> str:
+    """Time to first token and encode time of each baseline over Glimpse's slower bracketing run."""
+    base = report["baselines"]
+    glimpse = [v for k, v in base.items() if k.startswith("glimpse")]
+    if not glimpse:
+        return ""
+    lines = ["| size | baseline | TTFT ratio (baseline / Glimpse) | encode ratio |", "|---|---|---|---|"]
+    for size in report["sizes"]:
+        slow = max((g[size] for g in glimpse), key=lambda r: r["ttft_ms"])
+        for name, sizes in base.items():
+            if not name.startswith("glimpse") and size in sizes:
+                r = sizes[size]
+                lines.append(f"| {size} | {name} | {r['ttft_ms'] / slow['ttft_ms']:.2f}x | "
+                             f"{r['encode_ms'] / slow['encode_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def table(report: dict) -> str:
     lines = ["| baseline | size | encode ms | prefill ms | TTFT ms | follow-up TTFT ms | decode tok/s | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|"]
@@ -345,6 +379,10 @@ def main() -> int:
     p.add_argument("--baselines", default="transformers,plain")
     p.add_argument("--onnx-dir", type=Path, default=None, help="keep the plain ONNX exports here (reused if present)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--compare", action="store_true",
+                   help="also run `glimpse bench` on --converted before and after the baselines, and print ratios")
+    p.add_argument("--glimpse-python", default=sys.executable,
+                   help="the Python that runs Glimpse for --compare (the project's own environment)")
     p.add_argument("--worker", choices=("transformers", "export", "plain"), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
@@ -363,8 +401,15 @@ def main() -> int:
             args.onnx_dir = Path(tmp)
         args.onnx_dir.mkdir(parents=True, exist_ok=True)
         baselines = args.baselines.split(",")
-        report = {"threads": THREADS, "runs": args.runs, "decode_steps": DECODE_STEPS,
+        report = {"threads": THREADS, "runs": args.runs, "decode_steps": DECODE_STEPS, "sizes": args.sizes,
                   "checkpoint": str(args.checkpoint), "converted": str(args.converted), "baselines": {}}
+        if args.compare:
+            from engine.runtime.tuning import cpu_fingerprint
+
+            cpu = cpu_fingerprint()
+            report["cpu"] = {"name": cpu["cpu"], "class": cpu["class"], "features": cpu["features"]}
+            print("glimpse (before) ...", file=sys.stderr, flush=True)
+            report["baselines"]["glimpse (before)"], report["glimpse"] = glimpse_bench(args)
         if "plain" in baselines:
             worker("export", args)
         for name in baselines:
@@ -372,7 +417,13 @@ def main() -> int:
             for k, size in enumerate(args.sizes):
                 print(f"{name} {size} px ...", file=sys.stderr, flush=True)
                 report["baselines"][name][size] = worker(name, args, size, check=k == 0)
+        if args.compare:
+            print("glimpse (after) ...", file=sys.stderr, flush=True)
+            report["baselines"]["glimpse (after)"], _ = glimpse_bench(args)
+    if "cpu" in report:
+        print(f"CPU: {report['cpu']['name']} ({report['cpu']['class']}); Glimpse settings: {report['glimpse']}")
     print(table(report))
+    print(ratios(report))
     counts = {(r["prompt_tokens"], r["image_tokens"]) for sizes in report["baselines"].values() for r in sizes.values()}
     if len({c[0] for c in counts}) > 1:
         print(f"WARNING: the baselines tokenized the prompt differently: {sorted(counts)}")
