@@ -59,8 +59,9 @@ def test_wheel_in_a_fresh_venv_converts_like_the_source_tree(tiny_checkpoint: Pa
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], tmp_path, env)
 
-    where = json.loads(_run([str(python), "-c", "import json, engine, assets, engine.convert.vision_int8 as v; "
-                             "print(json.dumps([engine.__file__, assets.__file__, str(v.assets_dir()), "
+    where = json.loads(_run([str(python), "-c", "import json, engine, assets, engine.convert.vision_int8 as v, "
+                             "engine.folders as f; "
+                             "print(json.dumps([engine.__file__, assets.__file__, str(f.assets_root()), "
                              "len(v.calibration_images()), len(v.heldout_images())]))"], tmp_path, env))
     for path in where[:3]:
         assert Path(path).resolve().is_relative_to(site.resolve()), path
