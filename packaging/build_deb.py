@@ -94,6 +94,35 @@ def needed_sonames(path: Path) -> list[str]:
     return [line.split()[1] for line in out.splitlines() if line.strip().startswith("NEEDED")]
 
 
+def runpath(path: Path) -> list[str]:
+    """The RUNPATH (or RPATH) entries of an ELF file, from objdump."""
+    out = subprocess.run(["objdump", "-p", str(path)], capture_output=True, text=True, check=False).stdout
+    return [e for line in out.splitlines() if line.strip().startswith(("RUNPATH", "RPATH"))
+            for e in line.split()[1].split(":") if e]
+
+
+def drop_foreign_runpaths(bundle: Path) -> list[Path]:
+    """Remove RUNPATH entries that point outside the bundle (a wheel built under pyenv carries
+    ``/root/.pyenv/.../lib``): the installed app must never look for libraries there (lintian's
+    custom-library-search-path), and the bundle finds its own through ``$ORIGIN`` and the launcher. Returns the
+    files changed; needs patchelf only when there is something to change."""
+    changed = []
+    for path in sorted(bundle.rglob("*")):
+        if path.is_symlink() or not path.is_file() or not is_elf(path):
+            continue
+        entries = runpath(path)
+        keep = [e for e in entries if e.startswith("$ORIGIN")]
+        if keep == entries:
+            continue
+        if shutil.which("patchelf") is None:
+            raise PackagingError(f"{path} looks for libraries in {':'.join(entries)}, outside the bundle; install "
+                                 "patchelf (apt-get install patchelf) so the package can drop that path.")
+        args = ["--set-rpath", ":".join(keep)] if keep else ["--remove-rpath"]
+        subprocess.run(["patchelf", *args, str(path)], check=True, capture_output=True)
+        changed.append(path)
+    return changed
+
+
 def scan_bundle(bundle: Path) -> dict[str, list[str]]:
     """Each ELF file of the bundle ("/_internal/...", relative to it) -> the sonames it needs (DT_NEEDED)."""
     return {"/" + path.relative_to(bundle).as_posix(): needed_sonames(path)
@@ -239,6 +268,7 @@ def stage(bundle: Path, staging: Path, version: str, resolve: Resolver = dpkg_re
                              "(pyinstaller packaging/glimpse.spec), then pass its dist/Glimpse folder.")
     opt = staging / "opt" / PACKAGE
     shutil.copytree(bundle, opt, symlinks=True)
+    drop_foreign_runpaths(opt)
     for path in [opt, *opt.rglob("*")]:
         if not path.is_symlink():
             # Shared libraries are not programs (Debian policy 8.1: 0644); only the launcher and real executables

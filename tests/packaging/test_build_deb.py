@@ -135,3 +135,18 @@ def test_shared_libraries_lose_their_execute_bit(tmp_path: Path) -> None:
     assert (internal / "libfoo.so.6.2").stat().st_mode & 0o777 == 0o644
     assert (internal / "tool").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "root/opt/glimpse/glimpse").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.skipif(not (HAVE_DPKG and shutil.which("patchelf") and shutil.which("cc")),
+                    reason="needs objdump, patchelf and a C compiler")
+def test_runpaths_outside_the_bundle_are_dropped(tmp_path: Path) -> None:
+    source = tmp_path / "lib.c"
+    source.write_text("int glimpse_answer(void) { return 42; }\n")
+    lib = tmp_path / "bundle" / "libfoo.so"
+    lib.parent.mkdir()
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(source),
+                    "-Wl,-rpath,/root/.pyenv/versions/3.11.7/lib:$ORIGIN/sub"], check=True)
+    assert build_deb.runpath(lib) == ["/root/.pyenv/versions/3.11.7/lib", "$ORIGIN/sub"]
+    assert build_deb.drop_foreign_runpaths(lib.parent) == [lib]
+    assert build_deb.runpath(lib) == ["$ORIGIN/sub"]
+    assert build_deb.drop_foreign_runpaths(lib.parent) == []  # nothing left to change
