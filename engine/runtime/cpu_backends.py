@@ -44,6 +44,20 @@ def _ggml_file_names() -> tuple[str, str, str]:
     return "libggml-cpu-", ".so", core
 
 
+def _core_library(folder: Path) -> Path:
+    """The ggml core library that libllama itself links: its soname file (libggml.so.0, libggml.0.dylib).
+
+    A wheel cannot hold symlinks, so libggml.so and libggml.so.0 are two copies of one library; opening the
+    unversioned one would give a second ggml with its own, empty backend registry, and llama.cpp would then
+    find "no backends are loaded".
+    """
+    _, _, core = _ggml_file_names()
+    versioned = {"libggml.so": "libggml.so.0", "libggml.dylib": "libggml.0.dylib"}.get(core)
+    if versioned and (folder / versioned).exists():
+        return folder / versioned
+    return folder / core
+
+
 def variant_files(lib_dir: Path) -> tuple[str, ...]:
     """Names of the CPU variant libraries in ``lib_dir``, sorted; empty for a native build."""
     prefix, suffix, _ = _ggml_file_names()
@@ -87,9 +101,8 @@ def load_cpu_backends(lib_dir: Path | None = None) -> CpuBackends | None:
     variants = variant_files(folder)
     if not variants:
         return None
-    _, _, core_name = _ggml_file_names()
     try:
-        ggml = ctypes.CDLL(str(folder / core_name))
+        ggml = ctypes.CDLL(str(_core_library(folder)))
         load_all = ggml.ggml_backend_load_all_from_path
         by_name = ggml.ggml_backend_reg_by_name
     except (OSError, AttributeError) as e:

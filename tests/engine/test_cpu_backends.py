@@ -10,6 +10,7 @@ import pytest
 
 from engine.runtime import cpu_backends
 from engine.runtime.cpu_backends import CpuBackendError, load_cpu_backends, mapped_variant, variant_files
+from engine.runtime.llm import LanguageModel
 
 LINUX = sys.platform.startswith("linux")
 
@@ -68,3 +69,21 @@ def test_the_portable_build_loads_a_variant_this_cpu_runs() -> None:
                                                                "libggml-cpu-ivybridge.so",
                                                                "libggml-cpu-piledriver.so"))
     assert load_cpu_backends() is backends  # once per process
+
+
+@pytest.mark.skipif(_portable_lib_dir() is None, reason="the installed llama-cpp-python is a native build")
+def test_the_portable_build_loads_a_model(tiny_model_dir: Path) -> None:
+    # The backends must land in the registry libllama uses: loading a model is the proof (a second copy of ggml
+    # would leave llama.cpp with "no backends are loaded").
+    with LanguageModel(tiny_model_dir / "llm.gguf", n_ctx=64, n_threads=1) as llm:
+        assert llm.n_embd > 0
+
+
+def test_the_core_library_is_the_one_libllama_links(tmp_path: Path) -> None:
+    for name in ("libggml.so", "libggml.so.0", "libggml.dylib", "libggml.0.dylib", "ggml.dll"):
+        (tmp_path / name).write_bytes(b"")
+    expected = {"win32": "ggml.dll", "darwin": "libggml.0.dylib"}.get(sys.platform, "libggml.so.0")
+    assert cpu_backends._core_library(tmp_path) == tmp_path / expected
+    (tmp_path / expected).unlink()
+    if sys.platform != "win32":
+        assert cpu_backends._core_library(tmp_path).name in ("libggml.so", "libggml.dylib")
