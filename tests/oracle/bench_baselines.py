@@ -424,7 +424,9 @@ def main() -> int:
         print(f"CPU: {report['cpu']['name']} ({report['cpu']['class']}); Glimpse settings: {report['glimpse']}")
     print(table(report))
     print(ratios(report))
-    counts = {(r["prompt_tokens"], r["image_tokens"]) for sizes in report["baselines"].values() for r in sizes.values()}
+    # glimpse bench's rows do not count tokens; only the baselines' workers do.
+    counts = {(r["prompt_tokens"], r["image_tokens"]) for sizes in report["baselines"].values()
+              for r in sizes.values() if "prompt_tokens" in r and "image_tokens" in r}
     if len({c[0] for c in counts}) > 1:
         print(f"WARNING: the baselines tokenized the prompt differently: {sorted(counts)}")
     for name, sizes in report["baselines"].items():
