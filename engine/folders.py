@@ -32,6 +32,12 @@ def user_folder(kind: UserFolder) -> Path:
     return Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
 
 
+def graph_cache() -> Path:
+    """Where onnxruntime's optimized vision graphs are cached (``cache/onnx``). Here rather than in the vision module
+    so the model store can clean it without importing onnxruntime."""
+    return user_folder("cache") / "onnx"
+
+
 def assets_root() -> Path:
     """The ``assets`` folder: inside a PyInstaller bundle when running from one, else beside the sources."""
     bundle = getattr(sys, "_MEIPASS", None)  # PyInstaller's unpack folder

@@ -39,7 +39,7 @@ from engine.errors import (
     ModelNotFoundError,
     OutputExistsError,
 )
-from engine.folders import user_folder
+from engine.folders import graph_cache, user_folder
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
 from engine.models.folder_copy import copy_model_folder
@@ -248,10 +248,7 @@ class Store:
     def clean_leftovers(self) -> list[Path]:
         """Delete the working folders and files that Glimpse processes which have ended (killed, crashed, power
         lost) left in the store and the vision cache; returns what was deleted. See ``engine.models.leftovers``."""
-        # The vision module owns its cache folder's name; importing it here costs onnxruntime (about 0.3 s).
-        from engine.runtime.vision import cache_dir  # noqa: PLC0415
-
-        return clean_leftovers([self.models_dir, self.downloads_dir], cache_dir())
+        return clean_leftovers([self.models_dir, self.downloads_dir], graph_cache())
 
     # -- licences ---------------------------------------------------------------------------------------------
 

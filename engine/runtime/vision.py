@@ -34,14 +34,13 @@ import onnxruntime as ort
 
 from engine import durable
 from engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
-from engine.folders import user_folder
+from engine.folders import graph_cache
 from engine.models.model_folder import recorded_file
 from engine.runtime.preprocess import PATCH_SIZE
 from engine.system import default_threads
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
-CACHE_SUBDIR = "onnx"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # "all" adds the blocked NCHWc layout and int8 QDQ fusions on x86; which is faster depends on the CPU
 # (engine/runtime/tuning.py)
@@ -52,7 +51,7 @@ log = logging.getLogger("glimpse")
 
 def cache_dir() -> Path:
     """Where optimized graphs are cached: $GLIMPSE_HOME/cache/onnx, else the per-user cache folder."""
-    return user_folder("cache") / CACHE_SUBDIR
+    return graph_cache()
 
 
 def drop_cached(sha: str) -> list[tuple[Path, int]]:
