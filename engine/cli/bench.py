@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from engine.runtime.caption import Frame, caption_stream
 from engine.runtime.model import Answer, Model
 from engine.runtime.tuning import RuntimeSettings, measured_while_busy
 from engine.runtime.tuning_measure import sample_image
@@ -70,9 +71,66 @@ def bench_size(model: Model, size: int, runs: int, max_tokens: int = 32) -> Size
     )
 
 
-def run_bench(model: Model, sizes: list[int], runs: int) -> dict[str, object]:
+# A caption of about 15 words (what caption mode asks for) is about 20 tokens; random-weight test models never stop
+# early, so the budget is what fixes the length.
+CAPTION_TOKENS = 20
+
+
+class _SyntheticFrames:
+    """A frame source of distinct 640x480 photo-like frames, read as fast as the model takes them (no frame
+    dropped, none unchanged), so captions per second measure the model, not a camera's frame rate."""
+
+    name = "synthetic frames"
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._index = 0
+        self.dropped = 0
+
+    def take(self, timeout: float | None = None) -> Frame | None:
+        if self._left <= 0:
+            return None
+        self._left -= 1
+        self._index += 1
+        return Frame(sample_image(90_000 + self._index, 640, 480), time.time(), self._index - 1)
+
+    @property
+    def ended(self) -> bool:
+        return self._left <= 0
+
+    @property
+    def error(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._left = 0
+
+
+def bench_captions(model: Model, count: int, size: int = 512, max_tokens: int = CAPTION_TOKENS) -> dict[str, float]:
+    """Live captions back to back on ``count`` + 1 distinct frames (the first is a warm-up): captions per second
+    from the first caption's end to the last one's, and the median TTFT and seconds per caption."""
+    finished: list[float] = []
+    answers: list[Answer] = []
+    for caption in caption_stream(model, _SyntheticFrames(count + 1), size=size, max_tokens=max_tokens):
+        finished.append(time.perf_counter())
+        answers.append(caption.answer)
+    if len(finished) < 2:
+        return {}
+    span = finished[-1] - finished[0]
+    steady = answers[1:]
+    return {"size": size, "captions": len(steady), "tokens_per_caption": max_tokens,
+            "captions_per_s": round(len(steady) / span, 3),
+            "seconds_per_caption": round(span / len(steady), 3),
+            "ttft_ms": _median([a.timings.ttft_ms for a in steady]),
+            "encode_ms": _median([a.timings.encode_ms for a in steady]),
+            "prefill_ms": _median([a.timings.prefill_ms for a in steady]),
+            "decode_tokens_per_s": _median([a.timings.decode_tokens_per_s for a in steady])}
+
+
+def run_bench(model: Model, sizes: list[int], runs: int, captions: int = 0) -> dict[str, object]:
     started = time.perf_counter()
     results = [asdict(bench_size(model, s, runs)) for s in sizes]
+    caption_result = bench_captions(model, captions) if captions > 0 else None
     return {
         "model": model.name,
         "quant": model.manifest.quant,
@@ -81,6 +139,7 @@ def run_bench(model: Model, sizes: list[int], runs: int) -> dict[str, object]:
         "settings": asdict(model.settings),
         "tuning": model.tuning_report,
         "sizes": results,
+        "captions": caption_result,
         "peak_rss_mb": round(peak_rss_bytes() / 1e6),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -100,6 +159,12 @@ def format_table(report: dict[str, object]) -> str:
     ]
     lines += [f"| {r['size']} | {r['image_tokens']} | {r['encode_ms']} | {r['prefill_ms']} | {r['ttft_ms']} | "
               f"{r['read_ahead_ttft_ms']} | {r['follow_up_ttft_ms']} | {r['decode_tokens_per_s']} |" for r in rows]
+    captions = report.get("captions")
+    if isinstance(captions, dict) and captions:
+        lines.append(f"live captions at {captions['size']} px ({captions['tokens_per_caption']} tokens each, "
+                     f"{captions['captions']} captions back to back): {captions['captions_per_s']} captions/s, "
+                     f"TTFT {captions['ttft_ms']} ms, encode {captions['encode_ms']} ms, prefill "
+                     f"{captions['prefill_ms']} ms")
     return "\n".join(lines)
 
 
@@ -116,7 +181,8 @@ def _tuning_lines(report: dict[str, Any]) -> str:
     lines = []
     vision = report.get("vision", {})
     for c in vision.get("candidates", []):
-        lines.append(f"encoder {vision.get('size')} px, graph {c['level']}, {c['threads']} threads: {c['ms']} ms"
+        raced = f" against {c['current_ms']} ms for the choice it raced" if "current_ms" in c else ""
+        lines.append(f"encoder {vision.get('size')} px, graph {c['level']}, {c['threads']} threads: {c['ms']} ms{raced}"
                      + ("" if c.get("kept_rows", True) else " (rows outside the fidelity gate: not used)"))
     llm = report.get("llm", {})
     for c in llm.get("candidates", []):
@@ -124,8 +190,9 @@ def _tuning_lines(report: dict[str, Any]) -> str:
             lines.append(f"n_ubatch {c['n_ubatch']}, flash attention {'on' if c['flash_attn'] else 'off'}, KV "
                          f"{c['kv_type']}: not available ({c['unavailable']})")
             continue
+        raced = f" against {c['current_ms']} ms for the choice it raced" if "current_ms" in c else ""
         lines.append(f"prefill {llm.get('rows')} rows + prompt, n_ubatch {c['n_ubatch']}, flash attention "
-                     f"{'on' if c['flash_attn'] else 'off'}, KV {c['kv_type']}: {c['ms']} ms, logits cosine "
+                     f"{'on' if c['flash_attn'] else 'off'}, KV {c['kv_type']}: {c['ms']} ms{raced}, logits cosine "
                      f"{c['cosine']}" + ("" if c.get("same_answer", True) else " (outside the fidelity gate: not used)")
                      )
     for n, ms in llm.get("decode_ms_per_token", {}).items():

@@ -109,13 +109,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sizes = _sizes(args.sizes)
     if args.runs < 1:
         raise InputError(f"--runs must be 1 or more, not {args.runs}.")
+    if args.captions < 0:
+        raise InputError(f"--captions must be 0 or more, not {args.captions}.")
     with _load(args) as model:
         if args.tune_only:
             print(f"{model.name}: {model.settings.describe()}")
             if model.tuning_report:
                 print(format_tuning(model.tuning_report))
             return 0
-        report = run_bench(model, sizes, args.runs)
+        report = run_bench(model, sizes, args.runs, captions=args.captions)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
@@ -156,6 +158,9 @@ def register(sub: Any) -> None:
     p.add_argument("--sizes", default="512,768,1024")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--captions", type=int, default=0, metavar="N",
+                   help="also caption N distinct frames back to back at 512 px (20 tokens each) and report "
+                        "captions per second")
     p.add_argument("--tune", action="store_true",
                    help="measure this CPU's fastest settings for the model again (they are cached per CPU and model)")
     p.add_argument("--tune-only", action="store_true", help="print the settings (measured now unless cached) and stop")

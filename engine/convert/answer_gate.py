@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from engine.convert.vision_int8 import embed
+from engine.convert.vision_int8 import INPUT_NAME, OUTPUT_NAME, _pixels, _release_memory, _session, embed
 from engine.errors import ConversionError
 from engine.runtime.llm import LanguageModel
 from engine.runtime.prompt import IM_END, first_turn
@@ -121,24 +121,34 @@ class GateFigures:
     thresholds: GateThresholds
     failed: tuple[str, ...] = ()  # which figures missed their threshold, as sentences
     per_view: dict[str, dict[str, float]] = field(default_factory=dict)
+    # False when the rows already failed (``AnswerGate.rows(..., rows_first=True)``): the language model was not
+    # asked, the KL and top-1 figures are NaN, and ``views`` counts only the views encoded before the failure.
+    answers_compared: bool = True
 
     def summary(self) -> str:
+        if not self.answers_compared:
+            return (f"centred cosine {self.centred_cosine:.4f} on the first {self.views} view(s) "
+                    f"({', '.join(self.per_view)}); answers not compared")
         return (f"mean KL {self.mean_kl:.4f}, worst KL {self.worst_kl:.3f}, top-1 {100 * self.top1:.1f} %, "
                 f"centred cosine {self.centred_cosine:.4f} over {self.views} views")
 
     def to_json(self) -> dict[str, Any]:
+        def num(x: float) -> float | None:  # JSON has no NaN: a figure not measured is null
+            return round(x, 6) if math.isfinite(x) else None
+
         return {
             "passed": self.passed,
-            "mean_kl": round(self.mean_kl, 6),
-            "worst_kl": round(self.worst_kl, 6),
-            "top1": round(self.top1, 6),
-            "centred_cosine": round(self.centred_cosine, 6),
+            "answers_compared": self.answers_compared,
+            "mean_kl": num(self.mean_kl),
+            "worst_kl": num(self.worst_kl),
+            "top1": num(self.top1),
+            "centred_cosine": num(self.centred_cosine),
             "views": self.views,
             "answer_positions": self.positions,
             "sizes": list(self.sizes),
             "thresholds": self.thresholds.to_json(),
             "failed": list(self.failed),
-            "per_view": {k: {m: round(v, 6) for m, v in d.items()} for k, d in self.per_view.items()},
+            "per_view": {k: {m: num(v) for m, v in d.items()} for k, d in self.per_view.items()},
         }
 
 
@@ -263,8 +273,14 @@ def compare(llm: LanguageModel, references: Mapping[str, Reference], rows: Mappi
 
 
 class AnswerGate:
-    """The float32 side of the gate, computed once: rows and answers on every view; then ``judge`` any number of
-    quantized graphs against it. Owns a ``LanguageModel``; close it (or use ``with``)."""
+    """The float32 side of the gate, computed once: rows on every view, and (on first need) the language model's
+    answers to them; then ``judge`` any number of quantized graphs against it. Owns a ``LanguageModel`` once the
+    answers exist; close it (or use ``with``).
+
+    The answers are the expensive half (a language model load and a prefill per view). ``rows(...,
+    rows_first=True)`` encodes the largest views first and stops at the first whose centred cosine already misses
+    its threshold, so a graph that fails on its rows never costs the answers at all.
+    """
 
     def __init__(self, float_graph: Path, llm_path: Path, views: Sequence[GateView],
                  thresholds: GateThresholds | None = None, *, threads: int | None = None,
@@ -276,26 +292,86 @@ class AnswerGate:
         self.views = list(views)
         self.thresholds = thresholds or GateThresholds()
         self.threads = threads
-        self.float_rows = embed(float_graph, self._plain(), threads=threads, tick=tick)
-        longest = max(r.shape[0] for r in self.float_rows.values())
-        self.llm = LanguageModel(llm_path, n_ctx=longest + 256, n_threads=threads)
+        self.llm_path = llm_path
+        self.float_rows = embed(float_graph, self._plain(self.views), threads=threads, tick=tick)
+        self._llm: LanguageModel | None = None
+        self._references: dict[str, Reference] | None = None
+
+    @staticmethod
+    def _plain(views: Sequence[GateView]) -> list[tuple[str, Path, int]]:
+        return [(v.key, v.image, v.size) for v in views]
+
+    @property
+    def has_answers(self) -> bool:
+        return self._references is not None
+
+    def answers(self, tick: Any = None) -> dict[str, Reference]:
+        """The float32 answers (computed on the first call: loads the language model)."""
+        if self._references is None:
+            longest = max(r.shape[0] for r in self.float_rows.values())
+            llm = LanguageModel(self.llm_path, n_ctx=longest + 256, n_threads=self.threads)
+            try:
+                self._references = reference_answers(llm, self.float_rows, self.views, tick=tick)
+            except BaseException:
+                llm.close()
+                raise
+            self._llm = llm
+        return self._references
+
+    @property
+    def references(self) -> dict[str, Reference]:
+        return self.answers()
+
+    @property
+    def llm(self) -> LanguageModel:
+        self.answers()
+        assert self._llm is not None
+        return self._llm
+
+    def rows(self, graph: Path, tick: Any = None, *, rows_first: bool = False) -> dict[str, F32] | GateFigures:
+        """The quantized ``graph``'s rows on every view; with ``rows_first``, largest views first, and the failing
+        figures instead as soon as one view's centred cosine misses the threshold."""
+        if not rows_first:
+            return embed(graph, self._plain(self.views), threads=self.threads, tick=tick)
+        order = sorted(self.views, key=lambda v: -v.size)
+        session = _session(graph, self.threads)
+        out: dict[str, F32] = {}
+        per_view: dict[str, dict[str, float]] = {}
         try:
-            self.references = reference_answers(self.llm, self.float_rows, self.views, tick=tick)
-        except BaseException:
-            self.llm.close()
-            raise
+            for view in order:
+                if tick is not None:
+                    tick()
+                actual = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: _pixels(view.image, view.size)})[0][0],
+                                    dtype=np.float32)
+                out[view.key] = actual
+                cos = centred_cosine(self.float_rows[view.key], actual)
+                per_view[view.key] = {"mean_kl": math.nan, "worst_kl": math.nan, "top1": math.nan,
+                                      "centred_cosine": cos}
+                if not cos >= self.thresholds.min_centred_cosine:
+                    return GateFigures(
+                        passed=False, mean_kl=math.nan, worst_kl=math.nan, top1=math.nan, centred_cosine=cos,
+                        views=len(per_view), positions=0, sizes=tuple(sorted({v.size for v in order})),
+                        thresholds=self.thresholds, answers_compared=False, per_view=per_view,
+                        failed=(f"centred cosine {cos:.4f} < {self.thresholds.min_centred_cosine} ({view.key})",))
+        finally:
+            del session
+            _release_memory()
+        return out
 
-    def _plain(self) -> list[tuple[str, Path, int]]:
-        return [(v.key, v.image, v.size) for v in self.views]
-
-    def judge(self, graph: Path, tick: Any = None) -> GateFigures:
-        """Run the quantized ``graph`` on every view and compare its answers with float32's."""
-
-        rows = embed(graph, self._plain(), threads=self.threads, tick=tick)
+    def compare(self, rows: Mapping[str, F32], tick: Any = None) -> GateFigures:
         return compare(self.llm, self.references, rows, self.views, self.thresholds, tick=tick)
 
+    def judge(self, graph: Path, tick: Any = None, *, rows_first: bool = False) -> GateFigures:
+        """Run the quantized ``graph`` on every view and compare its answers with float32's."""
+        rows = self.rows(graph, tick, rows_first=rows_first)
+        if isinstance(rows, GateFigures):
+            return rows
+        return self.compare(rows, tick=tick)
+
     def close(self) -> None:
-        self.llm.close()
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
 
     def __enter__(self) -> AnswerGate:
         return self

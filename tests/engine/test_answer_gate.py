@@ -240,6 +240,25 @@ def test_damaged_int8_fails_the_gate(gate: Any, good_int8: Path, tmp_path: Path,
     assert figures.centred_cosine < gate.thresholds.min_centred_cosine - 0.05
 
 
+@pytest.mark.parametrize("damage", [scale_off, clip_stage], ids=["one scale off by 4x", "one stage clipped"])
+def test_rows_first_stops_a_damaged_graph_before_asking_the_language_model(
+        float_graph: Path, llm_path: Path, good_int8: Path, tmp_path: Path, damage: Any) -> None:
+    damaged = damage(good_int8, tmp_path / "damaged.onnx")
+    views = ag.gate_views(vi.heldout_images(), (SIZE,))
+    with ag.AnswerGate(float_graph, llm_path, views) as fresh:
+        figures = fresh.judge(damaged, rows_first=True)
+        assert not figures.passed and not figures.answers_compared
+        assert not fresh.has_answers  # the language model was never loaded
+        assert figures.views == 1 and figures.failed[0].startswith("centred cosine")
+        record = json.loads(json.dumps(figures.to_json(), allow_nan=False))  # strict JSON: no NaN
+        assert record["mean_kl"] is None and record["answers_compared"] is False
+        assert "answers not compared" in figures.summary()
+        # The same graph judged in full fails too, and a good graph passes with rows first.
+        assert not fresh.judge(damaged).passed and fresh.has_answers
+        good = fresh.judge(good_int8, rows_first=True)
+        assert good.passed and good.answers_compared and good.views == len(views)
+
+
 # -- per-node sensitivity ---------------------------------------------------------------------------------------
 
 def test_fake_quantization_matches_onnxruntime() -> None:
@@ -299,7 +318,8 @@ def test_auto_writes_int8_when_the_gate_passes(float_graph: Path, llm_path: Path
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(path)).graph.node}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vision.onnx"]
     stages = {p.stage for p in seen}
-    assert {f"{vp.STAGE}: calibrating", f"{vp.STAGE}: float32 answers", f"{vp.STAGE}: int8 gate"} <= stages
+    assert {f"{vp.STAGE}: calibrating", f"{vp.STAGE}: float32 rows", f"{vp.STAGE}: float32 answers",
+            f"{vp.STAGE}: int8 gate"} <= stages
     for stage in stages:
         steps = [p.done for p in seen if p.stage == stage]
         assert steps == sorted(steps) and steps[-1] == next(p.total for p in seen if p.stage == stage)
@@ -318,6 +338,26 @@ def test_auto_keeps_float_when_nothing_passes(float_graph: Path, llm_path: Path,
     # With no time for mixed precision, only the whole graph is tried.
     info = vp.choose_vision_precision(path, llm_path, "auto", thresholds=NOTHING_PASSES, budget_s=-1)
     assert len(info["int8_gate"]["tries"]) == 1 and info["precision"] == "fp32"
+    assert "no time was left for a mixed-precision try within -1 s" in info["precision_reason"]
+
+
+def test_auto_never_loads_the_language_model_when_the_rows_fail(float_graph: Path, llm_path: Path,
+                                                                tmp_path: Path) -> None:
+    path = _copy(float_graph, tmp_path)
+    seen: list[Progress] = []
+    impossible = ag.GateThresholds(min_centred_cosine=1.01)
+    info = vp.choose_vision_precision(path, llm_path, "auto", thresholds=impossible, report=Reporter(seen.append))
+    assert info["precision"] == "fp32" and "answers not compared" not in info["precision_reason"]
+    tries = info["int8_gate"]["tries"]
+    assert len(tries) == 1 + len(vp.MIXED_FRACTIONS)
+    assert all(not t["answers_compared"] and t["views"] == 1 and t["mean_kl"] is None for t in tries)
+    assert f"{vp.STAGE}: float32 answers" not in {p.stage for p in seen}
+    assert "float32 answers" not in info["int8_gate"]["seconds"]
+    # ``int8`` writes the graph whatever the gate says, so it measures every figure.
+    (tmp_path / "x").mkdir()
+    info = vp.choose_vision_precision(_copy(float_graph, tmp_path / "x"), llm_path, "int8", thresholds=impossible)
+    (whole,) = info["int8_gate"]["tries"]
+    assert whole["answers_compared"] and whole["mean_kl"] is not None and not whole["passed"]
 
 
 def test_auto_writes_mixed_precision_when_only_that_passes(float_graph: Path, llm_path: Path, tmp_path: Path,

@@ -73,3 +73,19 @@ def test_bench_json(tiny_model_dir: Path) -> None:
     assert first["ttft_ms"] >= first["prefill_ms"] > 0 and first["decode_tokens_per_s"] > 0
     assert first["read_ahead_ttft_ms"] > 0 and first["follow_up_ttft_ms"] > 0
     assert report["peak_rss_mb"] > 0
+    assert report["captions"] is None  # only measured when asked for
+
+
+def test_bench_captions(tiny_model_dir: Path) -> None:
+    result = _glimpse("bench", str(tiny_model_dir), "--sizes", "256", "--runs", "1", "--captions", "3")
+    assert result.returncode == 0, result.stderr
+    assert "live captions at 512 px (20 tokens each, 3 captions back to back):" in result.stdout
+    result = _glimpse("bench", str(tiny_model_dir), "--sizes", "256", "--runs", "1", "--captions", "2", "--json")
+    captions = json.loads(result.stdout)["captions"]
+    assert captions["captions"] == 2 and captions["tokens_per_caption"] == 20
+    # Captions per second and seconds per caption describe the same span.
+    assert captions["captions_per_s"] * captions["seconds_per_caption"] == pytest.approx(1.0, rel=0.01)
+    assert captions["ttft_ms"] >= captions["prefill_ms"] > 0 and captions["encode_ms"] > 0
+    result = _glimpse("bench", str(tiny_model_dir), "--captions", "-1")
+    assert result.returncode == 1 and "--captions must be 0 or more, not -1." in result.stderr
+    assert "Traceback" not in result.stderr

@@ -98,6 +98,8 @@ def test_first_load_measures_reports_progress_and_caches(tiny_model_dir: Path,
 
     text = format_tuning(again.report)
     assert "graph extended" in text and "n_ubatch 128" in text and "decode with" in text
+    # Each candidate's time is shown beside the time of the choice it raced in the same alternation.
+    assert text.count("ms for the choice it raced") == len(timed) - 2
 
 
 def test_another_cpu_measures_again(tiny_model_dir: Path, measurements: list[Path],
