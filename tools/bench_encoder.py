@@ -30,17 +30,14 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.runtime.tuning import cpu_fingerprint
+from engine.runtime.vision import session_options
 
 GEMM = (4096, 1536, 384)
 
 
 def _options(threads: int, profile_dir: str | None = None) -> ort.SessionOptions:
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    o.enable_mem_pattern = False
-    o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    o.log_severity_level = 3
+    """Glimpse's own session options (``engine.runtime.vision.session_options``), profiled when asked."""
+    o = session_options(threads)
     if profile_dir is not None:
         o.enable_profiling = True
         o.profile_file_prefix = os.path.join(profile_dir, "encoder")

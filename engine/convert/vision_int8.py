@@ -50,6 +50,7 @@ from engine.errors import ConversionError
 from engine.folders import assets_root
 from engine.progress import Reporter
 from engine.runtime.preprocess import preprocess
+from engine.runtime.vision import session_options
 from engine.system import default_threads
 
 log = logging.getLogger("glimpse")
@@ -288,14 +289,9 @@ def _release_memory() -> None:
 
 def _session(model: Path, threads: int | None, *, priority_order: bool = False) -> Any:
 
-    opts = ort.SessionOptions()
+    opts = session_options(threads or default_threads())
     if priority_order:  # runs the calibration reductions as early as possible
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    opts.intra_op_num_threads = threads or default_threads()
-    opts.inter_op_num_threads = 1
-    opts.enable_mem_pattern = False
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
     return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -357,17 +353,23 @@ def calibrate(src: Path, views: Sequence[tuple[str, Path, int]], *, threads: int
 
 
 def embed(path: Path, views: Sequence[tuple[str, Path, int]], *, threads: int | None = None,
-          tick: Callable[[], None] | None = None) -> dict[str, F32]:
-    """The image rows ``path`` gives for each view, keyed by the view's name."""
+          tick: Callable[[], None] | None = None,
+          until: Callable[[str, F32], bool] | None = None) -> dict[str, F32]:
+    """The image rows ``path`` gives for each view, keyed by the view's name, in the views' order; stops after the
+    first view for which ``until(key, rows)`` is true."""
     out: dict[str, F32] = {}
     session = _session(path, threads)
-    for key, image, size in views:
-        if tick is not None:
-            tick()
-        out[key] = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: _pixels(image, size)})[0][0],
-                              dtype=np.float32)
-    del session
-    _release_memory()
+    try:
+        for key, image, size in views:
+            if tick is not None:
+                tick()
+            out[key] = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: _pixels(image, size)})[0][0],
+                                  dtype=np.float32)
+            if until is not None and until(key, out[key]):
+                break
+    finally:
+        del session
+        _release_memory()
     return out
 
 

@@ -49,6 +49,21 @@ LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.Grap
 log = logging.getLogger("glimpse")
 
 
+def session_options(threads: int, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    ) -> ort.SessionOptions:
+    """How Glimpse runs a vision graph: ``threads`` intra-op threads, one inter-op, no memory pattern (150 MB less at
+    1024 px, same speed) and no spinning (idle onnxruntime threads would slow llama.cpp's prefill that follows)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = level
+    opts.enable_mem_pattern = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
 def cache_dir() -> Path:
     """Where optimized graphs are cached: $GLIMPSE_HOME/cache/onnx, else the per-user cache folder."""
     return graph_cache()
@@ -121,15 +136,7 @@ class VisionEncoder:
     # -- session ---------------------------------------------------------------------------------------------------
 
     def _options(self, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = level
-        opts.enable_mem_pattern = False
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        return opts
+        return session_options(self.threads, level)
 
     def _create(self, model: Path, opts: ort.SessionOptions) -> ort.InferenceSession:
         return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
