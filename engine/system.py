@@ -27,3 +27,13 @@ def _ru_maxrss() -> int:
         return 0
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kib if sys.platform == "darwin" else kib * 1024)
+
+
+def self_command(entry: str, *args: str) -> list[str]:
+    """The command line that runs ``glimpse <entry> ARGS`` with this very program: the frozen bundle's executable,
+    or this Python running the engine's command line. Helper processes (the model's runner, the kernel canary) are
+    started this way, so they run the same code and native libraries as their parent, from a source tree, a wheel,
+    the bundle or the Debian package alike."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, entry, *args]
+    return [sys.executable, "-m", "engine", entry, *args]

@@ -8,6 +8,8 @@
 # tuning and every x86-64 CPU variant of ggml's CPU backend as its own library (libggml-cpu-haswell.so, ...);
 # engine/cpu_backends.py loads the best one the running CPU supports from llama_cpp/lib.
 #
+# The sdist is patched first (packaging/llama-patches/: the AMX tile configuration GCC 12 drops).
+#
 # pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS, so a cached native wheel would silently come back:
 # the build uses --no-cache-dir and keeps its own cache, one folder per version and flags, outside the repository.
 set -euo pipefail
@@ -18,7 +20,9 @@ version=${LLAMA_CPP_VERSION:-0.3.36}
 # outside the package; llama_cpp/lib is where libllama and libggml already are. mtmd (llava) is never used.
 flags="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DCMAKE_INSTALL_BINDIR=llama_cpp/lib"
 flags="$flags -DLLAVA_BUILD=OFF"
-key=$(printf '%s' "$flags" | sha256sum | cut -c1-12)
+# Source patches applied to llama.cpp before building (packaging/llama-patches/*.sh); they are part of the key.
+patches=$(cd "$(dirname "$0")/llama-patches" && cat ./*.sh)
+key=$(printf '%s\n%s' "$flags" "$patches" | sha256sum | cut -c1-12)
 out="${GLIMPSE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/glimpse/wheels}/llama-cpp-python-$version-$key"
 
 wheel=$(find "$out" -maxdepth 1 -name "llama_cpp_python-$version-*.whl" 2>/dev/null | head -1 || true)
@@ -26,9 +30,18 @@ if [ -z "$wheel" ]; then
     echo "build-llama-wheel: building llama-cpp-python $version ($flags) into $out" >&2
     mkdir -p "$out"
     started=$(date +%s)
+    src=$(mktemp -d)
+    trap 'rm -rf "$src"' EXIT
+    "$python" -m pip download --no-cache-dir --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$version" -d "$src" >&2
+    tar -xzf "$src"/llama_cpp_python-"$version".tar.gz -C "$src"
+    tree="$src/llama_cpp_python-$version"
+    for patch in "$(dirname "$0")"/llama-patches/*.sh; do
+        echo "build-llama-wheel: applying $(basename "$patch")" >&2
+        bash "$patch" "$tree/vendor/llama.cpp" >&2
+    done
     CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-        "$python" -m pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
-        "llama-cpp-python==$version" -w "$out" >&2
+        "$python" -m pip wheel --no-cache-dir --no-deps "$tree" -w "$out" >&2
     echo "build-llama-wheel: built in $(( $(date +%s) - started )) s" >&2
     wheel=$(find "$out" -maxdepth 1 -name "llama_cpp_python-$version-*.whl" | head -1)
     printf '%s\n' "$flags" > "$out/FLAGS"

@@ -72,7 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Entries for Glimpse's own helper processes (engine.system.self_command), kept out of the parser and its help:
+# a user never types them. Each maps to "module:function" taking the remaining arguments and returning an exit code.
+HIDDEN_ENTRIES: dict[str, str] = {}
+
+
+def _run_hidden(entry: str, args: Sequence[str]) -> int:
+    import importlib  # noqa: PLC0415 (start-up: only helper processes come here)
+
+    module, _, func = HIDDEN_ENTRIES[entry].partition(":")
+    code: int = getattr(importlib.import_module(module), func)(list(args))
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in HIDDEN_ENTRIES:
+        return _run_hidden(argv[0], argv[1:])
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
