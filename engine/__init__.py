@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 __all__ = ["Answer", "Conversation", "GlimpseError", "ImageRows", "Model", "Timings", "load_model"]
 
 from engine.errors import GlimpseError
+from engine.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from engine.runtime.conversation import Conversation

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="the PyInstaller one-folder bundle (dist/Glimpse)")
     parser.add_argument("--out", type=Path, default=Path("dist"), help="folder for the .deb (default: dist)")
-    parser.add_argument("--version", default=None, help="package version (default: pyproject.toml's)")
+    parser.add_argument("--version", default=None, help="package version (default: engine/version.py's)")
     parser.add_argument("--compression", default="xz", choices=("xz", "gzip", "zstd", "none"),
                         help="dpkg-deb's compressor: xz is smallest, gzip is fastest to build")
     args = parser.parse_args(argv)
@@ -335,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _project_version() -> str:
-    match = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    # engine/version.py is the one place the version is written (pyproject.toml reads it too).
+    match = re.search(r'^__version__ = "([^"]+)"', (ROOT / "engine" / "version.py").read_text(encoding="utf-8"), re.M)
     if match is None:
-        raise SystemExit("build_deb: pyproject.toml has no version; pass --version.")
+        raise SystemExit("build_deb: engine/version.py has no __version__; pass --version.")
     return match.group(1)
 
 

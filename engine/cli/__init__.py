@@ -11,7 +11,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from engine import __version__
 from engine.cli import models as cli_models
 from engine.cli import run as cli_run
 from engine.convert import (
@@ -25,6 +24,7 @@ from engine.convert import (
 )
 from engine.errors import GlimpseError
 from engine.models.model_folder import read_manifest
+from engine.version import __version__
 
 log = logging.getLogger("glimpse")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import __version__
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 from engine.models.model_folder import read_manifest
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.runtime.model import Answer, load_model
+from engine.version import __version__
 
 
 @dataclass

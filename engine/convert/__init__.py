@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine import __version__, durable
+from engine import durable
 from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.errors import ConversionError, DiskFullError, GlimpseError, OutputExistsError
 from engine.models.model_folder import (
@@ -32,6 +32,7 @@ from engine.models.model_folder import (
 from engine.progress import ProgressFn, Reporter
 from engine.runtime.preprocess import PATCH_SIZE
 from engine.runtime.prompt import TEMPLATE_ID
+from engine.version import __version__
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 DEFAULT_QUANT = "q8_0"

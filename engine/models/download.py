@@ -50,12 +50,13 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils._headers import build_hf_headers
 
-from engine import __version__, durable
+from engine import durable
 from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
 from engine.limits import load_json
 from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
 from engine.names import is_plain_name, safe_child
 from engine.progress import Progress, ProgressFn, check_cancel
+from engine.version import __version__
 
 STATE_FILE = ".glimpse-download.json"
 LOCK_FILE = ".glimpse-download.lock"

@@ -8,7 +8,7 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 FOUNDATION = {
     "engine.errors", "engine.progress", "engine.system", "engine.folders", "engine.internals", "engine.names",
-    "engine.limits", "engine.durable",
+    "engine.limits", "engine.durable", "engine.version",
 }
 
 
