@@ -49,6 +49,10 @@ class _Corrupt(ValueError):
     pass
 
 
+class _Truncated(_Corrupt):
+    """The header describes more tensor data than the file holds: a copy or download that stopped early."""
+
+
 @dataclass(frozen=True)
 class Array:
     item_type: int
@@ -202,13 +206,20 @@ def parse(data: bytes | mmap.mmap, file_size: int) -> GgufHeader:
         if start < end:
             raise _Corrupt(f"the tensors {a!r} and {b!r} overlap")
     if spans and header.data_start + spans[-1][1] > file_size:
-        raise _Corrupt(f"its tensors end at byte {header.data_start + spans[-1][1]:,}, past the end of the file "
-                       f"({file_size:,} bytes)")
+        raise _Truncated(f"its tensors end at byte {header.data_start + spans[-1][1]:,}, past the end of the file "
+                         f"({file_size:,} bytes)")
     return header
 
 
 def read_header(path: Path) -> GgufHeader:
-    """Read and parse ``path``'s header (at most ``MAX_HEADER_BYTES``). Raises ModelFolderError."""
+    """Read and parse ``path``'s header (at most ``MAX_HEADER_BYTES``), never the weights. Raises ModelFolderError.
+
+    The one GGUF reader: the store and ``load_model`` check a header against model.json with
+    :func:`check_gguf_file`; ``engine.runtime.llm.LanguageModel`` checks any file it opens with this alone."""
+    if not path.exists():
+        raise ModelFolderError(f"The language model file {path} does not exist.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
+    if not path.is_file():
+        raise ModelFolderError(f"{path} is not a file.", REDO_MODEL, gui_hint=REDO_MODEL_GUI)
     try:
         size = path.stat().st_size
         if size == 0:
@@ -218,6 +229,8 @@ def read_header(path: Path) -> GgufHeader:
     except OSError as e:
         raise ModelFolderError(f"Cannot read {path}: {e.strerror or e}.",
                                "Check the file exists and is readable.") from e
+    except _Truncated as e:
+        raise ModelFolderError(f"{path.name} is truncated: {e}.", REDO_MODEL, gui_hint=REDO_MODEL_GUI) from e
     except (ValueError, struct.error, OverflowError) as e:
         raise ModelFolderError(f"{path.name} is not a GGUF file Glimpse wrote: {e}.", REDO_MODEL,
                                gui_hint=REDO_MODEL_GUI) from e

@@ -15,15 +15,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
+from engine.models.gguf_header import read_header
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.system import default_threads
 
@@ -68,116 +68,10 @@ def route_llama_logs() -> None:
 
 # -- GGUF header check ------------------------------------------------------------------------------------------------
 
-_GGUF_MAGIC = b"GGUF"
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-_LIMIT = 1 << 24  # more keys, tensors or array items than any real model has: the header is corrupt
-
-
-class _Header:
-    """Reads GGUF header fields, failing with a readable reason instead of running off the end."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f = f
-        self.size = size
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise ValueError("the header ends early")
-        return data
-
-    def u32(self) -> int:
-        return int(struct.unpack("<I", self.read(4))[0])
-
-    def u64(self) -> int:
-        return int(struct.unpack("<Q", self.read(8))[0])
-
-    def string(self) -> bytes:
-        n = self.u64()
-        if n > self.size:
-            raise ValueError(f"a string of {n} bytes")
-        return self.read(n)
-
-    def skip_value(self, vtype: int) -> int | None:
-        """Skip one value; return it if it is an integer scalar (for general.alignment)."""
-        if vtype in _SCALAR_SIZES:
-            raw = self.read(_SCALAR_SIZES[vtype])
-            return int.from_bytes(raw, "little") if vtype in (4, 10) else None
-        if vtype == _STRING:
-            self.string()
-            return None
-        if vtype == _ARRAY:
-            item, count = self.u32(), self.u64()
-            if count > _LIMIT * 4:
-                raise ValueError(f"an array of {count} items")
-            if item in _SCALAR_SIZES:
-                self.read(_SCALAR_SIZES[item] * count)
-            else:
-                for _ in range(count):
-                    self.skip_value(item)
-            return None
-        raise ValueError(f"unknown value type {vtype}")
-
-
 def check_gguf(path: Path) -> None:
-    """Raise :class:`ModelFolderError` unless ``path`` is a complete GGUF file (magic, header, tensor data extent).
-
-    Reads only the header (a few MB for a 152k-token vocabulary), never the weights.
-    """
-    import gguf  # noqa: PLC0415
-
-    hint = "Convert the model again, or remove it and download it again."
-    gui = REDO_MODEL_GUI
-    try:
-        if not path.exists():
-            raise ModelFolderError(f"The language model file {path} does not exist.", hint, gui_hint=gui)
-        if not path.is_file():
-            raise ModelFolderError(f"{path} is not a file.", hint, gui_hint=gui)
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            if f.read(4) != _GGUF_MAGIC:
-                raise ModelFolderError(f"{path.name} is not a GGUF file (it does not start with 'GGUF').", hint,
-                                       gui_hint=gui)
-            h = _Header(f, size)
-            version = h.u32()
-            if version not in (2, 3):
-                raise ModelFolderError(f"{path.name} is GGUF version {version}; only versions 2 and 3 are read.",
-                                       hint, gui_hint=gui)
-            n_tensors, n_kv = h.u64(), h.u64()
-            if n_tensors > _LIMIT or n_kv > _LIMIT:
-                raise ValueError(f"{n_tensors} tensors and {n_kv} keys")
-            alignment = gguf.GGUF_DEFAULT_ALIGNMENT
-            for _ in range(n_kv):
-                key = h.string()
-                value = h.skip_value(h.u32())
-                if key == b"general.alignment" and value:
-                    alignment = value
-            end = 0
-            for _ in range(n_tensors):
-                h.string()
-                n_dims = h.u32()
-                if n_dims > 8:
-                    raise ValueError(f"a tensor with {n_dims} dimensions")
-                count = 1
-                for _ in range(n_dims):
-                    count *= h.u64()
-                qtype, offset = h.u32(), h.u64()
-                try:
-                    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
-                except (ValueError, KeyError):
-                    continue  # a type newer than this gguf package: llama.cpp checks its extent itself
-                end = max(end, offset + count // block * type_size)
-            data_start = -(-f.tell() // alignment) * alignment
-    except OSError as e:
-        raise ModelFolderError(f"Cannot read {path}: {e.strerror or e}.",
-                               "Check the file exists and is readable.") from e
-    except ValueError as e:
-        raise ModelFolderError(f"{path.name} has a corrupt header ({e}).", hint, gui_hint=gui) from e
-    if data_start + end > size:
-        raise ModelFolderError(
-            f"{path.name} is truncated: it has {size:,} bytes but its header describes {data_start + end:,}.", hint,
-            gui_hint=gui)
+    """Raise :class:`ModelFolderError` unless ``path`` is a complete GGUF file of the kind Glimpse writes (header
+    bounded and consistent, tensor data inside the file); reads only the header. See ``engine.models.gguf_header``."""
+    read_header(path)
 
 
 # ggml type ids (ggml.h) of the KV cache types offered

@@ -18,6 +18,7 @@ from engine.errors import ModelFolderError
 from engine.models.gguf_header import check_against_manifest, check_gguf_file, expected_tensors, parse
 from engine.models.model_folder import LLM_FILE, MANIFEST, VISION_FILE, file_entry, verify
 from engine.models.onnx_external import check_onnx_file, external_locations
+from engine.runtime.llm import check_gguf
 from engine.runtime.model import load_model
 
 # -- a small independent GGUF writer (the format, not the gguf package) -----------------------------------------------
@@ -148,6 +149,34 @@ def test_bounded_counts_are_refused_before_reading_on() -> None:
     string = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2**63)
     with pytest.raises(ValueError, match="key"):
         parse(string, len(string))
+
+
+# Structural damage (no model.json needed to see it): the language model's own check refuses it with the same reader.
+STRUCTURAL = ("duplicate key", "version 2", "truncated data", "overlap", "unaligned", "unknown type", "zero dim",
+              "five dims", "huge array", "alignment zero", "array of arrays")
+
+
+@pytest.mark.parametrize("case", STRUCTURAL)
+def test_the_language_model_checks_files_with_the_same_reader(case: str, tmp_path: Path) -> None:
+    data, match = _hostile_ggufs()[case]
+    path = tmp_path / "llm.gguf"
+    path.write_bytes(data)
+    with pytest.raises(ModelFolderError, match=match):
+        check_gguf(path)
+
+
+def test_the_language_model_check_passes_a_good_file_and_names_truncation(tmp_path: Path) -> None:
+    tensors = _good_tensors()
+    path = tmp_path / "llm.gguf"
+    path.write_bytes(gguf_bytes(_good_kvs(), tensors, _data_size(tensors)))
+    check_gguf(path)
+    path.write_bytes(_hostile_ggufs()["truncated data"][0])
+    with pytest.raises(ModelFolderError, match=r"llm.gguf is truncated: its tensors end at byte [0-9,]+, past"):
+        check_gguf(path)
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        check_gguf(tmp_path / "missing.gguf")
+    with pytest.raises(ModelFolderError, match="not a file"):
+        check_gguf(tmp_path)
 
 
 # -- converted model folders ------------------------------------------------------------------------------------------
