@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PySide6.QtGui import QAction, QKeySequence
-
-if TYPE_CHECKING:
-    from app.window import MainWindow
+from PySide6.QtWidgets import QWidget
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,10 @@ OPEN = Shortcut("Open image or video…", "Ctrl+O", "Ask about an image, or play
 HELP = Shortcut("Keyboard shortcuts", "F1", "This list")
 
 
-def _act(window: MainWindow, action: QAction | None, shortcut: Shortcut, run: Callable[[], object]) -> QAction:
-    """A new action running ``run``, or ``action`` (already wired, and with its own tool tip) given its key."""
+def make_action(window: QWidget, action: QAction | None, shortcut: Shortcut, run: Callable[[], object]) -> QAction:
+    """A new action running ``run``, or ``action`` (already wired, and with its own tool tip) given its key; added to
+    ``window`` so the key works wherever the focus is in it. The window makes one per shortcut
+    (``MainWindow._install_shortcuts``)."""
     keys = QKeySequence(shortcut.keys)
     if action is None:
         action = QAction(shortcut.name, window)
@@ -48,23 +47,6 @@ def _act(window: MainWindow, action: QAction | None, shortcut: Shortcut, run: Ca
     action.setStatusTip(shortcut.what)
     window.addAction(action)
     return action
-
-
-def install(window: MainWindow, show_list: Callable[[], object]) -> list[QAction]:
-    """Make the window's shortcut actions; returns them in the order the list shows them."""
-    t = window.toolbar
-    return [
-        _act(window, None, CAPTIONS, window.toggle_captions),
-        _act(window, t.freeze_action, FREEZE, window.freeze),
-        _act(window, None, SCREENSHOT, lambda: window.take_screenshot("desktop")),
-        _act(window, t.region_action, REGION, lambda: window.take_screenshot("region")),
-        _act(window, None, ASK, window.go_to_question),
-        _act(window, None, STOP, window.stop_current),
-        _act(window, t.read_aloud, READ_ALOUD, t.read_aloud.toggle),
-        _act(window, t.paste_action, PASTE, window.sources.paste),
-        _act(window, t.open_action, OPEN, t.open_action.trigger),
-        _act(window, None, HELP, show_list),
-    ]
 
 
 def table(actions: list[QAction]) -> list[tuple[str, str, str]]:

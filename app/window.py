@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QGuiApplication, QIcon, QScreen
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QIcon, QScreen
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
 from app import closing, paths, shortcuts
@@ -111,7 +111,7 @@ class MainWindow(QMainWindow):
                                       read_aloud=self.toolbar.read_aloud, settings=settings,
                                       model_name=lambda: self.model_name, error=self.show_error, parent=self)
         self._connect()
-        self.shortcut_actions = shortcuts.install(self, self.show_shortcuts)
+        self.shortcut_actions = self._install_shortcuts()
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self.shortcut_actions[-1])
         self._describe_for_assistive_technology()
@@ -399,6 +399,22 @@ class MainWindow(QMainWindow):
             self.chat.stop_button.click()
         elif self.live.running:
             self.live.stop()
+
+    def _install_shortcuts(self) -> list[QAction]:
+        """The window's shortcut actions (app/shortcuts.py), in the order the list shows them."""
+        t, act = self.toolbar, shortcuts.make_action
+        return [
+            act(self, None, shortcuts.CAPTIONS, self.toggle_captions),
+            act(self, t.freeze_action, shortcuts.FREEZE, self.freeze),
+            act(self, None, shortcuts.SCREENSHOT, lambda: self.take_screenshot("desktop")),
+            act(self, t.region_action, shortcuts.REGION, lambda: self.take_screenshot("region")),
+            act(self, None, shortcuts.ASK, self.go_to_question),
+            act(self, None, shortcuts.STOP, self.stop_current),
+            act(self, t.read_aloud, shortcuts.READ_ALOUD, t.read_aloud.toggle),
+            act(self, t.paste_action, shortcuts.PASTE, self.sources.paste),
+            act(self, t.open_action, shortcuts.OPEN, t.open_action.trigger),
+            act(self, None, shortcuts.HELP, self.show_shortcuts),
+        ]
 
     def show_shortcuts(self) -> ShortcutsDialog:
         dialog = ShortcutsDialog(shortcuts.table(self.shortcut_actions), self)

@@ -31,6 +31,7 @@ from app.settings import Settings
 from app.units import progress_line
 from app.widgets.license_panel import LicensePanel
 from app.widgets.model_table import ModelTable
+from engine.convert.install import import_model, pull_model
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
 from engine.models.download import DownloadOptions, fetch_license, is_offline
@@ -245,7 +246,7 @@ class ModelManager(QDialog):
 
     def _pull(self, entry: CatalogEntry) -> None:
         def run(progress: Any, cancel: Any) -> Path:
-            return self._store.pull_model(entry, options=self._options, progress=progress, cancel=cancel)
+            return pull_model(self._store, entry, options=self._options, progress=progress, cancel=cancel)
 
         self.detail.setText(f"Starting the download of {entry.display_name}…")
         self._start(run, f"download {entry.name}", lambda _path: self._installed_ok(entry.name, "Downloaded"))
@@ -268,7 +269,7 @@ class ModelManager(QDialog):
             return
 
         def run(progress: Any, cancel: Any) -> Path:
-            return self._store.import_model(folder, progress=progress, cancel=cancel)
+            return import_model(self._store, folder, progress=progress, cancel=cancel)
 
         self.detail.setText(f"Importing {folder}…")
         self._start(run, "import", lambda path: self._installed_ok(Path(path).name, "Imported"))

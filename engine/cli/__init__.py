@@ -24,6 +24,7 @@ from engine.convert import (
 )
 from engine.errors import GlimpseError
 from engine.models.model_folder import read_manifest
+from engine.models.store import Store
 from engine.version import __version__
 
 log = logging.getLogger("glimpse")
@@ -97,9 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command == "models":
-            # Start-up: the store pulls in the converter (0.75-1.2 s, -X importtime); only `models` needs it here.
-            from engine.models.store import Store  # noqa: PLC0415
-
             Store.default().clean_leftovers()  # GBs a killed conversion or import left behind
         code: int = args.func(args)
         return code

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.convert import DEFAULT_QUANT, QUANTS
+from engine.convert.install import import_model, pull_model
 from engine.errors import GlimpseError, LicenseNotAcceptedError
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
@@ -128,8 +129,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
 
     with ProgressBar(enabled=not args.quiet) as bar:
-        out = store.pull_model(entry, quant=args.quant, force=args.force, keep_download=args.keep_download,
-                               confirm_license=_license_prompt(args.accept_license), progress=bar)
+        out = pull_model(store, entry, quant=args.quant, force=args.force, keep_download=args.keep_download,
+                         confirm_license=_license_prompt(args.accept_license), progress=bar)
     _print_vision_reason(out)
     print(f"{entry.display_name} is ready: {out}")
     return 0
@@ -142,7 +143,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
 
     with ProgressBar(enabled=not args.quiet) as bar:
-        out = store.import_model(args.path, name=args.name, quant=args.quant, force=args.force, progress=bar)
+        out = import_model(store, args.path, name=args.name, quant=args.quant, force=args.force, progress=bar)
     _print_vision_reason(out)
     print(f"Imported as '{out.name}': {out}")
     return 0

@@ -7,7 +7,8 @@ Layout (the root is ``$GLIMPSE_HOME``, else the per-user data folder "Glimpse" f
     licenses.json        which model licences the user accepted, when, and the sha256 of the text they saw
 
 Folders whose name starts with "." are work in progress (a conversion's temporary folder, a removal) and are
-never listed. ``pull_model`` and ``import_model`` are the two ways a model gets into ``models/``.
+never listed. ``pull_model`` and ``import_model`` (``engine.convert.install``) are the two ways a model gets into
+``models/``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import durable
-from engine.convert import DEFAULT_QUANT, convert_checkpoint
 from engine.errors import (
-    CheckpointError,
     DiskFullError,
     GlimpseError,
     LicenseNotAcceptedError,
@@ -45,6 +44,7 @@ from engine.models.catalog import CatalogEntry
 from engine.models.folder_copy import copy_model_folder
 from engine.models.leftovers import clean_leftovers
 from engine.models.model_folder import VISION_FILE, is_model_folder, read_manifest, recorded_file, verify
+from engine.models.vision_cache import drop_cached
 from engine.progress import ProgressFn
 
 if TYPE_CHECKING:
@@ -73,13 +73,13 @@ def normalize_name(name: str) -> str:
     return cleaned
 
 
-def _already_installed(name: str) -> OutputExistsError:
+def already_installed(name: str) -> OutputExistsError:
     return OutputExistsError(f"A model called '{name}' is already installed.",
                              "Pass --name to import it under another name, or --force to replace it.",
                              gui_hint="Remove it in the model manager first, then import again.")
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64] or "model"
 
 
@@ -238,10 +238,6 @@ class Store:
                                    "Close any program using the model and try again.") from e
             removed.append((target, size))
         if cached_sha is not None and cached_sha not in {_vision_sha(m.path) for m in self.installed()}:
-            from engine.runtime.vision import (  # noqa: PLC0415
-                drop_cached,  # onnxruntime is imported only when there may be a cache to clean
-            )
-
             removed += drop_cached(cached_sha)
         return removed
 
@@ -304,76 +300,22 @@ class Store:
                 gui_hint="Download it again and accept the licence when it is shown.")
         self.accept_license(entry.license_id, text, entry.name)
 
-    # -- getting models in ------------------------------------------------------------------------------------
+    # -- getting models in (engine.convert.install converts: the store never does) ------------------------------
 
-    def pull_model(
-        self,
-        entry: CatalogEntry,
-        *,
-        quant: str | None = None,
-        force: bool = False,
-        keep_download: bool = False,
-        confirm_license: ConfirmLicense | None = None,
-        options: DownloadOptions | None = None,
-        progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Path:
-        """Licence check, resumable download, conversion into ``models/<name>``. Returns the model folder.
-
-        The checkpoint download is deleted after a successful conversion unless ``keep_download``; after any
-        failure it stays, so the next pull resumes.
-        """
-        from engine.models.download import download_model  # noqa: PLC0415
-        out = self.model_path(entry.name)
-        if is_model_folder(out) and not force:
-            raise OutputExistsError(f"{entry.display_name} is already installed in {out}.",
-                                    "Pass --force to convert it again, or remove it first.",
-                                    gui_hint="Remove it first to download and convert it again.")
-        self.ensure_license(entry, confirm_license, options=options, cancel=cancel)
-        result = download_model(entry, self.download_path(entry.name), options=options, progress=progress,
-                                cancel=cancel)
-        source = {"repo": entry.repo, "revision": result.commit or entry.revision or "main"}
-        convert_checkpoint(result.folder, out, quant=quant or DEFAULT_QUANT, force=force, name=entry.name,
-                           source=source, progress=progress, cancel=cancel)
-        if not keep_download:
-            shutil.rmtree(result.folder, ignore_errors=True)
-        return out
-
-    def import_model(
-        self,
-        src: str | Path,
-        *,
-        name: str | None = None,
-        quant: str | None = None,
-        force: bool = False,
-        progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Path:
-        """Install from a local folder: a converted model folder is verified and copied; a checkpoint folder
-        (Apple's llava-fastvithd_*_stage3 zip contents or a Hugging Face snapshot) is converted."""
-        src = Path(src).expanduser()
-        if not src.exists():
-            raise ModelFolderError(f"{src} does not exist.", "Give the path of a checkpoint or model folder.")
-        if src.is_file():
-            hint = "Unzip it first and import the folder inside." if src.suffix.lower() == ".zip" else \
-                "Give the folder that holds config.json and the .safetensors files."
-            raise CheckpointError(f"{src} is a file, not a folder.", hint)
-        if is_model_folder(src):
-            return self._import_model_folder(src, name, force, progress, cancel)
-        return self._import_checkpoint(src, name, quant, force, progress, cancel)
-
-    def _import_model_folder(self, src: Path, name: str | None, force: bool, progress: ProgressFn | None,
-                             cancel: threading.Event | None) -> Path:
+    def import_model_folder(self, src: Path, name: str | None = None, force: bool = False,
+                            progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> Path:
+        """Install a converted model folder: every listed file is hashed as it is copied (engine.convert.install's
+        ``import_model`` also converts checkpoint folders)."""
         try:
             manifest = read_manifest(src)
         except ModelFolderError as e:
             e.gui_hint = "Import an intact copy of the model folder, or download the model in the model manager."
             raise
-        out = self.model_path(name or _slug(manifest.name or src.name))
+        out = self.model_path(name or slug(manifest.name or src.name))
         if out.resolve() == src.resolve():
             return out
         if out.exists() and not force:
-            raise _already_installed(out.name)
+            raise already_installed(out.name)
         tmp = out.with_name(f".{out.name}.import-{os.getpid()}")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -390,20 +332,6 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
-
-    def _import_checkpoint(self, src: Path, name: str | None, quant: str | None, force: bool,
-                           progress: ProgressFn | None, cancel: threading.Event | None) -> Path:
-        if name is None:
-            # A Hugging Face cache snapshot is .../models--apple--FastVLM-0.5B/snapshots/<commit>.
-            label = src.parent.parent.name if src.parent.name == "snapshots" else src.resolve().name
-            entry = catalog.guess_from_folder_name(label)
-            name = entry.name if entry is not None else _slug(label)
-        out = self.model_path(name)
-        try:
-            return convert_checkpoint(src, out, quant=quant or DEFAULT_QUANT, force=force, name=out.name,
-                                      source={"path": str(src.resolve())}, progress=progress, cancel=cancel)
-        except OutputExistsError as e:
-            raise _already_installed(out.name) from e
 
 
 def _visible_dirs(parent: Path) -> list[Path]:

@@ -20,18 +20,34 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from PIL import Image
 
 from engine.errors import Cancelled, ContextFullError, InputError
 from engine.runtime import prompt
-from engine.runtime.llm import image_marker
+from engine.runtime.llm import LanguageModel, image_marker
 from engine.runtime.sampling import Sampler
 from engine.runtime.types import Answer, ImageRows, SamplingOptions, Timings
 
-if TYPE_CHECKING:
-    from engine.runtime.model import Model
+
+class ImageModel(Protocol):
+    """What a conversation uses of its model. ``engine.runtime.model.Model`` is the one there is; it imports this
+    module to make conversations, so this module names what it needs instead of importing that one back."""
+
+    @property
+    def llm(self) -> LanguageModel: ...
+
+    @property
+    def stop_ids(self) -> tuple[int, int]: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def encode_image(self, image: Image.Image, *, size: int | None = None, tiles: tuple[int, int] | None = None,
+                     cancel: threading.Event | None = None) -> ImageRows: ...
+
+    def begin_generation(self) -> threading.Event: ...
 
 
 @dataclass
@@ -43,7 +59,7 @@ class _Turn:
 class Conversation:
     """Questions and answers about one image. Use :meth:`Model.conversation` to start one."""
 
-    def __init__(self, model: Model, image: Image.Image | ImageRows, *, size: int, tiles: tuple[int, int] | None,
+    def __init__(self, model: ImageModel, image: Image.Image | ImageRows, *, size: int, tiles: tuple[int, int] | None,
                  system: str = prompt.SYSTEM_PROMPT) -> None:
         self._model = model
         self._image = image if isinstance(image, Image.Image) else None

@@ -24,7 +24,6 @@ import hashlib
 import logging
 import os
 import platform
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,12 @@ from engine import durable
 from engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
 from engine.folders import graph_cache
 from engine.models.model_folder import recorded_file
+from engine.models.vision_cache import cached_graph_name
 from engine.runtime.preprocess import PATCH_SIZE
 from engine.system import default_threads
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # "all" adds the blocked NCHWc layout and int8 QDQ fusions on x86; which is faster depends on the CPU
 # (engine/runtime/tuning.py)
 LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
@@ -67,22 +66,6 @@ def session_options(threads: int, level: ort.GraphOptimizationLevel = ort.GraphO
 def cache_dir() -> Path:
     """Where optimized graphs are cached: $GLIMPSE_HOME/cache/onnx, else the per-user cache folder."""
     return graph_cache()
-
-
-def drop_cached(sha: str) -> list[tuple[Path, int]]:
-    """Delete the optimized graphs cached for the vision graph whose sha256 is ``sha`` (for every CPU they were made
-    on); returns (path, bytes freed) pairs. Silent about files it cannot delete: a cache is never worth an error."""
-    freed: list[tuple[Path, int]] = []
-    if not _HEX64.fullmatch(sha):  # from model.json: a '*' or '/' must not widen the pattern
-        return freed
-    for entry in cache_dir().glob(f"vision-{sha[:32]}-*.onnx"):
-        try:
-            size = entry.stat().st_size
-            entry.unlink()
-        except OSError:
-            continue
-        freed.append((entry, size))
-    return freed
 
 
 def _cpu_tag() -> str:
@@ -169,8 +152,7 @@ class VisionEncoder:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:
             return None
-        suffix = "" if self.level == "all" else f"-{self.level}"
-        return folder / f"vision-{sha[:32]}-{_cpu_tag()}{suffix}.onnx"
+        return folder / cached_graph_name(sha, _cpu_tag(), self.level)
 
     def _create_and_cache(self, target: Path, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
         """Create the session from the original file and let onnxruntime write the optimized graph to ``target``."""

@@ -19,6 +19,7 @@ from app import closing
 from app import threads as app_threads
 from app import worker as app_worker
 from app.settings import Settings
+from app.widgets import model_manager
 from app.window import MainWindow
 from engine.errors import ModelFolderError
 from engine.models.store import Store
@@ -68,13 +69,13 @@ def test_closing_during_a_long_manager_job_waits_visibly(qtbot: QtBot, settings:
     started, release = threading.Event(), threading.Event()
     seen_cancel: list[bool] = []
 
-    def slow_import(_self: Store, _src: Any, **kw: Any) -> Path:
+    def slow_import(_store: Store, _src: Any, **kw: Any) -> Path:
         started.set()
         release.wait(60)
         seen_cancel.append(kw["cancel"].is_set())
         raise ModelFolderError("Stopped.")
 
-    monkeypatch.setattr(Store, "import_model", slow_import)
+    monkeypatch.setattr(model_manager, "import_model", slow_import)
     window = MainWindow(settings, store=store, speech_engine="mock")
     qtbot.addWidget(window)
     window.show()

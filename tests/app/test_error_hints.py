@@ -21,6 +21,7 @@ from pytestqt.qtbot import QtBot
 
 from app.jobs import Job, describe_error
 from app.window import MainWindow
+from engine.convert.install import import_model, pull_model
 from engine.errors import (
     ContextFullError,
     DiskFullError,
@@ -103,12 +104,13 @@ def test_model_corrupt(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_model_already_installed(tmp_path: Path, tiny_model_dir: Path) -> None:
     store = Store(tmp_path / "home")
-    store.import_model(tiny_model_dir)
-    again = raised(lambda: store.import_model(tiny_model_dir), OutputExistsError)
+    import_model(store, tiny_model_dir)
+    again = raised(lambda: import_model(store, tiny_model_dir), OutputExistsError)
     assert "--force" in str(again)
     assert "already installed" in assert_fits_the_window(again)
     shutil.copytree(tiny_model_dir, store.models_dir / ENTRY.name)
-    assert "already installed" in assert_fits_the_window(raised(lambda: store.pull_model(ENTRY), OutputExistsError))
+    assert "already installed" in assert_fits_the_window(raised(lambda: pull_model(store, ENTRY),
+                                                                OutputExistsError))
 
 
 # -- asking ---------------------------------------------------------------------------------------------------------

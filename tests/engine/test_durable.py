@@ -12,6 +12,7 @@ import pytest
 
 from engine import durable
 from engine.convert import convert_checkpoint
+from engine.convert.install import import_model
 from engine.models import catalog
 from engine.models.download import STATE_FILE, DownloadOptions, download_model
 from engine.models.store import Store
@@ -92,7 +93,7 @@ def test_converted_model_folder_is_durable(tiny_checkpoint: Path, tmp_path: Path
 def test_imported_model_folder_and_licence_record_are_durable(tiny_model_dir: Path, tmp_path: Path,
                                                               log: SyncLog) -> None:
     store = Store(tmp_path / "home")
-    out = store.import_model(tiny_model_dir, name="copy")
+    out = import_model(store, tiny_model_dir, name="copy")
     log.assert_durable(out)
     store.accept_license("apple-amlr", "text", "copy")
     log.assert_durable(store.licenses_file)

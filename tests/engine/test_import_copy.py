@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from engine.convert.install import import_model
 from engine.errors import Cancelled, ModelFolderError, OutputExistsError
 from engine.models.model_folder import verify
 from engine.models.store import Store
@@ -56,7 +57,7 @@ def leftovers(store: Store) -> list[str]:
 def test_import_copies_listed_files_only(store: Store, src: Path) -> None:
     (src / "README.txt").write_text("notes", encoding="utf-8")
     (src / ".glimpse-verified").write_text("{}", encoding="utf-8")
-    out = store.import_model(src)
+    out = import_model(store, src)
     assert sorted(p.name for p in out.iterdir()) == ["NOTICE", "llm.gguf", "model.json", "vision.onnx"]
     verify(out)
     assert leftovers(store) == ["mine"]
@@ -65,7 +66,7 @@ def test_import_copies_listed_files_only(store: Store, src: Path) -> None:
 def test_verified_stamp_is_not_copied(store: Store, src: Path) -> None:
     """The stamp lets a load skip hashing; a copied one would vouch for bytes nobody hashed in the new folder."""
     (src / ".glimpse-verified").write_text('{"llm.gguf": [400, 0]}', encoding="utf-8")
-    out = store.import_model(src)
+    out = import_model(store, src)
     assert not (out / ".glimpse-verified").exists()
 
 
@@ -77,7 +78,7 @@ def test_listed_file_that_is_a_link_out_of_the_folder_is_refused(store: Store, s
     (src / "llm.gguf").symlink_to(outside)
     # Either check refuses it: the name resolves out of the folder, or the entry is a link, not a regular file.
     with pytest.raises(ModelFolderError, match=r"llm\.gguf( is not a regular file|', which leads out of)"):
-        store.import_model(src)
+        import_model(store, src)
     assert leftovers(store) == []
 
 
@@ -85,7 +86,7 @@ def test_listed_file_that_is_a_link_out_of_the_folder_is_refused(store: Store, s
 def test_listed_fifo_is_refused_without_blocking(store: Store, src: Path) -> None:
     (src / "NOTICE").unlink()
     os.mkfifo(src / "NOTICE")
-    error = in_thread(lambda: store.import_model(src))
+    error = in_thread(lambda: import_model(store, src))
     assert isinstance(error, ModelFolderError) and "NOTICE is not a regular file" in str(error)
     assert leftovers(store) == []
 
@@ -96,7 +97,7 @@ def test_unlisted_links_and_special_files_are_left_behind(store: Store, src: Pat
     (tmp_path / "private" / "key").write_text("secret", encoding="utf-8")
     (src / "extra").symlink_to(tmp_path / "private", target_is_directory=True)
     os.mkfifo(src / "pipe")
-    out = in_thread(lambda: store.import_model(src))
+    out = in_thread(lambda: import_model(store, src))
     assert isinstance(out, Path), out
     assert sorted(p.name for p in out.iterdir()) == ["NOTICE", "llm.gguf", "model.json", "vision.onnx"]
 
@@ -114,7 +115,7 @@ def test_a_file_changed_during_the_copy_is_caught(store: Store, src: Path) -> No
             flipped.append(True)
 
     with pytest.raises(ModelFolderError, match=r"llm\.gguf is corrupt"):
-        store.import_model(src, progress=tamper)
+        import_model(store, src, progress=tamper)
     assert flipped and leftovers(store) == []
 
 
@@ -122,17 +123,17 @@ def test_cancelled_import_leaves_nothing(store: Store, src: Path) -> None:
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        store.import_model(src, cancel=cancel)
+        import_model(store, src, cancel=cancel)
     assert leftovers(store) == []
 
 
 def test_importing_over_an_installed_model_needs_force(store: Store, src: Path) -> None:
-    store.import_model(src)
+    import_model(store, src)
     with pytest.raises(OutputExistsError, match="already installed"):
-        store.import_model(src)
+        import_model(store, src)
     (src / "NOTICE").write_bytes(b"x")  # now damaged: a forced import keeps the installed copy
     with pytest.raises(ModelFolderError):
-        store.import_model(src, force=True)
+        import_model(store, src, force=True)
     verify(store.models_dir / "mine")
     assert leftovers(store) == ["mine"]
 
@@ -144,6 +145,6 @@ def test_import_without_kernel_copy(store: Store, src: Path, monkeypatch: pytest
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(os, "sendfile", unsupported, raising=False)
-    out = store.import_model(src)
+    out = import_model(store, src)
     verify(out)
     assert (out / "llm.gguf").read_bytes() == (src / "llm.gguf").read_bytes()

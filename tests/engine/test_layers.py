@@ -1,58 +1,104 @@
-"""The engine's folders are its layers: no import cycle between its modules, and the lower layers never reach up."""
+"""The engine's folders are its layers, and docs/architecture.md draws their import graph edge for edge.
+
+The graph is read from the source with ``ast``: every import that runs counts, at module level or inside a function;
+imports under ``if TYPE_CHECKING:`` do not (they never run). A node is one of the engine's folders (``runtime``,
+``models``...), ``base`` for the modules directly in ``engine/`` (errors, folders, version...) and ``engine`` for the
+front door (``engine/__init__.py`` and ``engine/__main__.py``). The checks: the graph has no cycle, every edge points
+down the document's layer order, and its edges are exactly the document's. Separately, no two modules import each
+other (typing-only imports included), in the engine and in the app.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
-ENGINE = Path(__file__).resolve().parents[2] / "engine"
-FOUNDATION = {
-    "engine.errors", "engine.progress", "engine.system", "engine.folders", "engine.internals", "engine.names",
-    "engine.limits", "engine.durable", "engine.version",
-}
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT / "engine"
+DOC = ROOT / "docs" / "architecture.md"
+FRONT_DOOR = "engine"  # the node of engine/__init__.py and engine/__main__.py
+BASE = "base"  # the node of the modules directly in engine/
+GRAPH_HEADING = "### The import graph"
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ENGINE.parent).with_suffix("").parts
+# -- reading the source -----------------------------------------------------------------------------------------------
+
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in ENGINE.rglob("*.py")}
+def modules(package: Path) -> dict[str, Path]:
+    return {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    lines: set[int] = set()
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the statements under ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    skip: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        if isinstance(node, ast.If) and (
+                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
             for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
+                skip.update(id(n) for n in ast.walk(child))
+    return skip
 
 
-def imports(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Each engine module's engine imports that run (at import time or in a function), ``TYPE_CHECKING`` ones
-    left out. ``from engine.x import y`` counts as importing ``engine.x.y`` when that is a module."""
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = _type_checking_lines(tree)
-        found: set[str] = set()
-        for node in ast.walk(tree):
-            if getattr(node, "lineno", 0) in skip:
+def imported_modules(name: str, path: Path, known: Iterable[str], *, typing_too: bool = False) -> set[str]:
+    """The modules of ``known`` that the module ``name`` (at ``path``) imports, anywhere in it. ``from a import b``
+    is ``a.b`` when that is a module, else ``a``; relative imports are resolved."""
+    known = set(known)
+    roots = {k.split(".")[0] for k in known}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = set() if typing_too else _type_checking_nodes(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in roots)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            if base.split(".")[0] not in roots:
                 continue
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("engine"))
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine"):
-                for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
-                    found.add(sub if sub in modules else node.module)
-        graph[name] = found - {name}
-    return graph
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    return {m for m in found if m in known} - {name}
+
+
+def module_graph(package: Path, *, typing_too: bool = False) -> dict[str, set[str]]:
+    found = modules(package)
+    return {name: imported_modules(name, path, found, typing_too=typing_too) for name, path in found.items()}
+
+
+def node_of(module: str, path: Path) -> str:
+    """``engine.runtime.llm`` -> ``runtime``; ``engine.errors`` -> ``base``; ``engine``, ``engine.__main__`` ->
+    ``engine`` (the front door)."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] == "__main__":
+        return FRONT_DOOR
+    return parts[1] if len(parts) > 2 or path.name == "__init__.py" else BASE
+
+
+def folder_graph(package: Path) -> dict[str, set[str]]:
+    """Node -> the nodes it imports (itself left out)."""
+    found = modules(package)
+    graph: dict[str, set[str]] = {}
+    for name, targets in module_graph(package).items():
+        here = node_of(name, found[name])
+        graph.setdefault(here, set()).update(node_of(t, found[t]) for t in targets)
+    return {node: targets - {node} for node, targets in graph.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    """Strongly connected components with more than one node (Tarjan), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -63,7 +109,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
-        for w in graph.get(v, ()):
+        for w in sorted(graph.get(v, ())):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -86,57 +132,144 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def _engine_graph() -> dict[str, set[str]]:
-    graph = imports(_modules())
-    # The package's __init__ is the public façade: its lazy re-exports (load_model, Answer...) import the runtime
-    # on first use. Modules inside the engine import what they need from its modules, never a façade name, so the
-    # façade's own imports are not edges of the engine's graph (test_modules_use_only_the_version_from_the_facade).
-    graph["engine"] = set()
-    return graph
+def mutual_pairs(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets if a < b and a in graph.get(b, ()))
 
 
-def test_the_engine_has_no_import_cycle() -> None:
-    found = cycles(_engine_graph())
+# -- reading the document ---------------------------------------------------------------------------------------------
+
+def documented_graph(text: str) -> list[tuple[str, set[str]]]:
+    """The first fenced block after ``GRAPH_HEADING``: one line per node, highest layer first, each ``node -> a, b``
+    (or the node alone when it imports nothing)."""
+    _, heading, after = text.partition(GRAPH_HEADING)
+    block = re.search(r"^```[a-z]*\n(.*?)^```", after, re.S | re.M)
+    assert heading and block, f"docs/architecture.md has no fenced block under {GRAPH_HEADING!r}"
+    layers: list[tuple[str, set[str]]] = []
+    for line in block.group(1).splitlines():
+        node, _, targets = line.partition("->")
+        if node.strip():
+            layers.append((node.strip(), {t.strip() for t in targets.split(",") if t.strip()}))
+    return layers
+
+
+def problems(package: Path, doc_text: str) -> list[str]:
+    """What is wrong between the source's folder graph and the document's, one sentence each; empty when they agree."""
+    graph = folder_graph(package)
+    documented = documented_graph(doc_text)
+    order = [node for node, _ in documented]
+    listed = {(node, t) for node, targets in documented for t in targets}
+    edges = {(node, t) for node, targets in graph.items() for t in targets}
+    found = [f"import cycle between {' , '.join(c)}" for c in cycles(graph)]
+    found += [f"{a} imports {b}, an edge docs/architecture.md does not list" for a, b in sorted(edges - listed)]
+    found += [f"docs/architecture.md lists {a} -> {b}, which the source does not have" for a, b in
+              sorted(listed - edges)]
+    found += [f"{node} is not a layer in docs/architecture.md" for node in sorted(set(graph) - set(order))]
+    found += [f"docs/architecture.md lists {node}, which the source does not have" for node in
+              sorted(set(order) - set(graph))]
+    rank = {node: i for i, node in enumerate(order)}
+    found += [f"{a} -> {b} points up: docs/architecture.md has {b} above {a}" for a, b in sorted(listed)
+              if a in rank and b in rank and rank[b] <= rank[a]]
+    return found
+
+
+# -- the engine as it is ----------------------------------------------------------------------------------------------
+
+def test_the_engine_matches_the_documented_graph() -> None:
+    found = problems(ENGINE, DOC.read_text(encoding="utf-8"))
+    assert not found, "\n".join(found)
+
+
+def test_no_module_imports_one_that_imports_it() -> None:
+    """typing-only imports too: two modules that need each other's names belong in one, or need a third."""
+    for package in (ENGINE, ROOT / "app"):
+        pairs = mutual_pairs(module_graph(package, typing_too=True))
+        assert not pairs, "modules importing each other: " + ", ".join(f"{a} <-> {b}" for a, b in pairs)
+
+
+def test_the_engine_has_no_module_cycle() -> None:
+    found = cycles(module_graph(ENGINE))
     assert not found, "import cycles between engine modules: " + "; ".join(" <-> ".join(c) for c in found)
 
 
-def test_the_cycle_check_finds_a_cycle() -> None:
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert cycles({"a": {"b"}, "b": set()}) == []
-    # The real graph with one edge added back from a low module to a high one has a cycle.
-    graph = _engine_graph()
-    graph["engine.runtime.types"] = graph["engine.runtime.types"] | {"engine.runtime.model"}
-    assert ["engine.runtime.model", "engine.runtime.types"] in [
-        [m for m in c if m in ("engine.runtime.model", "engine.runtime.types")] for c in cycles(graph)]
-
-
-def test_modules_use_only_the_version_from_the_facade() -> None:
-    for name, path in _modules().items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "engine" and name != "engine":
-                names = {a.name for a in node.names}
-                assert names <= {"__version__"} | {m.rsplit(".", 1)[-1] for m in _modules()}, (
-                    f"{name} imports {sorted(names)} from the engine's façade; import them from their modules")
-
-
-def test_lower_layers_never_import_higher_ones() -> None:
-    graph = _engine_graph()
-    for name, targets in graph.items():
-        if name in FOUNDATION:
-            assert targets <= FOUNDATION, f"{name} (foundation) imports {sorted(targets - FOUNDATION)}"
-        if not name.startswith(("engine.cli", "engine.__main__")):
-            assert not {t for t in targets if t.startswith("engine.cli")}, f"{name} imports the CLI"
-        if name.startswith("engine.runtime"):
-            assert not {t for t in targets if t.startswith("engine.convert")}, f"{name} imports the converter"
-
-
-def test_the_folders_are_the_layers() -> None:
-    """Where an image becomes rows, where models are kept, where checkpoints are converted: by folder name."""
-    top = {p.name for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert top == {"runtime", "models", "convert", "cli"}
+def test_the_base_is_the_loose_modules_and_the_folders_are_the_other_layers() -> None:
+    documented = {node for node, _ in documented_graph(DOC.read_text(encoding="utf-8"))}
+    folders = {p.name for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert documented == folders | {BASE, FRONT_DOOR}
     assert {p.stem for p in (ENGINE / "runtime").glob("*.py")} >= {"preprocess", "vision", "llm", "prompt",
                                                                    "conversation", "model", "types"}
     assert {p.stem for p in (ENGINE / "models").glob("*.py")} >= {"catalog", "download", "store", "model_folder"}
     assert (ENGINE / "convert" / "checkpoint.py").is_file()
-    loose = {p.stem for p in ENGINE.glob("*.py")} - {"__init__", "__main__"}
-    assert loose == {m.rsplit(".", 1)[-1] for m in FOUNDATION}, f"modules outside the layers: {sorted(loose)}"
+
+
+# -- the checker itself, on small made-up trees -----------------------------------------------------------------------
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "engine" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root / "engine"
+
+
+_DOC = f"""# Made up
+
+{GRAPH_HEADING}
+
+```text
+engine  -> runtime
+runtime -> models, base
+models  -> base
+base
+```
+"""
+
+_CLEAN = {
+    "__init__.py": "from engine.runtime.a import run\n",
+    "errors.py": "",
+    "runtime/__init__.py": "",
+    "runtime/a.py": "from engine import errors\nfrom engine.models.b import B\n\ndef run():\n    return B\n",
+    "models/__init__.py": "",
+    "models/b.py": "from typing import TYPE_CHECKING\n\nfrom engine.errors import X\n\n"
+                   "if TYPE_CHECKING:\n    from engine.runtime.a import run\n\nB = 1\n",
+}
+
+
+def test_the_checker_passes_a_tree_that_matches(tmp_path: Path) -> None:
+    assert problems(_tree(tmp_path, _CLEAN), _DOC) == []
+
+
+def test_the_checker_finds_an_injected_cycle(tmp_path: Path) -> None:
+    """A function-level import from models back up to runtime: a cycle, an unlisted edge and an upward one."""
+    files = dict(_CLEAN)
+    files["models/b.py"] += "\n\ndef late():\n    from engine.runtime import a\n\n    return a\n"
+    found = problems(_tree(tmp_path, files), _DOC)
+    assert "import cycle between models , runtime" in found
+    assert "models imports runtime, an edge docs/architecture.md does not list" in found
+
+
+def test_the_checker_finds_an_unlisted_edge(tmp_path: Path) -> None:
+    files = dict(_CLEAN)
+    files["__init__.py"] += "from engine.models.b import B\n"
+    assert problems(_tree(tmp_path, files), _DOC) == [
+        "engine imports models, an edge docs/architecture.md does not list"]
+
+
+def test_the_checker_finds_a_listed_edge_the_source_lacks_and_an_upward_one(tmp_path: Path) -> None:
+    doc = _DOC.replace("models  -> base", "models  -> base, runtime")
+    found = problems(_tree(tmp_path, _CLEAN), doc)
+    assert "docs/architecture.md lists models -> runtime, which the source does not have" in found
+    assert "models -> runtime points up: docs/architecture.md has runtime above models" in found
+
+
+def test_the_checker_finds_a_folder_the_document_lacks(tmp_path: Path) -> None:
+    files = {**_CLEAN, "runner/__init__.py": "from engine.runtime import a\n"}
+    found = problems(_tree(tmp_path, files), _DOC)
+    assert "runner is not a layer in docs/architecture.md" in found
+    assert "runner imports runtime, an edge docs/architecture.md does not list" in found
+
+
+def test_typing_only_imports_are_left_out_of_the_graph_but_not_out_of_the_pairs(tmp_path: Path) -> None:
+    package = _tree(tmp_path, _CLEAN)
+    assert "engine.runtime.a" not in module_graph(package)["engine.models.b"]
+    assert mutual_pairs(module_graph(package, typing_too=True)) == [("engine.models.b", "engine.runtime.a")]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -14,6 +14,7 @@ import pytest
 from engine.cli import main
 from engine.cli import models as cli_models
 from engine.convert import convert_checkpoint
+from engine.convert.install import import_model, pull_model
 from engine.errors import (
     CheckpointError,
     GlimpseError,
@@ -220,7 +221,7 @@ def test_failed_pull_keeps_the_download_and_lists_it(hub: FakeHub, glimpse_home:
 
 def test_remove_asks_and_keeps_on_no(glimpse_home: Path, model_folder: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    Store.default().import_model(model_folder, name="mine")
+    import_model(Store.default(), model_folder, name="mine")
     monkeypatch.setattr(cli_models, "_interactive", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "")
     code, out, _ = run(capsys, "models", "remove", "mine")
@@ -234,7 +235,7 @@ def test_remove_unknown(glimpse_home: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_list_flags_a_broken_model(glimpse_home: Path, model_folder: Path) -> None:
     store = Store.default()
-    store.import_model(model_folder, name="broken")
+    import_model(store, model_folder, name="broken")
     (glimpse_home / "models" / "broken" / "llm.gguf").write_bytes(b"truncated")
     (glimpse_home / "models" / ".broken.partial-1").mkdir()  # a conversion in progress is never listed
     [model] = store.installed()
@@ -252,7 +253,7 @@ def test_offline_pull_without_copy(glimpse_home: Path, capsys: pytest.CaptureFix
 def test_download_folder_state_after_pull_with_keep(hub: FakeHub, glimpse_home: Path) -> None:
     store = Store.default()
     store.accept_license("apple-amlr", LICENSE_TEXT, "fastvlm-0.5b")
-    out = store.pull_model(catalog.lookup("0.5b"), keep_download=True,
+    out = pull_model(store, catalog.lookup("0.5b"), keep_download=True,
                            options=DownloadOptions(endpoint=hub.endpoint, offline=False))
     assert is_model_folder(out)
     assert read_state(glimpse_home / "downloads" / "fastvlm-0.5b")["complete"]
@@ -276,7 +277,7 @@ def test_import_refuses_a_corrupt_model_folder(glimpse_home: Path, model_folder:
     data[-1] ^= 0xFF
     (bad / "llm.gguf").write_bytes(bytes(data))
     with pytest.raises(ModelFolderError, match="sha256"):
-        Store.default().import_model(bad)
+        import_model(Store.default(), bad)
     assert not (glimpse_home / "models" / "tiny").exists()
 
 
@@ -291,29 +292,29 @@ def test_import_checkpoint_folder_is_converted(glimpse_home: Path, repo_dir: Pat
 
     snapshot = tmp_path / "hub" / "models--apple--FastVLM-1.5B" / "snapshots" / ("ab" * 20)
     shutil.copytree(repo_dir, snapshot)
-    assert Store.default().import_model(snapshot).name == "fastvlm-1.5b"
+    assert import_model(Store.default(), snapshot).name == "fastvlm-1.5b"
 
 
 def test_import_bad_paths(glimpse_home: Path, tmp_path: Path) -> None:
     store = Store.default()
     with pytest.raises(ModelFolderError, match="does not exist"):
-        store.import_model(tmp_path / "missing")
+        import_model(store, tmp_path / "missing")
     (tmp_path / "x.zip").write_bytes(b"PK")
     with pytest.raises(CheckpointError, match="Unzip"):
-        store.import_model(tmp_path / "x.zip")
+        import_model(store, tmp_path / "x.zip")
 
 
 def test_pull_refuses_existing_without_force(glimpse_home: Path, model_folder: Path) -> None:
     store = Store.default()
-    store.import_model(model_folder, name="fastvlm-0.5b")
+    import_model(store, model_folder, name="fastvlm-0.5b")
     with pytest.raises(OutputExistsError):
-        store.pull_model(catalog.lookup("0.5b"))
+        pull_model(store, catalog.lookup("0.5b"))
 
 
 def test_remove_drops_the_optimized_graph_cache(glimpse_home: Path, model_folder: Path) -> None:
     store = Store.default()
-    store.import_model(model_folder, name="mine")
-    store.import_model(model_folder, name="twin")  # the same vision graph, installed twice
+    import_model(store, model_folder, name="mine")
+    import_model(store, model_folder, name="twin")  # the same vision graph, installed twice
     with VisionEncoder(glimpse_home / "models" / "mine" / "vision.onnx", cache=True):
         pass
     cached = list(cache_dir().glob("vision-*.onnx"))
