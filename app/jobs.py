@@ -16,8 +16,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.qtcompat import emit
 from app.threads import spawn
-from engine.errors import Cancelled, GlimpseError
-from engine.progress import Progress, ProgressFn
+from engine import Cancelled, GlimpseError, Progress, ProgressFn
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app import platform_check
 from app.cpu_baseline import baseline_message, missing_features
-from engine.folders import user_folder
+from engine import user_folder
 
 
 def log_dir() -> Path:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.capture.headless import install_if_needed  # noqa: PLC0415
 
         install_if_needed()  # the packaged app has no OpenCV: capture through QtMultimedia instead
-    from engine.cli import main as cli  # noqa: PLC0415
+    from engine import cli_main as cli  # noqa: PLC0415
 
     return cli(args)
 

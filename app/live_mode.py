@@ -17,7 +17,7 @@ from app.widgets.caption_panel import CaptionPanel
 from app.widgets.presets import PresetBar
 from app.widgets.status_line import StatusLine
 from app.worker import LiveRequest, ModelWorker, Reply
-from engine.runtime.caption import Caption
+from engine import Caption
 
 RATE_WINDOW_S = 60.0
 

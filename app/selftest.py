@@ -24,8 +24,7 @@ from app.settings import Settings
 from app.sources import Sources
 from app.speech import Speaker
 from app.window import MainWindow
-from engine.cli.selftest import SelfTestReport, run_engine_selftest
-from engine.models.store import Store
+from engine import SelfTestReport, Store, run_engine_selftest
 
 _MODEL_NAME = "selftest-tiny"
 

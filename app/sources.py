@@ -25,8 +25,7 @@ from app.capture.screen import LiveScreen, ScreenCapture
 from app.images import from_qimage, is_video, read_image_file
 from app.jobs import Job
 from app.qtcompat import emit
-from engine.errors import CaptureError
-from engine.runtime.caption import FrameSource
+from engine import CaptureError, FrameSource
 
 if TYPE_CHECKING:
     from app.capture.media import MediaThread

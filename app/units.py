@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from engine.models.download import human_bytes
-from engine.progress import Progress
+from engine import Progress, human_bytes
 
 
 def duration(seconds: float) -> str:

@@ -40,9 +40,7 @@ from app.widgets.source_view import SourceView
 from app.widgets.status_line import StatusLine
 from app.widgets.toolbar import TILES, MainToolbar
 from app.worker import ModelWorker
-from engine.errors import GlimpseError
-from engine.models.download import DownloadOptions
-from engine.models.store import Store
+from engine import DownloadOptions, GlimpseError, Store
 
 log = logging.getLogger(__name__)
 U8Array = npt.NDArray[np.uint8]

@@ -25,10 +25,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import new_qthread
-from engine.errors import Cancelled, GlimpseError
-from engine.runtime.caption import Frame, FrameSource, caption_stream
-from engine.runtime.conversation import Conversation
-from engine.runtime.model import Answer, Model, load_model
+from engine import Answer, Cancelled, Conversation, Frame, FrameSource, GlimpseError, Model, caption_stream, load_model
 
 log = logging.getLogger(__name__)
 

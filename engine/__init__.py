@@ -1,6 +1,8 @@
 """Glimpse engine: FastVLM conversion, model management and inference, with no Qt.
 
-The public API::
+The engine's public API is ``__all__``: the names the app (and any other program) may use, all importable from
+here. Anything else is the engine's own business and may change; ``tests/engine/test_layers.py`` fails when the app
+imports an engine module directly. ::
 
     from engine import load_model
     with load_model("fastvlm-0.5b") as model:          # or a model folder
@@ -8,31 +10,142 @@ The public API::
         chat = model.conversation("screen.png")          # follow-ups reuse the cached image
         for piece in chat.stream("What does the error say?"):
             ...                                          # str pieces, then the final Answer
+
+Each name is imported from its module on first use: every ``import engine.<module>`` runs this file first, and the
+runtime alone loads onnxruntime and llama.cpp, which the CLI's start-up, the converter and the model manager never
+need.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Answer", "Conversation", "GlimpseError", "ImageRows", "Model", "Timings", "load_model"]
+from engine.version import __version__
 
-from engine.errors import GlimpseError
-from engine.version import __version__ as __version__
+# name -> (module, attribute in it; None for the module itself). The same imports, for type checkers and
+# PyInstaller's analysis, are under TYPE_CHECKING below (a test keeps the two equal).
+_PUBLIC: dict[str, tuple[str, str | None]] = {
+    # the base
+    "Cancelled": ("engine.errors", "Cancelled"),
+    "CaptureError": ("engine.errors", "CaptureError"),
+    "GlimpseError": ("engine.errors", "GlimpseError"),
+    "Progress": ("engine.progress", "Progress"),
+    "ProgressFn": ("engine.progress", "ProgressFn"),
+    "assets_root": ("engine.folders", "assets_root"),
+    "default_threads": ("engine.system", "default_threads"),
+    "durable": ("engine.durable", None),
+    "user_folder": ("engine.folders", "user_folder"),
+    # models: the catalogue, downloads, installed models
+    "CatalogEntry": ("engine.models.catalog", "CatalogEntry"),
+    "DownloadOptions": ("engine.models.download", "DownloadOptions"),
+    "Store": ("engine.models.store", "Store"),
+    "catalog": ("engine.models.catalog", None),
+    "fetch_license": ("engine.models.download", "fetch_license"),
+    "human_bytes": ("engine.models.download", "human_bytes"),
+    "is_offline": ("engine.models.download", "is_offline"),
+    # runtime: a model answering, live captions
+    "Answer": ("engine.runtime.types", "Answer"),
+    "Caption": ("engine.runtime.caption", "Caption"),
+    "CaptureBackend": ("engine.runtime.caption", "CaptureBackend"),
+    "Conversation": ("engine.runtime.conversation", "Conversation"),
+    "Frame": ("engine.runtime.caption", "Frame"),
+    "FrameSource": ("engine.runtime.caption", "FrameSource"),
+    "ImageRows": ("engine.runtime.types", "ImageRows"),
+    "LatestFrame": ("engine.runtime.caption", "LatestFrame"),
+    "Model": ("engine.runtime.model", "Model"),
+    "SlotSource": ("engine.runtime.caption", "SlotSource"),
+    "Timings": ("engine.runtime.types", "Timings"),
+    "caption_stream": ("engine.runtime.caption", "caption_stream"),
+    "load_image": ("engine.runtime.preprocess", "load_image"),
+    "load_model": ("engine.runtime.model", "load_model"),
+    "use_capture_backend": ("engine.runtime.caption", "use_capture_backend"),
+    # convert: getting models into the store
+    "import_model": ("engine.convert.install", "import_model"),
+    "pull_model": ("engine.convert.install", "pull_model"),
+    # cli: the command line, and the engine half of `glimpse self-test`
+    "SelfTestReport": ("engine.cli.selftest", "SelfTestReport"),
+    "cli_main": ("engine.cli", "main"),
+    "run_engine_selftest": ("engine.cli.selftest", "run_engine_selftest"),
+}
+
+# Written out for type checkers; the same names as _PUBLIC (tests/engine/test_api.py).
+__all__ = [
+    "Answer",
+    "Cancelled",
+    "Caption",
+    "CaptureBackend",
+    "CaptureError",
+    "CatalogEntry",
+    "Conversation",
+    "DownloadOptions",
+    "Frame",
+    "FrameSource",
+    "GlimpseError",
+    "ImageRows",
+    "LatestFrame",
+    "Model",
+    "Progress",
+    "ProgressFn",
+    "SelfTestReport",
+    "SlotSource",
+    "Store",
+    "Timings",
+    "__version__",
+    "assets_root",
+    "caption_stream",
+    "catalog",
+    "cli_main",
+    "default_threads",
+    "durable",
+    "fetch_license",
+    "human_bytes",
+    "import_model",
+    "is_offline",
+    "load_image",
+    "load_model",
+    "pull_model",
+    "run_engine_selftest",
+    "use_capture_backend",
+    "user_folder",
+]
 
 if TYPE_CHECKING:
+    from engine import durable
+    from engine.cli import main as cli_main
+    from engine.cli.selftest import SelfTestReport, run_engine_selftest
+    from engine.convert.install import import_model, pull_model
+    from engine.errors import Cancelled, CaptureError, GlimpseError
+    from engine.folders import assets_root, user_folder
+    from engine.models import catalog
+    from engine.models.catalog import CatalogEntry
+    from engine.models.download import DownloadOptions, fetch_license, human_bytes, is_offline
+    from engine.models.store import Store
+    from engine.progress import Progress, ProgressFn
+    from engine.runtime.caption import (
+        Caption,
+        CaptureBackend,
+        Frame,
+        FrameSource,
+        LatestFrame,
+        SlotSource,
+        caption_stream,
+        use_capture_backend,
+    )
     from engine.runtime.conversation import Conversation
-    from engine.runtime.model import Answer, ImageRows, Model, Timings, load_model
+    from engine.runtime.model import Model, load_model
+    from engine.runtime.preprocess import load_image
+    from engine.runtime.types import Answer, ImageRows, Timings
+    from engine.system import default_threads
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, because every `import engine.<module>` runs this file first: the runtime loads onnxruntime and llama.cpp
-    # (IMPORT_COST), which the CLI's start-up, the converter and the model manager never need.
-    if name == "Conversation":
-        from engine.runtime.conversation import Conversation  # noqa: PLC0415
+    where = _PUBLIC.get(name)
+    if where is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    module = importlib.import_module(where[0])
+    return module if where[1] is None else getattr(module, where[1])
 
-        return Conversation
-    if name in ("Answer", "ImageRows", "Model", "Timings", "load_model"):
-        from engine.runtime import model  # noqa: PLC0415
 
-        return getattr(model, name)
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

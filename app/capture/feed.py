@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, Signal
 from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import spawn
-from engine.runtime.caption import Frame, FrameSource, LatestFrame, SlotSource
+from engine import Frame, FrameSource, LatestFrame, SlotSource
 
 _POLL_S = 0.1  # how long a take() may wait, so stopping never waits long
 

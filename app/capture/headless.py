@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import CaptureError
-from engine.runtime.caption import CaptureBackend, FrameSource, use_capture_backend
+from engine import CaptureBackend, CaptureError, FrameSource, use_capture_backend
 
 if TYPE_CHECKING:
     from app.capture.media import MediaThread

@@ -16,8 +16,7 @@ from PySide6.QtGui import QImage
 
 from app.images import from_qimage
 from app.qtcompat import emit
-from engine.errors import CaptureError
-from engine.runtime.caption import Frame
+from engine import CaptureError, Frame
 
 
 class _VideoFrame(Protocol):  # QtMultimedia's QVideoFrame, without importing QtMultimedia (see app.capture.cameras)

@@ -6,8 +6,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
 from app.qtcompat import emit
-from engine.models import catalog
-from engine.models.catalog import CatalogEntry
+from engine import CatalogEntry, catalog
 
 
 class LicensePanel(QWidget):

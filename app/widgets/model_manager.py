@@ -31,12 +31,17 @@ from app.settings import Settings
 from app.units import progress_line
 from app.widgets.license_panel import LicensePanel
 from app.widgets.model_table import ModelTable
-from engine.convert.install import import_model, pull_model
-from engine.models import catalog
-from engine.models.catalog import CatalogEntry
-from engine.models.download import DownloadOptions, fetch_license, is_offline
-from engine.models.store import Store
-from engine.progress import Progress
+from engine import (
+    CatalogEntry,
+    DownloadOptions,
+    Progress,
+    Store,
+    catalog,
+    fetch_license,
+    import_model,
+    is_offline,
+    pull_model,
+)
 
 OFFLINE = ("Offline mode is on (HF_HUB_OFFLINE), so models cannot be downloaded. You can still import a model "
            "or checkpoint folder you already have.")

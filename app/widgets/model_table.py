@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
-from engine.models import catalog
-from engine.models.catalog import CatalogEntry
-from engine.models.download import human_bytes
-from engine.models.store import Store
+from engine import CatalogEntry, Store, catalog, human_bytes
 
 
 class ModelTable(QTableWidget):

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings import MAX_DELAY_S, Settings
-from engine.system import default_threads
+from engine import default_threads
 
 
 class SettingsDialog(QDialog):

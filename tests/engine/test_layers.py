@@ -1,11 +1,13 @@
 """The engine's folders are its layers, and docs/architecture.md draws their import graph edge for edge.
 
-The graph is read from the source with ``ast``: every import that runs counts, at module level or inside a function;
-imports under ``if TYPE_CHECKING:`` do not (they never run). A node is one of the engine's folders (``runtime``,
-``models``...), ``base`` for the modules directly in ``engine/`` (errors, folders, version...) and ``engine`` for the
-front door (``engine/__init__.py`` and ``engine/__main__.py``). The checks: the graph has no cycle, every edge points
-down the document's layer order, and its edges are exactly the document's. Separately, no two modules import each
-other (typing-only imports included), in the engine and in the app.
+The graph is read from the source with ``ast``: every import that runs counts, at module level or inside a function,
+and so does a module named in a string (``importlib.import_module`` of the front door's lazy names, the CLI's
+hidden entries); imports under ``if TYPE_CHECKING:`` do not (they never run). A node is one of the engine's folders
+(``runtime``, ``models``...), ``base`` for the modules directly in ``engine/`` (errors, folders, version...) and
+``engine`` for the front door (``engine/__init__.py`` and ``engine/__main__.py``). The checks: the graph has no
+cycle, every edge points down the document's layer order, and its edges are exactly the document's. Separately: no
+two modules import each other (typing-only imports included), in the engine or in the app, and the app imports the
+engine only through the names ``engine.__all__`` declares.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ def imported_modules(name: str, path: Path, known: Iterable[str], *, typing_too:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if sub in known else base)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # A module imported by name at run time: the front door's lazy table, the CLI's hidden entries
+            # ("engine.x.y" or "engine.x.y:function"). The bare package name is a command line's, not an import.
+            named = node.value.partition(":")[0]
+            if "." in named and named in known:
+                found.add(named)
     return {m for m in found if m in known} - {name}
 
 
@@ -273,3 +281,52 @@ def test_typing_only_imports_are_left_out_of_the_graph_but_not_out_of_the_pairs(
     assert "engine.runtime.a" not in module_graph(package)["engine.models.b"]
     assert mutual_pairs(module_graph(package, typing_too=True)) == [("engine.models.b", "engine.runtime.a")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# -- the app's one way in: the names the engine's front door declares ------------------------------------------------
+
+def imports_past_the_front_door(app: Path, public: set[str]) -> list[str]:
+    """Every import in ``app`` (typing-only and function-level ones included) of an engine module other than the
+    package itself, or of a name the package does not declare in ``__all__``; as "file:line: what"."""
+    found: list[str] = []
+    for path in sorted(app.rglob("*.py")):
+        where = path.relative_to(app.parent)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found += [f"{where}:{node.lineno}: import {a.name}" for a in node.names
+                          if a.name.startswith("engine.")]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module \
+                    and node.module.split(".")[0] == "engine":
+                names = [a.name for a in node.names]
+                if node.module != "engine":
+                    found.append(f"{where}:{node.lineno}: from {node.module} import {', '.join(names)}")
+                elif set(names) - public:
+                    found.append(f"{where}:{node.lineno}: from engine import {', '.join(sorted(set(names) - public))}"
+                                 " (not in engine.__all__)")
+    return found
+
+
+def test_the_app_uses_only_the_engines_declared_names() -> None:
+    import engine  # noqa: PLC0415 (the test reads what the package declares)
+
+    found = imports_past_the_front_door(ROOT / "app", set(engine.__all__))
+    assert not found, "the app imports past the engine's front door (engine/__init__.py's __all__):\n" + "\n".join(
+        found)
+
+
+def test_the_front_door_check_finds_an_import_past_it(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "ok.py").write_text("import engine\nfrom engine import Store, load_model\n", encoding="utf-8")
+    assert imports_past_the_front_door(app, {"Store", "load_model"}) == []
+    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport engine.cli\nfrom engine import Secret\n"
+                                "from engine.models.store import Store\n\nif TYPE_CHECKING:\n"
+                                "    from engine.runtime.model import Model\n\n\ndef late():\n"
+                                "    from engine.runtime import caption\n", encoding="utf-8")
+    assert imports_past_the_front_door(app, {"Store", "load_model"}) == [
+        "app/bad.py:3: import engine.cli",
+        "app/bad.py:4: from engine import Secret (not in engine.__all__)",
+        "app/bad.py:5: from engine.models.store import Store",
+        "app/bad.py:8: from engine.runtime.model import Model",
+        "app/bad.py:12: from engine.runtime import caption",
+    ]
