@@ -1,15 +1,7 @@
-"""``python -m app`` opens the Glimpse window."""
+"""``python -m app`` is ``glimpse``: the same function (app.launcher.main), for a checkout without the entry point."""
 
 import sys
 
-from app import platform_check
-
-# Before app.main imports QtGui, which links X and GL libraries that may be missing too.
-problem = platform_check.prepare()
-if problem:
-    print(problem, file=sys.stderr)
-    sys.exit(1)
-
-from app.main import main  # noqa: E402
+from app.launcher import main
 
 sys.exit(main())

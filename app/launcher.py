@@ -1,5 +1,8 @@
-"""The ``glimpse`` command: no arguments opens the window, ``self-test`` checks this install, anything else is the
-engine's command line (``glimpse ask``, ``glimpse models``...).
+"""The ``glimpse`` command, the one way to start Glimpse: no arguments (or only the window's options, such as
+``--open FILE``) opens the window, ``self-test`` checks this install, anything else is the engine's command line
+(``glimpse ask``, ``glimpse models``...). ``python -m app`` runs the same function; ``python -m engine`` is the
+engine's half alone (``engine.cli_main``, what this hands the engine's commands to), which Glimpse's helper
+processes run (``engine.system.self_command``).
 
 It also makes a frozen, windowed build safe to run: with no terminal, ``sys.stdout`` and ``sys.stderr`` are None,
 and the first print would crash the app; they are pointed at the log file instead. And before any native library
@@ -49,7 +52,21 @@ def _ensure_streams(log_file: Path | None) -> None:
         sys.stderr = target
 
 
+# The window's own options (app/main.py); with these, Qt's (one dash and a word: -platform, -style...) or none,
+# `glimpse` opens the window. Anything else is a command: `self-test`, or the engine's command line.
+WINDOW_OPTIONS = ("--model", "--settings", "--open", "--mode")
+
+
+def opens_the_window(args: list[str]) -> bool:
+    if not args:
+        return True
+    first = args[0].split("=", 1)[0]
+    return first in WINDOW_OPTIONS or (first.startswith("-") and not first.startswith("--") and len(first) > 2)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """What ``glimpse`` runs, and ``python -m app`` and the bundle's executable too: the one way in. ``argv``
+    excludes the program name."""
     args = sys.argv[1:] if argv is None else list(argv)
     log_file = setup_logging()
     _ensure_streams(log_file)
@@ -58,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("glimpse").error(refusal)
         print(refusal, file=sys.stderr)
         return 3
-    if not args:
+    if opens_the_window(args):
         problem = platform_check.prepare()  # before app.main imports QtGui, which may not load either
         if problem:
             print(problem, file=sys.stderr)
@@ -67,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         # the CLI about 1 s, and `glimpse ask` never needs Qt.
         from app.main import main as gui  # noqa: PLC0415
 
-        return gui([])
+        return gui(args)
     if args[0] == "self-test":
         from app.selftest import main as selftest  # noqa: PLC0415
 

@@ -1,4 +1,4 @@
-"""Start the desktop app: ``main()`` is what ``glimpse`` (without arguments) and ``python -m app`` run."""
+"""Open the window: ``main()`` is what ``glimpse`` (app/launcher.py) runs with no command, only the window's options."""
 
 from __future__ import annotations
 
