@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
         self.speaker = Speaker(speech_engine, self)
         self.manager: ModelManager | None = None
         self.model_name = ""
+        self.model_loading = False  # a model was chosen and is loading (or its process is restarting)
         self._closing = False
         self._closing_dialog: closing.ClosingDialog | None = None
         self._close_timer = QTimer(self)  # while closing waits for work to end: try again
@@ -105,11 +106,13 @@ class MainWindow(QMainWindow):
                                  presets=self.toolbar.presets, speaker=self.speaker,
                                  read_aloud=self.toolbar.read_aloud, settings=settings,
                                  has_model=lambda: bool(self.model_name), error=self.show_error,
-                                 info=lambda m: self.messages.show_message(m, "info"), parent=self)
+                                 info=lambda m: self.messages.show_message(m, "info"),
+                                 model_loading=lambda: self.model_loading, parent=self)
         self.asking = AskAboutPicture(worker=self.worker, sources=self.sources, chat=self.chat, status=self.status,
                                       presets=self.toolbar.presets, speaker=self.speaker,
                                       read_aloud=self.toolbar.read_aloud, settings=settings,
-                                      model_name=lambda: self.model_name, error=self.show_error, parent=self)
+                                      model_name=lambda: self.model_name, error=self.show_error,
+                                      model_loading=lambda: self.model_loading, parent=self)
         self._connect()
         self.shortcut_actions = shortcuts.install(self, self.show_shortcuts)
         help_menu = self.menuBar().addMenu("&Help")
@@ -147,6 +150,8 @@ class MainWindow(QMainWindow):
         w.model_ready.connect(self._model_ready)
         w.model_failed.connect(self._model_failed)
         w.failed.connect(self.show_error)
+        w.notice.connect(lambda text: self.messages.show_message(text, "info"))
+        w.model_lost.connect(self._model_lost)
 
         s.live_started.connect(self._live_started)
         s.live_stopped.connect(self._live_stopped)
@@ -246,18 +251,29 @@ class MainWindow(QMainWindow):
             return
         self.live.stop()
         self.asking.model_changed()
+        # Questions asked from now on wait in the worker's queue behind the load, and are answered after it.
+        self.model_loading = True
         self.worker.load(str(path), self.settings.threads)
 
     def _model_ready(self, name: str, _default_size: int) -> None:
         if self._closing:  # a load that could not be interrupted ended after Close: nothing more may start
             return
+        self.model_loading = False
         self.model_name = self.settings.model or name
         self.status.set_model(self.model_name)
         self.asking.read_ahead()
         if self.settings.mode == "live" and self.sources.feed is not None:
             self.live.start()
 
+    def _model_lost(self, message: str) -> None:
+        """The model's process failed twice: it is unloaded; one click loads it again."""
+        self.model_loading = False
+        self.model_name = ""
+        self.status.set_model("none")
+        self.show_error(message, ("Load again", lambda: self.use_model(self.settings.model)))
+
     def _model_failed(self, message: str) -> None:
+        self.model_loading = False
         self.model_name = ""
         self.status.set_model("none")
         self.show_error(f"The model could not be loaded. {message}", ("Manage models", self.open_model_manager))

@@ -7,6 +7,7 @@ packaged app runs the same code, so a frozen build that lost a native library fa
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from engine import __version__
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 from engine.models.model_folder import read_manifest
+from engine.runner import RunnerModel, faults
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.runtime.model import Answer, load_model
 
@@ -124,7 +126,29 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
         report.versions["llama.cpp CPU kernels"] = cpu_kernels()
 
     report.step("encode with onnxruntime and answer with llama.cpp", ask)
+    report.step("answer in the runner process through an injected crash", lambda: runner_survives_a_crash(
+        work / "model", image, report))
     return work / "model"
+
+
+def runner_survives_a_crash(folder: Path, image: np.ndarray, report: SelfTestReport) -> None:
+    """The model in its runner process (started from this very executable, frozen or not), whose first start is made
+    to crash with SIGSEGV mid-answer: the answer must come from the restarted runner, after one sentence."""
+    notices: list[str] = []
+    saved = os.environ.get(faults.ENV)
+    os.environ[faults.ENV] = "segv@answer#1"
+    try:
+        with RunnerModel(folder, n_ctx=1024, on_notice=notices.append) as model:
+            answer = model.conversation(image, size=256).ask("What is in this image?", max_tokens=6)
+            if not answer.token_ids or model.starts != 2 or len(notices) != 1 or "SIGSEGV" not in notices[0]:
+                raise RuntimeError(f"the runner did not recover as it should: {model.starts} starts, notices "
+                                   f"{notices}, {len(answer.token_ids)} tokens")
+    finally:
+        if saved is None:
+            os.environ.pop(faults.ENV, None)
+        else:
+            os.environ[faults.ENV] = saved
+    report.versions["runner"] = f"answered after an injected SIGSEGV ({len(answer.token_ids)} tokens)"
 
 
 def main() -> int:

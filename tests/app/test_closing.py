@@ -41,7 +41,7 @@ def test_closing_during_a_first_load_waits_visibly(qtbot: QtBot, settings: Setti
         release.wait(60)
         raise ModelFolderError("The model went away.")
 
-    monkeypatch.setattr(app_worker, "load_model", slow_load)
+    monkeypatch.setattr(app_worker, "RunnerModel", slow_load)
     settings.model = "tiny"
     window = MainWindow(settings, store=model_store, speech_engine="mock")
     qtbot.addWidget(window)
@@ -132,7 +132,7 @@ def test_closing_during_the_first_loads_hashing_ends_at_once(qtbot: QtBot, setti
         check_cancel(cancel, "Loading the model")
         raise AssertionError("unreachable: the cancel event is set")
 
-    monkeypatch.setattr(app_worker, "load_model", hashing_load)
+    monkeypatch.setattr(app_worker, "RunnerModel", hashing_load)
     settings.model = "tiny"
     window = MainWindow(settings, store=model_store, speech_engine="mock")
     qtbot.addWidget(window)

@@ -128,12 +128,15 @@ def test_lower_layers_never_import_higher_ones() -> None:
             assert not {t for t in targets if t.startswith("engine.cli")}, f"{name} imports the CLI"
         if name.startswith("engine.runtime"):
             assert not {t for t in targets if t.startswith("engine.convert")}, f"{name} imports the converter"
+        if not name.startswith(("engine.runner", "engine.cli", "engine.__main__")):
+            # The runner process sits on top of the runtime: only the command line (and the façade) start one.
+            assert not {t for t in targets if t.startswith("engine.runner")}, f"{name} imports the runner"
 
 
 def test_the_folders_are_the_layers() -> None:
     """Where an image becomes rows, where models are kept, where checkpoints are converted: by folder name."""
     top = {p.name for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert top == {"runtime", "models", "convert", "cli"}
+    assert top == {"runtime", "models", "convert", "runner", "cli"}
     assert {p.stem for p in (ENGINE / "runtime").glob("*.py")} >= {"preprocess", "vision", "llm", "prompt",
                                                                    "conversation", "model", "types"}
     assert {p.stem for p in (ENGINE / "models").glob("*.py")} >= {"catalog", "download", "store", "model_folder"}
