@@ -262,3 +262,23 @@ def test_glimpse_ask_answers_after_a_crash_or_ends_with_a_sentence(tiny_model_di
     assert 0 < twice.returncode < 128
     assert "glimpse: error: The model's process stopped again (killed by SIGSEGV)" in twice.stderr
     assert "Traceback" not in twice.stderr
+
+
+def test_glimpse_caption_captions_through_a_crash_or_ends_with_a_sentence(tiny_model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from tests.engine.test_caption import write_video  # noqa: PLC0415 (one video writer for the caption tests)
+
+    video = write_video(tmp_path / "scenes.avi")
+
+    def caption(fault: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine", "caption", str(tiny_model_dir), "--source", str(video),
+                               "--count", "2", "--jsonl", "--size", "256", "--n-ctx", "1024"], capture_output=True,
+                              text=True, cwd=REPO, env={**os.environ, faults.ENV: fault}, timeout=300, check=False)
+
+    once = caption("segv@answer#1")
+    assert once.returncode == 0, once.stderr
+    # The video plays in real time: frames that pass during the restart are gone, so the second may not come.
+    assert 1 <= len(once.stdout.strip().splitlines()) <= 2 and "killed by SIGSEGV" in once.stderr
+    twice = caption("ill@answer")
+    assert 0 < twice.returncode < 128 and "stopped again (killed by SIGILL)" in twice.stderr
+    assert "Traceback" not in twice.stderr
