@@ -83,8 +83,11 @@ def check_folder(path: Path, what: str) -> None:
         os.listdir(probe_in)
         probe = probe_in / f".glimpse-probe-{os.getpid()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.write(fd, b"\0")  # a byte, not only a name: a full disk still has room for empty files
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM):
             problem = "permission denied" if probe_in == path else f"{probe_in} does not let it create the folder"
