@@ -56,7 +56,9 @@ def test_the_default_deadlines_keep_a_stalled_download_under_two_minutes() -> No
     assert (o.stall_s, o.floor, o.window_s, o.max_stalls) == (15.0, 10_000.0, 10.0, 3)
     stalled = (o.max_stalls + 1) * o.stall_s + backoff(o)
     trickling = (o.max_stalls + 1) * (o.window_s + o.stall_s) + backoff(o)
-    assert stalled == 67 and trickling == 107 and max(stalled, trickling) < 120  # the figures in docs/security.md
+    assert stalled == 67 and trickling == 107 and max(stalled, trickling) < 120
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
+    assert "**67 s**" in docs and "**107 s**" in docs and "GLIMPSE_DOWNLOAD_STALL_S` (15)" in docs
 
 
 def test_the_deadlines_are_overridable_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
