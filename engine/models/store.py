@@ -439,7 +439,7 @@ def _visible_dirs(parent: Path) -> list[Path]:
     try:
         return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as e:
-        raise FolderError(f"Glimpse cannot read {parent}: {e.strerror or e}.",
+        raise FolderError(f"Cannot read {parent}: {e.strerror or e}.",
                           "Check the folder's permissions, or set GLIMPSE_HOME to another folder.",
                           gui_hint="Check the folder's permissions, or start Glimpse with GLIMPSE_HOME set to "
                                    "another folder.") from e
