@@ -151,6 +151,7 @@ class MainWindow(QMainWindow):
         s.live_started.connect(self._live_started)
         s.live_stopped.connect(self._live_stopped)
         s.live_closed.connect(lambda: self._live_stopped(""))
+        s.live_waiting.connect(self._live_waiting)
         s.frame.connect(self._show_frame)
         s.still.connect(self.set_still)
         s.failed.connect(self.show_error)
@@ -339,6 +340,15 @@ class MainWindow(QMainWindow):
         if self.asking.picture is None:
             self.view.clear("The live source has stopped. Choose another under Source.")
         self.status.set_rates(None)
+
+    def _live_waiting(self, note: str) -> None:
+        """The live source sends no pictures (``note`` says so) or sends them again (""): the last picture stays, with
+        the note as its badge, and the captions so far stay too."""
+        feed = self.sources.feed
+        if note and not self.view.image.isNull():
+            self.view.set_image(self.view.image, note)
+        elif not note and feed is not None:
+            self._show_frame()
 
     def _show_frame(self) -> None:
         feed = self.sources.feed
