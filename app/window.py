@@ -63,7 +63,7 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.settings = settings
         self.store = store or Store.default()
-        self.store.clean_leftovers()  # GBs a killed conversion or import left behind
+        self._reclaimed = self.store.reclaim().sentence()  # GBs a killed conversion or import left behind
         self._download_options = download_options
         self.worker = ModelWorker(self)
         self.sources = Sources(self)
@@ -116,8 +116,8 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.shortcut_actions[-1])
         self._describe_for_assistive_technology()
         self._restore()
-        if settings.notices:
-            self.messages.show_message(" ".join(settings.notices), "info")
+        if settings.notices or self._reclaimed:
+            self.messages.show_message(" ".join([*settings.notices, self._reclaimed]).strip(), "info")
         QTimer.singleShot(0, self._start_model)
 
     # -- wiring ---------------------------------------------------------------------------------------------------
