@@ -18,6 +18,8 @@ from PySide6.QtCore import QByteArray, QSettings
 
 from app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
 from engine import durable
+from engine.errors import GlimpseError
+from engine.folders import check_folder
 
 T = TypeVar("T")
 
@@ -93,6 +95,10 @@ class Settings:
         # A half-written or garbage file is set aside as <name>.damaged (engine.durable.read_state_file) and the
         # settings start from their defaults; the window shows the notice once.
         path = Path(store.fileName())
+        try:  # a settings folder that is a file, without permission, read-only or full: said, never a crash
+            check_folder(path.parent, "settings folder", movable=False)
+        except GlimpseError as e:
+            self.notices.append(f"{e.gui_text} Settings changed now will not be kept.")
         read = durable.read_state_file(path, _check_ini, what="settings file", max_bytes=MAX_FILE_BYTES)
         if read.notice:
             self.notices.append(read.notice + " Your settings are back to their defaults.")

@@ -164,7 +164,7 @@ def read_state_file(path: Path, parse: Callable[[bytes], T], *, what: str,
     said once, never again and never as an error."""
     try:
         info = path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file (or no folder for one): nothing to say
         return StateRead(None)
     except OSError as e:
         return set_aside(path, what, e.strerror or str(e))

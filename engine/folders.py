@@ -58,16 +58,19 @@ _SET_HOME = "set GLIMPSE_HOME to a folder you can write to"
 _SET_HOME_GUI = "start Glimpse with GLIMPSE_HOME set to a folder you can write to"
 
 
-def _unusable(path: Path, what: str, problem: str, fix: str) -> FolderError:
+def _unusable(path: Path, what: str, problem: str, fix: str, movable: bool) -> FolderError:
+    if not movable:  # GLIMPSE_HOME does not move it: only fixing the folder helps
+        return FolderError(f"Glimpse cannot use {path}, its {what}: {problem}.", f"{fix}.")
     home = os.environ.get("GLIMPSE_HOME", "").strip()
     named = f" (GLIMPSE_HOME is {home})" if home else ""
     return FolderError(f"Glimpse cannot use {path}, its {what}{named}: {problem}.",
                        f"{fix}, or {_SET_HOME}.", gui_hint=f"{fix}, or {_SET_HOME_GUI}.")
 
 
-def check_folder(path: Path, what: str) -> None:
+def check_folder(path: Path, what: str, *, movable: bool = True) -> None:
     """Raise FolderError, naming ``path`` and what to do, unless ``path`` is a folder this process can list and
     write in, or does not exist yet and can be created (its nearest existing parent is such a folder).
+    ``movable``: whether GLIMPSE_HOME moves it (the advice then offers that too).
 
     Writing is tried for real (a file created and deleted), because permission bits do not tell about read-only
     mounts, access control lists or a full disk, and do not bind the superuser."""
@@ -78,7 +81,7 @@ def check_folder(path: Path, what: str) -> None:
         probe_in = probe_in.parent
     if not probe_in.is_dir():
         where = "is a file" if probe_in == path else f"cannot be created: {probe_in} is a file"
-        raise _unusable(path, what, f"it {where}, not a folder", f"Move {probe_in} away")
+        raise _unusable(path, what, f"it {where}, not a folder", f"Move {probe_in} away", movable)
     try:
         os.listdir(probe_in)
         probe = probe_in / f".glimpse-probe-{os.getpid()}"
@@ -91,13 +94,13 @@ def check_folder(path: Path, what: str) -> None:
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM):
             problem = "permission denied" if probe_in == path else f"{probe_in} does not let it create the folder"
-            raise _unusable(path, what, problem, f"Give your account read and write access to {probe_in}") from e
+            raise _unusable(path, what, problem, f"Give your account read and write access to {probe_in}",
+                            movable) from e
         if e.errno == errno.EROFS:
-            raise _unusable(path, what, "it is on a read-only file system",
-                            "Mount it writable") from e
+            raise _unusable(path, what, "it is on a read-only file system", "Mount it writable", movable) from e
         if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            raise _unusable(path, what, "the disk holding it is full", "Free some space") from e
-        raise _unusable(path, what, e.strerror or str(e), f"Check {probe_in}") from e
+            raise _unusable(path, what, "the disk holding it is full", "Free some space", movable) from e
+        raise _unusable(path, what, e.strerror or str(e), f"Check {probe_in}", movable) from e
 
 
 def check_home() -> None:

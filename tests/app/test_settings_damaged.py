@@ -53,3 +53,13 @@ def test_a_second_damaged_file_does_not_replace_the_first_copy(tmp_path: Path) -
         path.write_bytes(junk)
         assert len(Settings.at(path).notices) == 1
         assert (tmp_path / ("glimpse.ini.damaged" + ("-2" if n else ""))).read_bytes() == junk
+
+
+def test_a_settings_folder_that_cannot_be_used_is_said(tmp_path: Path) -> None:
+    blocker = tmp_path / "config"
+    blocker.write_text("a file where the settings folder should be")
+    settings = Settings.at(blocker / "glimpse.ini")
+    assert len(settings.notices) == 1
+    assert f"Glimpse cannot use {blocker}, its settings folder: it is a file, not a folder." in settings.notices[0]
+    assert "GLIMPSE_HOME" not in settings.notices[0]  # it does not move the settings
+    assert settings.interval == 1.0  # the defaults, and the window still opens
