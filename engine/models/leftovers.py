@@ -99,11 +99,11 @@ class Owner:
 def claim(folder: Path) -> None:
     """Record this process as the owner of the working folder ``folder`` (which exists). Best effort: a record
     that cannot be written leaves the folder judged by the id in its name."""
-    me = Owner.this_process()
     try:
+        me = Owner.this_process()
         (folder / OWNER_FILE).write_text(json.dumps({"host": me.host, "pid": me.pid, "started": me.started}),
                                          encoding="utf-8")
-    except OSError as e:
+    except (OSError, psutil.Error) as e:
         log.debug("Could not record the owner of %s: %s", folder, e)
 
 

@@ -137,3 +137,21 @@ def test_the_stall_message_names_a_mirror(hub: FakeHub, tmp_path: Path) -> None:
     hub.stall_after, hub.stalls = 0, -1
     with pytest.raises(DownloadError, match="the mirror set with HF_ENDPOINT may be overloaded"):
         download_model(ENTRY, tmp_path / "dl", options=opts(hub, stall_retries=0))
+
+
+def test_a_stall_is_shown_as_one_by_the_terminal_and_the_window(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.units import progress_line  # noqa: PLC0415 (the window's wording, checked here beside the engine's)
+    from engine.cli.progress import ProgressBar  # noqa: PLC0415
+
+    note = "no data from huggingface.co for 15 s, retrying (1/3)"
+    moving = Progress("download fastvlm-0.5b", 500_000, 1_000_000, "B", 250_000.0)
+    waiting = dataclasses.replace(moving, rate=0.0, note=note)
+    assert "250.00 KB/s" in progress_line(moving) and "left" in progress_line(moving)
+    assert progress_line(waiting) == f"download fastvlm-0.5b: 500.00 KB of 1.00 MB · {note}"
+    with ProgressBar() as bar:
+        bar(moving)
+        bar(waiting)
+        assert bar._bar.postfix == note
+        bar(moving)
+        assert not bar._bar.postfix
+    assert note in capsys.readouterr().err
