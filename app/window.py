@@ -63,7 +63,7 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.settings = settings
         self.store = store or Store.default()
-        self.store.clean_leftovers()  # GBs a killed conversion or import left behind
+        self._reclaimed = self.store.reclaim().sentence()  # GBs a killed conversion or import left behind
         self._download_options = download_options
         self.worker = ModelWorker(self)
         self.sources = Sources(self)
@@ -119,8 +119,8 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.shortcut_actions[-1])
         self._describe_for_assistive_technology()
         self._restore()
-        if settings.notices:
-            self.messages.show_message(" ".join(settings.notices), "info")
+        if settings.notices or self._reclaimed:
+            self.messages.show_message(" ".join([*settings.notices, self._reclaimed]).strip(), "info")
         QTimer.singleShot(0, self._start_model)
 
     # -- wiring ---------------------------------------------------------------------------------------------------
@@ -156,6 +156,7 @@ class MainWindow(QMainWindow):
         s.live_started.connect(self._live_started)
         s.live_stopped.connect(self._live_stopped)
         s.live_closed.connect(lambda: self._live_stopped(""))
+        s.live_waiting.connect(self._live_waiting)
         s.frame.connect(self._show_frame)
         s.still.connect(self.set_still)
         s.failed.connect(self.show_error)
@@ -355,6 +356,15 @@ class MainWindow(QMainWindow):
         if self.asking.picture is None:
             self.view.clear("The live source has stopped. Choose another under Source.")
         self.status.set_rates(None)
+
+    def _live_waiting(self, note: str) -> None:
+        """The live source sends no pictures (``note`` says so) or sends them again (""): the last picture stays, with
+        the note as its badge, and the captions so far stay too."""
+        feed = self.sources.feed
+        if note and not self.view.image.isNull():
+            self.view.set_image(self.view.image, note)
+        elif not note and feed is not None:
+            self._show_frame()
 
     def _show_frame(self) -> None:
         feed = self.sources.feed

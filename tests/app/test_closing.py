@@ -115,6 +115,7 @@ def test_start_deletes_what_a_killed_glimpse_left(qtbot: QtBot, settings: Settin
     window = MainWindow(settings, store=store, speech_engine="mock")
     qtbot.addWidget(window)
     assert not dead.exists() and alive.exists()
+    assert "Freed" in window.messages.text() and dead.name in window.messages.text()
     window.close()
 
 
