@@ -17,6 +17,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["GLIMPSE_HOME"] = tempfile.mkdtemp(prefix="glimpse-test-home-")
 # Each test has its own home, so every load would measure the CPU again; tests/engine/test_tuning.py turns it on.
 os.environ["GLIMPSE_TUNE"] = "0"
+# Likewise the kernel canary (a process per rung, once per home); tests/engine/test_canary.py turns it on.
+os.environ["GLIMPSE_CANARY"] = "0"
 
 
 @pytest.fixture(autouse=True)

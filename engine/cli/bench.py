@@ -138,6 +138,7 @@ def run_bench(model: Model, sizes: list[int], runs: int, captions: int = 0) -> d
         "threads": model.threads,
         "settings": asdict(model.settings),
         "tuning": model.tuning_report,
+        "kernels": model.kernels.describe() if model.kernels is not None else None,
         "sizes": results,
         "captions": caption_result,
         "peak_rss_mb": round(peak_rss_bytes() / 1e6),
@@ -153,6 +154,7 @@ def format_table(report: dict[str, object]) -> str:
         f"peak RSS {report['peak_rss_mb']} MB",
         f"settings: {RuntimeSettings(**settings).describe()}" if isinstance(settings := report.get("settings"), dict)
         else "",
+        f"llama.cpp kernels: {report['kernels']}" if report.get("kernels") else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",
         "|---|---|---|---|---|---|---|---|",

@@ -109,6 +109,9 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
 
     def ask() -> None:
         with load_model(work / "model", n_ctx=1024) as model:
+            # Which configuration the canary proved (or that it was skipped), shown even if answering fails below.
+            report.versions["llama.cpp kernels"] = (model.kernels.describe() if model.kernels is not None
+                                                    else "as built, not proven")
             rows = model.encode(model.preprocess(image, 256))
             if rows.shape != (16, model.llm.n_embd) or not np.isfinite(rows).all():
                 raise RuntimeError(f"the encoder returned {rows.shape} rows")
