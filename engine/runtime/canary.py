@@ -47,7 +47,7 @@ from engine.runtime.cpu_backends import (
     variant_scores,
 )
 from engine.runtime.tuning import StatusFn, cpu_fingerprint, tuning_dir
-from engine.system import default_threads, self_command
+from engine.system import self_command
 
 log = logging.getLogger("glimpse")
 
@@ -301,9 +301,10 @@ def prove_kernels(weight_type: str, *, threads: int | None = None, status: Statu
     cached = _read_cache(path, key, chain)
     if cached is not None:
         return cached
-    # Two threads exercise the split of a multiply between threads (upstream's AMX crash was on a worker thread);
-    # more only cost time on a busy machine.
-    threads = threads or min(2, default_threads())
+    # One thread by default: every thread runs the same kernels (each configures its own AMX tiles; the GCC 12 crash
+    # happens with one thread too), and on a busy machine more threads spin at ggml's barriers: the canary's compute
+    # took 2.6 s with 2 threads and 0.25 s with 1 on a 2-core Xeon at load average 7.
+    threads = threads or 1
     failures: list[tuple[str, str]] = []
     started = time.perf_counter()
     for i, rung in enumerate(chain):
