@@ -364,7 +364,12 @@ def choose_kernels(gguf_path: str | Path, weight_type: str | None = None, *, thr
             log.info("The weight type of %s is not one the kernel canary builds; its kernels are not proven.",
                      gguf_path)
         return unproven(wt or str(weight_type))
-    choice = prove_kernels(wt, threads=threads, status=status)
+    return apply_kernels(prove_kernels(wt, threads=threads, status=status))
+
+
+def apply_kernels(choice: KernelChoice) -> KernelChoice:
+    """Load ``choice``'s CPU variant into this process now (a portable build keeps one per process), so that
+    whatever loads llama.cpp next (the tuning's measurement, the model) runs it rather than ggml's pick."""
     if choice.variant is not None:
         load_cpu_backends(variant=choice.variant)
     return choice

@@ -26,7 +26,7 @@ from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, ver
 from engine.models.onnx_external import check_onnx_file
 from engine.models.store import Store
 from engine.progress import check_cancel
-from engine.runtime.canary import KernelChoice, choose_kernels
+from engine.runtime.canary import KernelChoice, apply_kernels, choose_kernels
 from engine.runtime.conversation import Conversation
 from engine.runtime.llm import LanguageModel
 from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
@@ -241,8 +241,8 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
     # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
     check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
     check_onnx_file(folder / VISION_FILE, manifest.files)
-    if kernels is None:
-        kernels = choose_kernels(folder / LLM_FILE, manifest.quant, threads=threads, status=status)
+    kernels = (choose_kernels(folder / LLM_FILE, manifest.quant, threads=threads, status=status) if kernels is None
+               else apply_kernels(kernels))
     settings, report = DEFAULTS, None
     if retune or (tune and tuning_enabled()):
         tuned = settings_for(folder, manifest, retune=retune, status=status, extra_bufts=kernels.extra_bufts)
