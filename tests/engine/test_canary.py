@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine.cli import canary as child
+from engine.cli.bench import format_table
 from engine.runtime import canary
 from engine.runtime.canary import (
     TOLERANCE,
@@ -242,3 +243,12 @@ def test_the_canary_model_is_built_once(tmp_path: Path) -> None:
     assert child.canary_model("f16", tmp_path) == path and path.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary folder left behind
     shutil.rmtree(tmp_path)
+
+
+def test_bench_names_the_rung() -> None:
+    choice = KernelChoice(rungs()[1], "q8_0", (("as built", "killed by SIGILL"),))
+    report = {"model": "m", "quant": "q8_0", "vision_precision": "int8", "threads": 2, "peak_rss_mb": 1, "sizes": [],
+              "kernels": choice.describe()}
+    lines = format_table(report).splitlines()
+    assert "llama.cpp kernels: no extra buffer types (" in "\n".join(lines)
+    assert any(line.endswith("proven by the canary (failed: as built: killed by SIGILL)") for line in lines)
