@@ -13,6 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
+from engine.cli import HIDDEN_ENTRIES
 from engine.cli import canary as child
 from engine.cli.bench import format_table
 from engine.runtime import canary
@@ -252,3 +253,11 @@ def test_bench_names_the_rung() -> None:
     lines = format_table(report).splitlines()
     assert "llama.cpp kernels: no extra buffer types (" in "\n".join(lines)
     assert any(line.endswith("proven by the canary (failed: as built: killed by SIGILL)") for line in lines)
+
+
+def test_the_bundle_carries_every_hidden_entry() -> None:
+    # Hidden entries are imported by name, which PyInstaller cannot see: the spec must list each module.
+    spec = (Path(__file__).resolve().parents[2] / "packaging" / "glimpse.spec").read_text(encoding="utf-8")
+    assert HIDDEN_ENTRIES["_canary"] == "engine.cli.canary:main"
+    for target in HIDDEN_ENTRIES.values():
+        assert f'"{target.partition(":")[0]}"' in spec, target
