@@ -17,6 +17,7 @@ from engine.cli import HIDDEN_ENTRIES
 from engine.cli import canary as child
 from engine.cli.bench import format_table
 from engine.runtime import canary
+from engine.runtime import model as model_module
 from engine.runtime.canary import (
     TOLERANCE,
     KernelCanaryError,
@@ -261,3 +262,17 @@ def test_the_bundle_carries_every_hidden_entry() -> None:
     assert HIDDEN_ENTRIES["_canary"] == "engine.cli.canary:main"
     for target in HIDDEN_ENTRIES.values():
         assert f'"{target.partition(":")[0]}"' in spec, target
+
+
+def test_the_tuning_measures_the_proven_rung(home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def settings_for(folder: Path, manifest: Any, **kw: Any) -> Any:
+        seen.append(kw["extra_bufts"])
+        raise RuntimeError("measured")  # what matters is what it was asked to measure
+
+    monkeypatch.setattr(model_module, "settings_for", settings_for)
+    monkeypatch.setenv("GLIMPSE_TUNE", "1")
+    with pytest.raises(RuntimeError, match="measured"):
+        load_model(tiny_model_dir, n_ctx=512, kernels=KernelChoice(rungs()[1], "f16"))
+    assert seen == [False]
