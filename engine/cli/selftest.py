@@ -7,6 +7,7 @@ packaged app runs the same code, so a frozen build that lost a native library fa
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from engine import __version__
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 from engine.models.model_folder import read_manifest
+from engine.runtime.canary import ENABLE_ENV
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.runtime.model import Answer, load_model
 
@@ -87,7 +89,22 @@ def cpu_kernels() -> str:
 
 
 def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
-    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
+    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``).
+
+    The kernel canary always runs here, GLIMPSE_CANARY=0 or not: proving llama.cpp's kernels on this CPU is what a
+    self-test is for (a q8_0 model on an AMX CPU with a GCC 12 build would otherwise end it by SIGILL)."""
+    previous = os.environ.get(ENABLE_ENV)
+    os.environ[ENABLE_ENV] = "1"
+    try:
+        return _engine_steps(report, workdir)
+    finally:
+        if previous is None:
+            os.environ.pop(ENABLE_ENV, None)
+        else:
+            os.environ[ENABLE_ENV] = previous
+
+
+def _engine_steps(report: SelfTestReport, workdir: Path | None) -> Path | None:
     report.versions.update(versions())
     work = workdir or Path(tempfile.mkdtemp(prefix="glimpse-selftest-"))
     ckpt = report.step("write a tiny random checkpoint", lambda: write_checkpoint(work / "checkpoint",
