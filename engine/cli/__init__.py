@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Entries for Glimpse's own helper processes (engine.system.self_command), kept out of the parser and its help:
 # a user never types them. Each maps to "module:function" taking the remaining arguments and returning an exit code.
-HIDDEN_ENTRIES: dict[str, str] = {"_runner": "engine.runner.server:main"}
+HIDDEN_ENTRIES: dict[str, str] = {"_runner": "engine.runner.server:main", "_canary": "engine.cli.canary:main"}
 
 
 def _run_hidden(entry: str, args: Sequence[str]) -> int:

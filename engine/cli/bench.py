@@ -140,11 +140,12 @@ def run_bench(model: Model | RunnerModel, sizes: list[int], runs: int, captions:
         "threads": model.threads,
         "settings": asdict(model.settings),
         "tuning": model.tuning_report,
+        "kernels": (model.kernels or None) if isinstance(model, RunnerModel)
+        else (model.kernels.describe() if model.kernels is not None else None),
         "sizes": results,
         "captions": caption_result,
         # The model's memory is where it runs: the runner process, or this one.
         "runner": isinstance(model, RunnerModel),
-        "kernels": str(getattr(model, "kernels", "") or ""),
         "peak_rss_mb": round((model.runner_peak_rss_bytes() if isinstance(model, RunnerModel)
                               else peak_rss_bytes()) / 1e6),
         "seconds": round(time.perf_counter() - started, 1),
@@ -159,12 +160,11 @@ def format_table(report: dict[str, object]) -> str:
         f"{'runner process' if report.get('runner') else 'in this process'}, peak RSS {report['peak_rss_mb']} MB",
         f"settings: {RuntimeSettings(**settings).describe()}" if isinstance(settings := report.get("settings"), dict)
         else "",
+        f"llama.cpp kernels: {report['kernels']}" if report.get("kernels") else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    if report.get("kernels"):
-        lines.insert(2, f"llama.cpp kernels: {report['kernels']}")
     lines += [f"| {r['size']} | {r['image_tokens']} | {r['encode_ms']} | {r['prefill_ms']} | {r['ttft_ms']} | "
               f"{r['read_ahead_ttft_ms']} | {r['follow_up_ttft_ms']} | {r['decode_tokens_per_s']} |" for r in rows]
     captions = report.get("captions")

@@ -24,6 +24,7 @@ from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 from engine.models.model_folder import read_manifest
 from engine.runner import RunnerModel, faults
+from engine.runtime.canary import ENABLE_ENV
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.runtime.model import Answer, load_model
 
@@ -89,7 +90,22 @@ def cpu_kernels() -> str:
 
 
 def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
-    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
+    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``).
+
+    The kernel canary always runs here, GLIMPSE_CANARY=0 or not: proving llama.cpp's kernels on this CPU is what a
+    self-test is for (a q8_0 model on an AMX CPU with a GCC 12 build would otherwise end it by SIGILL)."""
+    previous = os.environ.get(ENABLE_ENV)
+    os.environ[ENABLE_ENV] = "1"
+    try:
+        return _engine_steps(report, workdir)
+    finally:
+        if previous is None:
+            os.environ.pop(ENABLE_ENV, None)
+        else:
+            os.environ[ENABLE_ENV] = previous
+
+
+def _engine_steps(report: SelfTestReport, workdir: Path | None) -> Path | None:
     report.versions.update(versions())
     work = workdir or Path(tempfile.mkdtemp(prefix="glimpse-selftest-"))
     ckpt = report.step("write a tiny random checkpoint", lambda: write_checkpoint(work / "checkpoint",
@@ -111,6 +127,9 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
 
     def ask() -> None:
         with load_model(work / "model", n_ctx=1024) as model:
+            # Which configuration the canary proved (or that it was skipped), shown even if answering fails below.
+            report.versions["llama.cpp kernels"] = (model.kernels.describe() if model.kernels is not None
+                                                    else "as built, not proven")
             rows = model.encode(model.preprocess(image, 256))
             if rows.shape != (16, model.llm.n_embd) or not np.isfinite(rows).all():
                 raise RuntimeError(f"the encoder returned {rows.shape} rows")

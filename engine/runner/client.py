@@ -320,6 +320,7 @@ class RunnerModel:
         self._proc: RunnerProcess | None = None
         self._starts = 0
         self._safer = 0
+        self._why = ""  # how the last runner stopped, for the kernel choice of the next (engine.runtime.canary)
         self._info: dict[str, Any] = {}
         self._cids = itertools.count(1)
         self._unloaded: str | None = None
@@ -355,7 +356,8 @@ class RunnerModel:
             if self._status is not None:
                 self._status(str(h.get("text", "")), int(h.get("done", 0)), int(h.get("total", 1)))
 
-        header, _ = proc.request({"op": "load", **self._spec, "safer": self._safer}, first_s=LOAD_EVENT_S,
+        header, _ = proc.request({"op": "load", **self._spec, "safer": self._safer, "why": self._why},
+                                 first_s=LOAD_EVENT_S,
                                  next_s=LOAD_EVENT_S, on_event=relay, scaled=False,
                                  cancel=(load_cancel.is_set if load_cancel is not None else None))
         self._spec["retune"] = False  # measured once; a restart uses the cache (or, safer, the defaults)
@@ -373,7 +375,7 @@ class RunnerModel:
             return op()
         except RunnerDied as first:
             self._notice(self._restart_sentence(first, what))
-            self._safer += 1
+            self._safer, self._why = self._safer + 1, first.reason
             try:
                 self._start(load_cancel)
                 return op()
@@ -640,7 +642,7 @@ class RunnerConversation:
                     raise model._give_up(died) from None
                 notice = model._restart_sentence(died, "answering")
                 model._notice(notice)
-                model._safer += 1
+                model._safer, model._why = model._safer + 1, died.reason
                 yield Restart(notice)
                 first_s = POSITION_S * positions + VIEW_S * self._source.views + LOAD_EVENT_S
 

@@ -31,10 +31,13 @@ import numpy.typing as npt
 from PIL import Image
 
 from engine.errors import Cancelled, GlimpseError, InputError
+from engine.models.model_folder import LLM_FILE
 from engine.runner import faults
 from engine.runner.protocol import PeerGone, ProtocolError, read_message, write_message
+from engine.runtime.canary import choose_kernels, step_down
 from engine.runtime.conversation import Conversation
-from engine.runtime.model import Model, load_model
+from engine.runtime.model import Model, load_model, resolve_model
+from engine.runtime.tuning import StatusFn
 from engine.runtime.types import Answer, ImageRows
 from engine.system import peak_rss_bytes
 
@@ -184,7 +187,7 @@ class Server:
 
         faults.commit("load", self._start)
         options: dict[str, Any] = {"tune": bool(h.get("tune", True)), "retune": bool(h.get("retune", False))}
-        options.update(_safer(int(h.get("safer", 0))))
+        options.update(_safer(str(h["model"]), int(h.get("safer", 0)), str(h.get("why", "")), status))
         model = load_model(h["model"], threads=h.get("threads"), n_ctx=int(h.get("n_ctx", 4096)), status=status,
                            cancel=req.cancel, **options)
         self._model = model
@@ -210,14 +213,22 @@ class Server:
                     faults.commit("answer", self._start)
 
 
-def _safer(level: int) -> dict[str, Any]:
+def _safer(model: str, level: int, why: str, status: StatusFn) -> dict[str, Any]:
     """What a restart after a crash loads with: ``level`` 1 and up leave out the measured settings (the defaults
-    are the configuration Glimpse ships and tests)."""
-    return {"tune": False, "retune": False} if level >= 1 else {}
+    are the configuration Glimpse ships and tests) and step ``level`` rungs down the kernels' fallback chain from
+    the one the canary proved (the canary missed what the real model's shapes reach)."""
+    if level < 1:
+        return {}
+    options: dict[str, Any] = {"tune": False, "retune": False}
+    gguf = resolve_model(model) / LLM_FILE
+    proven = choose_kernels(gguf, status=status)
+    if proven.proven:  # with GLIMPSE_CANARY=0 the user chose to run the kernels as built
+        options["kernels"] = step_down(proven, level, why or "it stopped")
+    return options
 
 
 def _kernels(model: Model) -> str:
-    return str(getattr(model, "kernels", "") or "")
+    return model.kernels.describe() if model.kernels is not None else ""
 
 
 def _tiles(value: object) -> tuple[int, int] | None:

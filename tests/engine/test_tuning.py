@@ -59,7 +59,8 @@ def measurements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     measurement takes seconds, and these tests need many)."""
     calls: list[Path] = []
 
-    def quick(folder: Path, manifest: Any, *, status: Any = None) -> tuple[RuntimeSettings, dict[str, Any]]:
+    def quick(folder: Path, manifest: Any, *, status: Any = None, extra_bufts: bool = True
+              ) -> tuple[RuntimeSettings, dict[str, Any]]:
         calls.append(folder)
         for done, text in enumerate(("Measuring the image encoder (quick)", "Measuring the language model (quick)")):
             if status is not None:
