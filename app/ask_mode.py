@@ -34,11 +34,12 @@ REGENERATE_TEMPERATURE = 0.7  # the same question at temperature 0 would give th
 class AskAboutPicture(QObject):
     def __init__(self, *, worker: ModelWorker, sources: Sources, chat: ChatPanel, status: StatusLine,
                  presets: PresetBar, speaker: Speaker, read_aloud: QAction, settings: Settings,
-                 model_name: Callable[[], str], error: Callable[..., None], parent: QObject | None = None) -> None:
+                 model_name: Callable[[], str], error: Callable[..., None],
+                 model_loading: Callable[[], bool] = lambda: False, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._worker, self._sources, self._chat, self._status = worker, sources, chat, status
         self._presets, self._speaker, self._read_aloud, self._settings = presets, speaker, read_aloud, settings
-        self._model_name, self._error = model_name, error
+        self._model_name, self._error, self._model_loading = model_name, error, model_loading
         self.picture: U8Array | None = None
         self.description = ""
         self._picture_is_new = False  # the next question starts a new conversation about it
@@ -50,6 +51,7 @@ class AskAboutPicture(QObject):
         worker.text.connect(self._text)
         worker.answered.connect(self._answered)
         worker.failed.connect(self._failed)
+        worker.answer_restarted.connect(self._restarted)
 
     def set_picture(self, pixels: U8Array, description: str) -> None:
         self.picture, self.description, self._picture_is_new = pixels, description, True
@@ -86,7 +88,9 @@ class AskAboutPicture(QObject):
     def ask(self, typed: str) -> None:
         if self.asking:
             return
-        if not self._model_name():
+        if not self._model_name() and not self._model_loading():
+            # While the model loads (or its process restarts) the question is sent anyway: it waits in the worker's
+            # queue behind the load, the status line says what it waits for, and nothing typed is lost.
             self._error("No model is loaded yet: choose or download one under Model.")
             return
         if self.picture is None and not self._sources.freeze():
@@ -118,6 +122,11 @@ class AskAboutPicture(QObject):
     def _text(self, text: str) -> None:
         if self.asking:
             self._chat.append(text)
+
+    def _restarted(self) -> None:
+        """The model's process was restarted mid-answer: the answer is written again from the start."""
+        if self.asking:
+            self._chat.restart_answer()
 
     def _answered(self, reply: Reply) -> None:
         if not self.asking:

@@ -26,11 +26,12 @@ class LiveCaptions(QObject):
     def __init__(self, *, worker: ModelWorker, sources: Sources, panel: CaptionPanel, status: StatusLine,
                  presets: PresetBar, speaker: Speaker, read_aloud: QAction, settings: Settings,
                  has_model: Callable[[], bool], error: Callable[[str], None], info: Callable[[str], None],
-                 parent: QObject | None = None) -> None:
+                 model_loading: Callable[[], bool] = lambda: False, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._worker, self._sources, self._panel, self._status = worker, sources, panel, status
         self._presets, self._speaker, self._read_aloud, self._settings = presets, speaker, read_aloud, settings
         self._has_model, self._error, self._info = has_model, error, info
+        self._model_loading = model_loading
         self.running = False
         self._restart = False
         self._closing = False
@@ -58,7 +59,10 @@ class LiveCaptions(QObject):
             self._error("Choose a camera or a video file under Source first.")
             return
         if not self._has_model():
-            self._error("No model is loaded yet: choose or download one under Model.")
+            if self._model_loading():  # the window starts live captions when the model is ready
+                self._info("The model is loading; live captions start when it is ready.")
+            else:
+                self._error("No model is loaded yet: choose or download one under Model.")
             return
         if self.running:
             # The loop still running is ending (a new feed, a new model) or has old settings: run a new one

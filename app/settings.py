@@ -1,7 +1,8 @@
 """The app's settings, kept in QSettings (an INI file, so a damaged one can be read, reported and repaired).
 
 Every value is read through a converter; a value that does not convert (hand-edited, written by another version,
-a damaged file) is dropped, the default is used, and a notice says so once, in the window.
+a damaged file) is dropped, the default is used, and a notice says so once, in the window. A file that is not an
+INI file at all (cut off mid-line, garbage) is set aside as ``<name>.damaged`` first and the settings start afresh.
 """
 
 from __future__ import annotations
@@ -16,13 +17,33 @@ from typing import TypeVar
 from PySide6.QtCore import QByteArray, QSettings
 
 from app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
-from engine import durable
+from engine import GlimpseError, check_folder, durable
 
 T = TypeVar("T")
 
 MODES = ("live", "ask")
 MAX_INTERVAL_S = 60.0
 MAX_DELAY_S = 30
+MAX_FILE_BYTES = 4 << 20  # a settings file is a few KB; prompt presets are short texts
+
+
+def _check_ini(data: bytes) -> bytes:
+    """Raise ValueError unless ``data`` reads as an INI file QSettings wrote: UTF-8 text without NUL bytes whose
+    lines are sections, ``key=value`` pairs (a value may go on after a trailing backslash), comments or blank.
+    A file cut off mid-line or overwritten with other bytes fails; a value that is merely wrong is left to the
+    per-setting checks."""
+    text = data.decode("utf-8")
+    if "\0" in text:
+        raise ValueError("it holds NUL bytes")
+    going_on = False
+    for number, line in enumerate(text.split("\n"), 1):
+        stripped = line.strip()
+        ok = going_on or not stripped or stripped[0] in ";#" or "=" in stripped or (
+            stripped.startswith("[") and stripped.endswith("]"))
+        if not ok:
+            raise ValueError(f"line {number} is not a setting")
+        going_on = stripped.endswith("\\")
+    return data
 
 
 def _to_bool(value: object) -> bool:
@@ -69,9 +90,20 @@ class Settings:
         self._s = store
         self.notices: list[str] = []
         self._kept: str | None = None
-        if store.status() != QSettings.Status.NoError:
-            self.notices.append(f"The settings file {store.fileName()} could not be read; Glimpse started with "
-                                f"default settings and will write a new one.{self._keep_copy()}")
+        # A half-written or garbage file is set aside as <name>.damaged (engine.durable.read_state_file) and the
+        # settings start from their defaults; the window shows the notice once.
+        path = Path(store.fileName())
+        try:  # a settings folder that is a file, without permission, read-only or full: said, never a crash
+            check_folder(path.parent, "settings folder", movable=False)
+        except GlimpseError as e:
+            self.notices.append(f"{e.gui_text} Settings changed now will not be kept.")
+        read = durable.read_state_file(path, _check_ini, what="settings file", max_bytes=MAX_FILE_BYTES)
+        if read.notice:
+            self.notices.append(read.notice + " Your settings are back to their defaults.")
+            store.clear()
+        elif store.status() != QSettings.Status.NoError:
+            aside: durable.StateRead[object] = durable.set_aside(path, "settings file", "Qt could not read it")
+            self.notices.append(aside.notice + " Your settings are back to their defaults.")
             store.clear()
 
     @classmethod

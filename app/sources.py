@@ -37,6 +37,7 @@ class Sources(QObject):
     live_started = Signal(str)  # what is playing: "Camera: <name>", "Video: <file name>" or "Screen: <what>"
     live_stopped = Signal(str)  # the feed ended by itself: "" at the end of a video, else why it failed
     live_closed = Signal()  # the feed was closed on purpose (another source, or none)
+    live_waiting = Signal(str)  # the feed gets no pictures: a sentence; "" when they come again
     frame = Signal()  # a new live frame: read feed.latest()
     still = Signal(object, str)  # a new picture to ask about (RGB array), and what it shows
     failed = Signal(str)
@@ -109,6 +110,7 @@ class Sources(QObject):
         feed.opened.connect(lambda _name: emit(self.live_started, label))
         feed.frame_ready.connect(lambda: emit(self.frame))
         feed.stopped.connect(lambda error, f=feed: self._feed_stopped(f, error))
+        feed.waiting.connect(lambda note, f=feed: emit(self.live_waiting, note) if f is self.feed else None)
         feed.start()
 
     def _feed_stopped(self, feed: FrameFeed, error: str) -> None:

@@ -20,7 +20,9 @@ def progress_line(p: Progress) -> str:
     """"downloading: 120.00 MB of 1.53 GB · 12.30 MB/s · about 1 min 54 s left" (bytes), or "vision: 12 of 40"."""
     if p.unit == "B":
         parts = [f"{human_bytes(p.done)} of {human_bytes(p.total)}" if p.total else human_bytes(p.done)]
-        if p.rate > 0:
+        if p.note:  # waiting: a stall is said as one, with no speed or time left
+            parts.append(p.note)
+        elif p.rate > 0:
             parts.append(f"{human_bytes(p.rate)}/s")
             if p.total > p.done:
                 parts.append(f"about {duration((p.total - p.done) / p.rate)} left")

@@ -61,13 +61,14 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.settings = settings
         self.store = store or Store.default()
-        self.store.clean_leftovers()  # GBs a killed conversion or import left behind
+        self._reclaimed = self.store.reclaim().sentence()  # GBs a killed conversion or import left behind
         self._download_options = download_options
         self.worker = ModelWorker(self)
         self.sources = Sources(self)
         self.speaker = Speaker(speech_engine, self)
         self.manager: ModelManager | None = None
         self.model_name = ""
+        self.model_loading = False  # a model was chosen and is loading (or its process is restarting)
         self._closing = False
         self._closing_dialog: closing.ClosingDialog | None = None
         self._close_timer = QTimer(self)  # while closing waits for work to end: try again
@@ -103,19 +104,21 @@ class MainWindow(QMainWindow):
                                  presets=self.toolbar.presets, speaker=self.speaker,
                                  read_aloud=self.toolbar.read_aloud, settings=settings,
                                  has_model=lambda: bool(self.model_name), error=self.show_error,
-                                 info=lambda m: self.messages.show_message(m, "info"), parent=self)
+                                 info=lambda m: self.messages.show_message(m, "info"),
+                                 model_loading=lambda: self.model_loading, parent=self)
         self.asking = AskAboutPicture(worker=self.worker, sources=self.sources, chat=self.chat, status=self.status,
                                       presets=self.toolbar.presets, speaker=self.speaker,
                                       read_aloud=self.toolbar.read_aloud, settings=settings,
-                                      model_name=lambda: self.model_name, error=self.show_error, parent=self)
+                                      model_name=lambda: self.model_name, error=self.show_error,
+                                      model_loading=lambda: self.model_loading, parent=self)
         self._connect()
         self.shortcut_actions = self._install_shortcuts()
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self.shortcut_actions[-1])
         self._describe_for_assistive_technology()
         self._restore()
-        if settings.notices:
-            self.messages.show_message(" ".join(settings.notices), "info")
+        if settings.notices or self._reclaimed:
+            self.messages.show_message(" ".join([*settings.notices, self._reclaimed]).strip(), "info")
         QTimer.singleShot(0, self._start_model)
 
     # -- wiring ---------------------------------------------------------------------------------------------------
@@ -145,10 +148,13 @@ class MainWindow(QMainWindow):
         w.model_ready.connect(self._model_ready)
         w.model_failed.connect(self._model_failed)
         w.failed.connect(self.show_error)
+        w.notice.connect(lambda text: self.messages.show_message(text, "info"))
+        w.model_lost.connect(self._model_lost)
 
         s.live_started.connect(self._live_started)
         s.live_stopped.connect(self._live_stopped)
         s.live_closed.connect(lambda: self._live_stopped(""))
+        s.live_waiting.connect(self._live_waiting)
         s.frame.connect(self._show_frame)
         s.still.connect(self.set_still)
         s.failed.connect(self.show_error)
@@ -244,18 +250,29 @@ class MainWindow(QMainWindow):
             return
         self.live.stop()
         self.asking.model_changed()
+        # Questions asked from now on wait in the worker's queue behind the load, and are answered after it.
+        self.model_loading = True
         self.worker.load(str(path), self.settings.threads)
 
     def _model_ready(self, name: str, _default_size: int) -> None:
         if self._closing:  # a load that could not be interrupted ended after Close: nothing more may start
             return
+        self.model_loading = False
         self.model_name = self.settings.model or name
         self.status.set_model(self.model_name)
         self.asking.read_ahead()
         if self.settings.mode == "live" and self.sources.feed is not None:
             self.live.start()
 
+    def _model_lost(self, message: str) -> None:
+        """The model's process failed twice: it is unloaded; one click loads it again."""
+        self.model_loading = False
+        self.model_name = ""
+        self.status.set_model("none")
+        self.show_error(message, ("Load again", lambda: self.use_model(self.settings.model)))
+
     def _model_failed(self, message: str) -> None:
+        self.model_loading = False
         self.model_name = ""
         self.status.set_model("none")
         self.show_error(f"The model could not be loaded. {message}", ("Manage models", self.open_model_manager))
@@ -337,6 +354,15 @@ class MainWindow(QMainWindow):
         if self.asking.picture is None:
             self.view.clear("The live source has stopped. Choose another under Source.")
         self.status.set_rates(None)
+
+    def _live_waiting(self, note: str) -> None:
+        """The live source sends no pictures (``note`` says so) or sends them again (""): the last picture stays, with
+        the note as its badge, and the captions so far stay too."""
+        feed = self.sources.feed
+        if note and not self.view.image.isNull():
+            self.view.set_image(self.view.image, note)
+        elif not note and feed is not None:
+            self._show_frame()
 
     def _show_frame(self) -> None:
         feed = self.sources.feed

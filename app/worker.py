@@ -1,4 +1,8 @@
-"""The model worker: the one object that owns the engine ``Model``, living on its own QThread.
+"""The model worker: the one object that owns the engine's model, living on its own QThread.
+
+The model itself runs in a runner process (engine.runner): a native crash or a hung kernel there costs a sentence
+(``notice``) and a restart, and the answer being written starts again (``answer_restarted``); a second failure
+unloads the model (``model_lost``). ``GLIMPSE_RUNNER=0`` loads it inside this process instead.
 
 The window talks to it only through :class:`ModelWorker`, which turns method calls into queued signals, so a load,
 a question or a caption loop never runs on the GUI thread. Requests run one at a time in order. Stopping does not
@@ -13,10 +17,12 @@ token would spend more time redrawing than a small model spends generating.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +31,20 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.jobs import describe_error
 from app.qtcompat import emit
 from app.threads import new_qthread
-from engine import Answer, Cancelled, Conversation, Frame, FrameSource, GlimpseError, Model, caption_stream, load_model
+from engine import (
+    Answer,
+    Cancelled,
+    Frame,
+    FrameSource,
+    GlimpseError,
+    Restart,
+    RunnerError,
+    RunnerModel,
+    caption_stream,
+)
+
+if TYPE_CHECKING:
+    from engine import Conversation, Model, RunnerConversation
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +183,14 @@ class Worker(QObject):
     failed = Signal(str)
     prepared = Signal(int, bool)  # the picture, and whether it is ready (False: not read ahead after all)
     request_done = Signal(object)  # the request's cancel event, so the host can forget it
+    notice = Signal(str)  # the model's process stopped and is being restarted: one sentence
+    answer_restarted = Signal()  # the answer or caption being written starts again (its text so far is void)
+    model_lost = Signal(str)  # the model's process failed twice: the model is unloaded, and why
 
     def __init__(self) -> None:
         super().__init__()
-        self._model: Model | None = None
-        self._conversation: Conversation | None = None
+        self._model: Model | RunnerModel | None = None
+        self._conversation: Conversation | RunnerConversation | None = None
         self._picture: int | None = None  # the picture the conversation is about, when the window named it
         self._read_ahead_ms = 0.0  # how long reading that picture ahead took (0: it was not read ahead)
         self.current_state = NO_MODEL
@@ -202,7 +224,15 @@ class Worker(QObject):
         self._close_model()
         self._state(LOADING)
         try:
-            model = load_model(name_or_path, threads=threads or None, cancel=cancel, status=self._tuning_status)
+            model: Model | RunnerModel
+            if os.environ.get("GLIMPSE_RUNNER", "1") == "0":
+                # Only here does the window's process load the runtimes (onnxruntime, llama.cpp) itself.
+                from engine import load_model  # noqa: PLC0415
+
+                model = load_model(name_or_path, threads=threads or None, cancel=cancel, status=self._tuning_status)
+            else:
+                model = RunnerModel(name_or_path, threads=threads or None, cancel=cancel,
+                                    status=self._tuning_status, on_notice=self._notice)
         except Cancelled:  # a newer load, or the window closing: the first load's hashing stops at once
             self._state(NO_MODEL)
             return
@@ -219,12 +249,23 @@ class Worker(QObject):
         emit(self.model_ready, model.name, model.default_size)
         self._state(IDLE)
 
-    def _stream(self, items: Iterator[str | Answer]) -> Answer:
+    def _notice(self, text: str) -> None:
+        emit(self.notice, text)
+
+    def _lost(self, e: RunnerError) -> None:
+        """The model's process failed twice: the model is unloaded, and the window offers to load it again."""
+        self._close_model()
+        emit(self.model_lost, describe_error(e))
+
+    def _stream(self, items: Iterator[str | Answer | Restart]) -> Answer:
         batcher = _Batcher(self._send_text)
         answer: Answer | None = None
         for item in items:
             if isinstance(item, Answer):
                 answer = item
+            elif isinstance(item, Restart):
+                batcher.reset()
+                emit(self.answer_restarted)
             else:
                 batcher.add(item)
         batcher.flush()
@@ -285,6 +326,8 @@ class Worker(QObject):
             if not isinstance(e, GlimpseError):
                 log.exception("a question failed")
             emit(self.failed, describe_error(e))
+            if isinstance(e, RunnerError):
+                self._lost(e)
         finally:
             self._state(IDLE if self._model is not None else NO_MODEL)
             emit(self.request_done, req.cancel)
@@ -304,6 +347,8 @@ class Worker(QObject):
             ready = True
         except Cancelled:  # a newer picture, Stop, or the window closing
             pass
+        except RunnerError as e:
+            self._lost(e)
         except Exception as e:  # the question will try again and report it: reading ahead is only a head start
             log.info("reading picture %d ahead failed: %s", req.picture, e)
         finally:
@@ -320,7 +365,7 @@ class Worker(QObject):
     def live(self, req: LiveRequest) -> None:
         batcher = _Batcher(self._send_text)
 
-        def on_frame(_frame: Frame) -> None:
+        def on_frame(_frame: Frame) -> None:  # a frame goes to the model (again, after a restart)
             batcher.reset()
             self._state(READING)
             emit(self.caption_started)
@@ -354,6 +399,8 @@ class Worker(QObject):
             if not isinstance(e, GlimpseError):
                 log.exception("live captions failed")
             kind, message = "error", describe_error(e)
+            if isinstance(e, RunnerError):
+                self._lost(e)
         finally:
             self._state(IDLE if self._model is not None else NO_MODEL)
             emit(self.live_ended, kind, message)
@@ -384,6 +431,9 @@ class ModelWorker(QObject):
     live_ended = Signal(str, str)
     failed = Signal(str)
     prepared = Signal(int, bool)
+    notice = Signal(str)
+    answer_restarted = Signal()
+    model_lost = Signal(str)
 
     _load = Signal(str, int, object)
     _ask = Signal(object)
@@ -403,7 +453,7 @@ class ModelWorker(QObject):
         self._reading: threading.Event | None = None  # the last read-ahead's cancel event
         self._shutdown.connect(self.worker.shutdown)
         for name in ("state_changed", "model_ready", "model_failed", "text", "answered", "caption_started",
-                     "captioned", "live_ended", "failed", "prepared"):
+                     "captioned", "live_ended", "failed", "prepared", "notice", "answer_restarted", "model_lost"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.worker.request_done.connect(self._forget)
         self._unfinished: list[threading.Event] = []

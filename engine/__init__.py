@@ -33,6 +33,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "Progress": ("engine.progress", "Progress"),
     "ProgressFn": ("engine.progress", "ProgressFn"),
     "assets_root": ("engine.folders", "assets_root"),
+    "check_folder": ("engine.folders", "check_folder"),
     "default_threads": ("engine.system", "default_threads"),
     "durable": ("engine.durable", None),
     "user_folder": ("engine.folders", "user_folder"),
@@ -60,6 +61,11 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "load_image": ("engine.runtime.preprocess", "load_image"),
     "load_model": ("engine.runtime.model", "load_model"),
     "use_capture_backend": ("engine.runtime.caption", "use_capture_backend"),
+    # runner: the model in a process of its own
+    "Restart": ("engine.runtime.types", "Restart"),
+    "RunnerConversation": ("engine.runner.client", "RunnerConversation"),
+    "RunnerError": ("engine.runner.client", "RunnerError"),
+    "RunnerModel": ("engine.runner.client", "RunnerModel"),
     # convert: getting models into the store
     "import_model": ("engine.convert.install", "import_model"),
     "pull_model": ("engine.convert.install", "pull_model"),
@@ -87,6 +93,10 @@ __all__ = [
     "Model",
     "Progress",
     "ProgressFn",
+    "Restart",
+    "RunnerConversation",
+    "RunnerError",
+    "RunnerModel",
     "SelfTestReport",
     "SlotSource",
     "Store",
@@ -95,6 +105,7 @@ __all__ = [
     "assets_root",
     "caption_stream",
     "catalog",
+    "check_folder",
     "cli_main",
     "default_threads",
     "durable",
@@ -116,12 +127,13 @@ if TYPE_CHECKING:
     from engine.cli.selftest import SelfTestReport, run_engine_selftest
     from engine.convert.install import import_model, pull_model
     from engine.errors import Cancelled, CaptureError, GlimpseError
-    from engine.folders import assets_root, user_folder
+    from engine.folders import assets_root, check_folder, user_folder
     from engine.models import catalog
     from engine.models.catalog import CatalogEntry
     from engine.models.download import DownloadOptions, fetch_license, human_bytes, is_offline
     from engine.models.store import Store
     from engine.progress import Progress, ProgressFn
+    from engine.runner.client import RunnerConversation, RunnerError, RunnerModel
     from engine.runtime.caption import (
         Caption,
         CaptureBackend,
@@ -135,7 +147,7 @@ if TYPE_CHECKING:
     from engine.runtime.conversation import Conversation
     from engine.runtime.model import Model, load_model
     from engine.runtime.preprocess import load_image
-    from engine.runtime.types import Answer, ImageRows, Timings
+    from engine.runtime.types import Answer, ImageRows, Restart, Timings
     from engine.system import default_threads
 
 

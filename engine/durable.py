@@ -6,18 +6,29 @@ file that every later check trusts by its name. So every rename that publishes s
 folder, an export, a settings or state file) goes through :func:`publish`, which syncs the new file or folder
 first and the parent folder after. Windows cannot open folders for syncing and does not need it (NTFS journals
 its renames), so folder syncs are skipped there.
+
+The other half is reading such a file back: :func:`read_state_file` is how every file Glimpse can rebuild (the
+window's settings, the tuning cache, the kernel canary's cache) is read. A damaged one is set aside beside itself
+(``<name>.damaged``), said once (a log warning and a sentence the caller can show), and the caller rebuilds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import stat
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 _CAN_SYNC_DIRS = sys.platform != "win32"
+log = logging.getLogger("glimpse")
+T = TypeVar("T")
+DAMAGED_SUFFIX = ".damaged"
 
 
 def sync_file(path: Path) -> None:
@@ -107,3 +118,70 @@ def write_text(path: Path, text: str, *, tmp: Path | None = None) -> None:
             partial.unlink()
         raise
     sync_dir(path.parent)
+
+
+# -- state files that can be rebuilt -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StateRead(Generic[T]):
+    """What :func:`read_state_file` found: ``value`` (None when there was no usable file), ``damaged`` (where a bad
+    file was set aside, if one was) and ``notice`` (one sentence for the user; "" when nothing needs saying)."""
+
+    value: T | None
+    damaged: Path | None = None
+    notice: str = ""
+
+
+def set_aside(path: Path, what: str, reason: str) -> StateRead[T]:
+    """Rename the damaged ``path`` to ``<name>.damaged`` (``.damaged-2`` ... when older copies are there), log a
+    warning and return the sentence that says so. The file is kept, not deleted: it may be the user's work (a
+    hand-edited preset list) or evidence for a bug report. A file that cannot even be renamed is left in place."""
+    aside = path.with_name(path.name + DAMAGED_SUFFIX)
+    for n in range(2, 10):
+        if not os.path.lexists(aside):
+            break
+        aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}-{n}")
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        notice = (f"The {what} {path} is damaged ({reason}) and could not be set aside ({e.strerror or e}); "
+                  "Glimpse ignores it and starts afresh.")
+        log.warning("%s", notice)
+        return StateRead(None, None, notice)
+    sync_dir(path.parent)
+    notice = (f"The {what} {path} was damaged ({reason}); Glimpse set it aside as {aside.name} and starts "
+              "afresh with a new one.")
+    log.warning("%s", notice)
+    return StateRead(None, aside, notice)
+
+
+def read_state_file(path: Path, parse: Callable[[bytes], T], *, what: str,
+                    max_bytes: int = 1 << 20) -> StateRead[T]:
+    """Read a file Glimpse can rebuild: ``parse`` turns its bytes into the value, or raises ValueError (or
+    TypeError, KeyError, RecursionError) for bytes that are not one. No file: ``StateRead(None)``, silently. A file
+    that is half-written, garbage, bigger than ``max_bytes``, not a regular file, or unreadable is set aside
+    (:func:`set_aside`), so the next read finds nothing and the caller's rebuilt file replaces it: the damage is
+    said once, never again and never as an error."""
+    try:
+        info = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):  # no file (or no folder for one): nothing to say
+        return StateRead(None)
+    except OSError as e:
+        return set_aside(path, what, e.strerror or str(e))
+    if not stat.S_ISREG(info.st_mode):
+        return set_aside(path, what, "it is not a regular file")
+    if info.st_size > max_bytes:
+        return set_aside(path, what, f"{info.st_size:,} bytes, more than the {max_bytes:,} it can be")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return set_aside(path, what, e.strerror or str(e))
+    try:
+        return StateRead(parse(data))
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        return set_aside(path, what, _short(e) or "it cannot be parsed")
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().rstrip(".")
+    return text if len(text) <= 120 else text[:117] + "..."

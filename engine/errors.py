@@ -109,5 +109,9 @@ class ContextFullError(InferenceError):
     """The input does not fit in the rest of the context window."""
 
 
+class FolderError(GlimpseError):
+    """A folder Glimpse keeps things in cannot be used: a file, no permission, a read-only or full file system."""
+
+
 class CaptureError(GlimpseError):
     """A camera, video file or the screen cannot be read."""

@@ -58,6 +58,14 @@ INTERNALS: Final[tuple[Internal, ...]] = (
     Internal("llama-cpp-python", "llama_cpp:llama_log_set", "module", "engine/runtime/llm.py",
              "routing llama.cpp's log lines to Python logging"),
     Internal("llama-cpp-python", "llama_cpp:llama_log_callback", "module", "engine/runtime/llm.py", "as above"),
+    Internal("llama-cpp-python", "llama_cpp.llama_cpp:llama_model_default_params", "module", "engine/runtime/llm.py",
+             "Llama.__init__ builds its model parameters by calling this module attribute and has no argument for "
+             "use_extra_bufts; LanguageModel(extra_bufts=False) wraps it while its Llama is made (the kernel canary's "
+             "rung without AMX and repacked weights)"),
+    Internal("llama-cpp-python", "llama_cpp.llama_cpp:llama_model_params.use_extra_bufts", "module",
+             "engine/runtime/llm.py", "the field that keeps weights out of llama.cpp's AMX and repack buffers"),
+    Internal("llama-cpp-python", "llama_cpp:Llama.model_params", "instance", "engine/runtime/llm.py",
+             "read back after loading: the proof that use_extra_bufts reached llama.cpp"),
     Internal("huggingface_hub", "huggingface_hub.utils._headers:build_hf_headers", "module",
              "engine/models/download.py",
              "the user agent and token handling hf_hub_download sends, for Glimpse's own resumable byte loop"),

@@ -20,6 +20,8 @@ class Progress:
 
     ``stage`` names the step ("vision", "language model", "download ..."), ``done`` / ``total`` count its units
     (bytes or tensors; ``total`` 0 means unknown), ``unit`` says which, ``rate`` is units per second where known.
+    ``note`` says what the step is waiting for while it waits ("no data from huggingface.co for 15 s, retrying
+    (1/3)"); empty while it is moving.
     """
 
     stage: str
@@ -27,6 +29,7 @@ class Progress:
     total: int
     unit: str = "it"
     rate: float = 0.0
+    note: str = ""
 
 
 ProgressFn = Callable[[Progress], None]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from engine.runtime import canary
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Session-wide too, not only per test: module-scoped fixtures load models before the per-test fixture runs, and
@@ -17,14 +20,31 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["GLIMPSE_HOME"] = tempfile.mkdtemp(prefix="glimpse-test-home-")
 # Each test has its own home, so every load would measure the CPU again; tests/engine/test_tuning.py turns it on.
 os.environ["GLIMPSE_TUNE"] = "0"
+# The kernel canary stays on, as for users: on a CPU whose llama.cpp kernels are broken (an AMX Xeon with a GCC 12
+# build) every test that runs a q8_0 model would otherwise end the test run by SIGILL. Its results are shared between
+# the tests' homes (below), so it runs once per weight type and session, not once per test.
+os.environ.pop("GLIMPSE_CANARY", None)
+_SESSION_KERNELS = canary.cache_folder()
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+                   request: pytest.FixtureRequest) -> Iterator[None]:
     """No test reads or writes the real user folders or reaches the network."""
     home = tmp_path_factory.mktemp("glimpse-home")
     monkeypatch.setenv("GLIMPSE_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    kernels = canary.cache_folder()
+    if _SESSION_KERNELS.is_dir():
+        shutil.copytree(_SESSION_KERNELS, kernels, dirs_exist_ok=True)
+    yield
+    # What the canary proved for real goes back for the next tests; test_canary.py makes results up (faults, fake
+    # processes), and they stay in its own home.
+    if request.node.module.__name__.endswith("test_canary") or os.environ.get(canary.FAULT_ENV):
+        return
+    for entry in kernels.glob("*.json") if kernels.is_dir() else ():
+        _SESSION_KERNELS.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(entry, _SESSION_KERNELS / entry.name)
 
 
 @pytest.fixture(scope="session")

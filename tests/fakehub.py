@@ -12,6 +12,9 @@ files with one byte changed, headers still promising the right hashes), ``status
 HTTP status), ``ignore_range``, ``cdn_fail`` (statuses the CDN gives its next GETs, e.g. 403 for an
 expired signed address), ``serve_anything`` (a hostile mirror: any unknown path of a repository is answered
 with the content of this file of it). ``log`` records every request; ``sent`` counts body bytes per file.
+``stall_after`` (send that many body bytes, then keep the connection open and send nothing, ``stalls`` times;
+the connection is let go when the hub stops) and ``trickle`` (send bodies at this many bytes per second) are the
+servers that stop sending without closing anything.
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ class FakeHub:
         self.ignore_range = False
         self.cdn_fail: list[int] = []
         self.serve_anything: str | None = None
+        self.stall_after: int | None = None
+        self.stalls = 1
+        self.trickle: float | None = None
+        self.stopping = threading.Event()
         self.log: list[Logged] = []
         self.sent: dict[str, int] = {}
         self._down = False
@@ -106,6 +113,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # lets stalled connections go
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -129,6 +137,7 @@ class FakeHub:
         """Back to a healthy server (switches off); the log and counters are kept."""
         self.cut_after, self.cuts, self.down_after_cut, self._down = None, 1, False, False
         self.corrupt, self.status, self.ignore_range, self.cdn_fail = set(), None, False, []
+        self.stall_after, self.stalls, self.trickle = None, 1, None
 
     def gets(self, path_suffix: str = "") -> list[Logged]:
         return [e for e in self.log if e.method == "GET" and e.path.endswith(path_suffix)]
@@ -228,17 +237,33 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if head:
                 return
             body = data[start:]
-            cut = False
+            cut = stall = False
             with hub._lock:
                 if hub.cut_after is not None and hub.cuts != 0 and len(body) > hub.cut_after:
                     body, cut = body[:hub.cut_after], True
                     hub.cuts -= 1
                     hub._down = hub.down_after_cut
+                if hub.stall_after is not None and hub.stalls != 0 and len(body) > hub.stall_after:
+                    body, stall = body[:hub.stall_after], True
+                    hub.stalls -= 1
                 hub.sent[rel] = hub.sent.get(rel, 0) + len(body)
+                trickle = hub.trickle
             try:
-                self.wfile.write(body)
-                self.wfile.flush()
+                if trickle:
+                    step = max(1, int(trickle / 20))
+                    for i in range(0, len(body), step):
+                        if hub.stopping.wait(step / trickle):
+                            return
+                        self.wfile.write(body[i:i + step])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(body)
+                    self.wfile.flush()
             except OSError:
+                return
+            if stall:  # the connection stays open and silent until the client gives up or the hub stops
+                hub.stopping.wait()
+                self.close_connection = True
                 return
             if cut:
                 self.close_connection = True

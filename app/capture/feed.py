@@ -5,6 +5,10 @@ RGB, and hands it to two places: a one-frame slot the model worker's caption loo
 the newest frame and nothing queues), and the preview, which is told by a signal only when it has drawn the previous
 frame (so a slow window drops frames instead of piling up events). Waiting for a device to open also happens on that
 thread: a camera can take seconds to show its first picture.
+
+A source that stops delivering pictures mid-way (a camera that hangs, a capture card that loses its signal) is not
+an end: after ``quiet_s`` without a picture the feed says so (``waiting``, with a sentence) and keeps waiting, so the
+window and the captions so far stay; the first picture that comes back says it is over (``waiting`` with "").
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ class FrameFeed(QObject, SlotSource):
     Also a ``FrameSource`` for ``caption_stream`` (``SlotSource``: its one-frame slot)."""
 
     poll_s = _POLL_S
+    quiet_s = 1.5  # no picture for this long and the feed says it is waiting (within 2 s, with the poll)
 
     opened = Signal(str)  # the feed's name
     frame_ready = Signal()  # call latest() to get it
     stopped = Signal(str)  # "" when it ended or was closed, else why it failed
+    waiting = Signal(str)  # a sentence while no picture comes; "" when pictures come again
 
     _opened = Signal(str)
     _frame_ready = Signal()
     _stopped = Signal(str)
+    _waiting = Signal(str)
 
     def __init__(self, opener: Callable[[], FrameSource], name: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -44,6 +51,7 @@ class FrameFeed(QObject, SlotSource):
         self._opened.connect(self.opened)
         self._frame_ready.connect(self.frame_ready)
         self._stopped.connect(self.stopped)
+        self._waiting.connect(self.waiting)
         self.name = name
         self._opener = opener
         self._slot = LatestFrame()
@@ -67,13 +75,22 @@ class FrameFeed(QObject, SlotSource):
             emit(self._stopped, self._error)
             return
         emit(self._opened, self.name)
+        last = time.monotonic()
+        quiet = False
         try:
             while not self._stop.is_set():
                 frame = source.take(timeout=_POLL_S)
                 if frame is None:
                     if source.ended:
                         break
+                    if not quiet and time.monotonic() - last >= self.quiet_s:
+                        quiet = True
+                        emit(self._waiting, self.quiet_note(time.monotonic() - last))
                     continue
+                last = time.monotonic()
+                if quiet:
+                    quiet = False
+                    emit(self._waiting, "")
                 self._slot.put(frame)
                 with self._lock:
                     self._latest = frame
@@ -89,6 +106,9 @@ class FrameFeed(QObject, SlotSource):
             source.close()
             self._slot.close()
             emit(self._stopped, "" if self._stop.is_set() else (self._error or ""))
+
+    def quiet_note(self, seconds: float) -> str:
+        return f"No picture from {self.name} for {seconds:.0f} s: waiting for it to come back"
 
     # -- for the window ---------------------------------------------------------------------------------------------
 

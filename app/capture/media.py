@@ -126,9 +126,8 @@ class MediaSource(LiveSource):
     @classmethod
     def for_camera(cls, device: QCameraDevice) -> MediaSource:
         source = cls(device.description() or "camera", lambda s: s._open_camera(device))
-        source.stall_s = 5.0
-        source.stalled = ("The camera {name} stopped sending pictures (unplugged, or taken by another program?). "
-                          "Choose it again under Source.")
+        # A camera that goes quiet is waited for, not ended: the feed says so after a moment (FrameFeed.quiet_s)
+        # and goes on when pictures come back; one that is unplugged ends (_devices_changed).
         source._camera_id = device_id(device)
         return source
 

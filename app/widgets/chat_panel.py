@@ -147,6 +147,12 @@ class ChatPanel(QWidget):
             if not self._render_timer.isActive():
                 self._render_timer.start()
 
+    def restart_answer(self) -> None:
+        """The answer being written starts again (its model's process was restarted): its text so far goes."""
+        if self._pending is not None:
+            self._pending.text = ""
+            self._render()
+
     def finish(self, reply: Reply) -> None:
         pending, self._pending = self._pending, None
         if pending is None:

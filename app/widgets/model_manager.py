@@ -34,6 +34,7 @@ from app.widgets.model_table import ModelTable
 from engine import (
     CatalogEntry,
     DownloadOptions,
+    GlimpseError,
     Progress,
     Store,
     catalog,
@@ -63,6 +64,7 @@ class ModelManager(QDialog):
         self._job: Job | None = None
         self._spent: Job | None = None
         self._outcome = ""
+        self.unusable = ""  # the sentence saying why the store cannot be used, while it cannot
 
         intro = QLabel("Glimpse needs a model to see with. Download one (0.5B is quick and small; larger ones are "
                        "more accurate and slower), or import a folder you already have." if first_run else
@@ -128,7 +130,16 @@ class ModelManager(QDialog):
     # -- the list -------------------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        self.table.fill(self._store, self._settings.model)
+        # A store that cannot be used (a file, no permission, read-only, full) is said, naming the folder and
+        # what to do, never shown as an empty list; nothing can be downloaded, imported or removed until it is fixed.
+        try:
+            self._store.check()
+            self.table.fill(self._store, self._settings.model)
+            self.unusable = ""
+        except GlimpseError as e:
+            self.unusable = e.gui_text
+            self.table.setRowCount(0)
+            self.detail.setText(self.unusable)
         self._update_buttons()
 
     def selected_name(self) -> str:
@@ -141,6 +152,11 @@ class ModelManager(QDialog):
         return any(m.name == name and m.complete for m in self._store.installed())
 
     def _update_buttons(self) -> None:
+        if self.unusable:
+            for button in (self.download_button, self.use_button, self.remove_button, self.import_button,
+                           self.cancel_button):
+                button.setEnabled(False)
+            return
         busy = self._job is not None
         name = self.selected_name()
         entry = catalog.find(name) if name else None

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from engine.runner import RunnerModel
 from engine.runtime.caption import Frame, caption_stream
 from engine.runtime.model import Answer, Model
 from engine.runtime.tuning import RuntimeSettings, measured_while_busy
@@ -40,7 +41,7 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 1) if values else 0.0
 
 
-def bench_size(model: Model, size: int, runs: int, max_tokens: int = 32) -> SizeResult:
+def bench_size(model: Model | RunnerModel, size: int, runs: int, max_tokens: int = 32) -> SizeResult:
     answers: list[Answer] = []
     follow_ups: list[Answer] = []
     read_ahead: list[Answer] = []
@@ -106,7 +107,8 @@ class _SyntheticFrames:
         self._left = 0
 
 
-def bench_captions(model: Model, count: int, size: int = 512, max_tokens: int = CAPTION_TOKENS) -> dict[str, float]:
+def bench_captions(model: Model | RunnerModel, count: int, size: int = 512,
+                   max_tokens: int = CAPTION_TOKENS) -> dict[str, float]:
     """Live captions back to back on ``count`` + 1 distinct frames (the first is a warm-up): captions per second
     from the first caption's end to the last one's, and the median TTFT and seconds per caption."""
     finished: list[float] = []
@@ -127,7 +129,7 @@ def bench_captions(model: Model, count: int, size: int = 512, max_tokens: int = 
             "decode_tokens_per_s": _median([a.timings.decode_tokens_per_s for a in steady])}
 
 
-def run_bench(model: Model, sizes: list[int], runs: int, captions: int = 0) -> dict[str, object]:
+def run_bench(model: Model | RunnerModel, sizes: list[int], runs: int, captions: int = 0) -> dict[str, object]:
     started = time.perf_counter()
     results = [asdict(bench_size(model, s, runs)) for s in sizes]
     caption_result = bench_captions(model, captions) if captions > 0 else None
@@ -138,9 +140,14 @@ def run_bench(model: Model, sizes: list[int], runs: int, captions: int = 0) -> d
         "threads": model.threads,
         "settings": asdict(model.settings),
         "tuning": model.tuning_report,
+        "kernels": (model.kernels or None) if isinstance(model, RunnerModel)
+        else (model.kernels.describe() if model.kernels is not None else None),
         "sizes": results,
         "captions": caption_result,
-        "peak_rss_mb": round(peak_rss_bytes() / 1e6),
+        # The model's memory is where it runs: the runner process, or this one.
+        "runner": isinstance(model, RunnerModel),
+        "peak_rss_mb": round((model.runner_peak_rss_bytes() if isinstance(model, RunnerModel)
+                              else peak_rss_bytes()) / 1e6),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -150,9 +157,10 @@ def format_table(report: dict[str, object]) -> str:
     assert isinstance(rows, list)
     lines = [
         f"{report['model']} ({report['quant']}, vision {report['vision_precision']}, {report['threads']} threads), "
-        f"peak RSS {report['peak_rss_mb']} MB",
+        f"{'runner process' if report.get('runner') else 'in this process'}, peak RSS {report['peak_rss_mb']} MB",
         f"settings: {RuntimeSettings(**settings).describe()}" if isinstance(settings := report.get("settings"), dict)
         else "",
+        f"llama.cpp kernels: {report['kernels']}" if report.get("kernels") else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",
         "|---|---|---|---|---|---|---|---|",

@@ -80,8 +80,13 @@ def _rows(store: Store) -> list[dict[str, Any]]:
 def cmd_list(args: argparse.Namespace) -> int:
     store = Store.default()
     rows = _rows(store)
+    in_use = store.work_in_progress()
     if args.json:
-        print(json.dumps({"home": str(store.root), "models": rows}, indent=2))
+        print(json.dumps({"home": str(store.root), "models": rows,
+                          "in_use": [{"path": str(w.path), "kind": w.kind, "size_bytes": w.size_bytes,
+                                      "pid": w.owner.pid if w.owner else None,
+                                      "host": w.owner.host if w.owner else None,
+                                      "other_host": w.state == "elsewhere"} for w in in_use]}, indent=2))
         return 0
     print(f"{'NAME':<16} {'STATUS':<28} {'SIZE':>10}  {'QUANT':<7} LLM")
     for row in rows:
@@ -95,6 +100,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         llm = entry.llm if entry else ""
         print(f"{row['name']:<16} {row['status'][:28]:<28} {size:>10}  {row['quant'] or '-':<7} {llm}")
     print(f"\nModels are kept in {store.models_dir}")
+    if in_use:
+        print("Work in progress (left alone while its process runs):")
+        for work in in_use:
+            print(f"  {work.describe()}")
     return 0
 
 

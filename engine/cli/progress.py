@@ -31,7 +31,11 @@ class ProgressBar:
         bar = self._bar
         if p.total and bar.total != p.total:
             bar.total = p.total
+        if p.note != (getattr(bar, "postfix", None) or ""):
+            bar.set_postfix_str(p.note, refresh=False)  # a stall shows as one, not as a bar that stopped
         bar.update(p.done - bar.n)
+        if p.note:
+            bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:

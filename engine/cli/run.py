@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import threading
 from typing import Any
 
 from engine.errors import InputError
-from engine.runtime.types import Answer
+from engine.runtime.types import Answer, Restart
 
 
 def _status(text: str, done: int, total: int) -> None:
@@ -21,13 +22,30 @@ def _status(text: str, done: int, total: int) -> None:
     print(f"  [{min(done + 1, total)}/{total}] {text}", file=sys.stderr, flush=True)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    # Start-up: the runtime takes 0.3-0.8 s to import (onnxruntime, llama.cpp; -X importtime); only the commands
-    # that load a model pay it (here, in _cmd_caption and in _cmd_bench).
-    from engine.runtime.model import load_model  # noqa: PLC0415
+def _notice(text: str) -> None:
+    """The model's process stopped: one sentence on stderr (the answer on stdout starts again after it)."""
+    print(f"glimpse: {text}", file=sys.stderr, flush=True)
 
-    return load_model(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=getattr(args, "tune", False),
-                      status=_status)
+
+def in_process() -> bool:
+    """GLIMPSE_RUNNER=0 runs the model inside this process (for debugging with native tools; a crash then ends the
+    command). By default it runs in a runner process of its own (engine/runner/)."""
+    return os.environ.get("GLIMPSE_RUNNER", "1") == "0"
+
+
+def _load(args: argparse.Namespace) -> Any:
+    retune = getattr(args, "tune", False)
+    if getattr(args, "in_process", False) or in_process():
+        # Start-up: the runtime takes 0.3-0.8 s to import (onnxruntime, llama.cpp; -X importtime); only a command
+        # that loads a model in this process pays it.
+        from engine.runtime.model import load_model  # noqa: PLC0415
+
+        return load_model(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status)
+    # Start-up: as above, the client part (numpy, Pillow) only for commands that load a model.
+    from engine.runner import RunnerModel  # noqa: PLC0415
+
+    return RunnerModel(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status,
+                       on_notice=_notice)
 
 
 def _sizes(text: str) -> list[int]:
@@ -52,13 +70,19 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         raise InputError("The question is empty.", "Put the question in quotes after the image.")
     with _load(args) as model:
         answer: Answer | None = None
+        wrote = False
         for item in model.stream(image, args.question, size=args.size, tiles=tiles, max_tokens=args.max_tokens,
                                  temperature=args.temperature, seed=args.seed):
             if isinstance(item, Answer):
                 answer = item
+            elif isinstance(item, Restart):  # the notice is on stderr; the answer starts again on a new line
+                if wrote:
+                    print(flush=True)
+                wrote = False
             elif not args.json:
                 sys.stdout.write(item)
                 sys.stdout.flush()
+                wrote = True
         assert answer is not None
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
@@ -164,4 +188,7 @@ def register(sub: Any) -> None:
     p.add_argument("--tune", action="store_true",
                    help="measure this CPU's fastest settings for the model again (they are cached per CPU and model)")
     p.add_argument("--tune-only", action="store_true", help="print the settings (measured now unless cached) and stop")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the model inside this process instead of its runner process (to measure what the "
+                        "runner costs)")
     p.set_defaults(func=_cmd_bench)

@@ -7,6 +7,7 @@ packaged app runs the same code, so a frozen build that lost a native library fa
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import tempfile
@@ -21,6 +22,8 @@ import numpy as np
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
 from engine.models.model_folder import read_manifest
+from engine.runner import RunnerModel, faults
+from engine.runtime.canary import ENABLE_ENV
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.runtime.model import Answer, load_model
 from engine.version import __version__
@@ -87,7 +90,22 @@ def cpu_kernels() -> str:
 
 
 def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> Path | None:
-    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``)."""
+    """Run the engine steps into ``report``; returns the converted model folder (inside ``workdir``).
+
+    The kernel canary always runs here, GLIMPSE_CANARY=0 or not: proving llama.cpp's kernels on this CPU is what a
+    self-test is for (a q8_0 model on an AMX CPU with a GCC 12 build would otherwise end it by SIGILL)."""
+    previous = os.environ.get(ENABLE_ENV)
+    os.environ[ENABLE_ENV] = "1"
+    try:
+        return _engine_steps(report, workdir)
+    finally:
+        if previous is None:
+            os.environ.pop(ENABLE_ENV, None)
+        else:
+            os.environ[ENABLE_ENV] = previous
+
+
+def _engine_steps(report: SelfTestReport, workdir: Path | None) -> Path | None:
     report.versions.update(versions())
     work = workdir or Path(tempfile.mkdtemp(prefix="glimpse-selftest-"))
     ckpt = report.step("write a tiny random checkpoint", lambda: write_checkpoint(work / "checkpoint",
@@ -109,6 +127,9 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
 
     def ask() -> None:
         with load_model(work / "model", n_ctx=1024) as model:
+            # Which configuration the canary proved (or that it was skipped), shown even if answering fails below.
+            report.versions["llama.cpp kernels"] = (model.kernels.describe() if model.kernels is not None
+                                                    else "as built, not proven")
             rows = model.encode(model.preprocess(image, 256))
             if rows.shape != (16, model.llm.n_embd) or not np.isfinite(rows).all():
                 raise RuntimeError(f"the encoder returned {rows.shape} rows")
@@ -124,7 +145,29 @@ def run_engine_selftest(report: SelfTestReport, workdir: Path | None = None) -> 
         report.versions["llama.cpp CPU kernels"] = cpu_kernels()
 
     report.step("encode with onnxruntime and answer with llama.cpp", ask)
+    report.step("answer in the runner process through an injected crash", lambda: runner_survives_a_crash(
+        work / "model", image, report))
     return work / "model"
+
+
+def runner_survives_a_crash(folder: Path, image: np.ndarray, report: SelfTestReport) -> None:
+    """The model in its runner process (started from this very executable, frozen or not), whose first start is made
+    to crash with SIGSEGV mid-answer: the answer must come from the restarted runner, after one sentence."""
+    notices: list[str] = []
+    saved = os.environ.get(faults.ENV)
+    os.environ[faults.ENV] = "segv@answer#1"
+    try:
+        with RunnerModel(folder, n_ctx=1024, on_notice=notices.append) as model:
+            answer = model.conversation(image, size=256).ask("What is in this image?", max_tokens=6)
+            if not answer.token_ids or model.starts != 2 or len(notices) != 1 or "SIGSEGV" not in notices[0]:
+                raise RuntimeError(f"the runner did not recover as it should: {model.starts} starts, notices "
+                                   f"{notices}, {len(answer.token_ids)} tokens")
+    finally:
+        if saved is None:
+            os.environ.pop(faults.ENV, None)
+        else:
+            os.environ[faults.ENV] = saved
+    report.versions["runner"] = f"answered after an injected SIGSEGV ({len(answer.token_ids)} tokens)"
 
 
 def main() -> int:

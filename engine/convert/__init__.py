@@ -18,6 +18,7 @@ from typing import Any
 from engine import durable
 from engine.convert.checkpoint import Checkpoint, LlmGeometry
 from engine.errors import ConversionError, DiskFullError, GlimpseError, OutputExistsError
+from engine.models.leftovers import claim, release
 from engine.models.model_folder import (
     ATTRIBUTION,
     FORMAT_VERSION,
@@ -170,6 +171,7 @@ def convert_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
+            claim(tmp)  # host, process id and start time: a killed conversion's folder is reclaimed at once
             vision = build_vision_onnx(ckpt, tmp / VISION_FILE, weight_dtype=vision_weights, report=report)
             write_llm_gguf(ckpt, geo, tmp / LLM_FILE, quant=quant, name=name or src.name, report=report)
             # After the language model: the gate judges quantized image rows by the answers it gives.
@@ -181,6 +183,7 @@ def convert_checkpoint(
                                  precision=precision)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             report("checking", 1, 1)
+            release(tmp)
             _move_into_place(tmp, out)
         except OSError as e:
             raise _os_error(e, out) from e

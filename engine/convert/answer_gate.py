@@ -29,6 +29,7 @@ from PIL import Image
 
 from engine.convert.vision_int8 import embed
 from engine.errors import ConversionError
+from engine.runtime.canary import choose_kernels
 from engine.runtime.llm import LanguageModel
 from engine.runtime.prompt import IM_END, first_turn
 
@@ -309,7 +310,11 @@ class AnswerGate:
         """The float32 answers (computed on the first call: loads the language model)."""
         if self._references is None:
             longest = max(r.shape[0] for r in self.float_rows.values())
-            llm = LanguageModel(self.llm_path, n_ctx=longest + 256, n_threads=self.threads)
+            # The kernels the canary proves for this file's weight type: an AMX build GCC 12 broke would otherwise
+            # end the conversion by a signal.
+            kernels = choose_kernels(self.llm_path, threads=self.threads)
+            llm = LanguageModel(self.llm_path, n_ctx=longest + 256, n_threads=self.threads,
+                                extra_bufts=kernels.extra_bufts, cpu_variant=kernels.variant)
             try:
                 self._references = reference_answers(llm, self.float_rows, self.views, tick=tick)
             except BaseException:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import filelock
 import httpx2
@@ -54,6 +56,7 @@ from engine import durable
 from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
 from engine.limits import load_json
 from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
+from engine.models.leftovers import claim, release
 from engine.names import is_plain_name, safe_child
 from engine.progress import Progress, ProgressFn, check_cancel
 from engine.version import __version__
@@ -77,6 +80,25 @@ _OFFLINE_GUI = "Connect to the internet and download it again (it resumes), or "
 _LAYOUT_CHANGED_GUI = "The repository layout changed; update Glimpse, or " + _IMPORT_GUI
 
 
+# Every wait on the server has a deadline (docs/security.md, "Faults"). Defaults, each overridable by the
+# environment variable beside it (read at call time) or a DownloadOptions field:
+STALL_S = 15.0  # GLIMPSE_DOWNLOAD_STALL_S: no byte for this long and the connection counts as stalled
+FLOOR_BPS = 10_000.0  # GLIMPSE_DOWNLOAD_FLOOR_BPS: fewer bytes per second than this ...
+FLOOR_WINDOW_S = 10.0  # GLIMPSE_DOWNLOAD_FLOOR_WINDOW_S: ... over this many seconds and it counts as too slow
+STALL_RETRIES = 3  # GLIMPSE_DOWNLOAD_STALL_RETRIES: resumed retries after a stall or a trickle, then a sentence
+# Worst case for one file whose server stalls: 4 attempts x 15 s + 1 + 2 + 4 s of back-off = 67 s; one that
+# trickles: 4 x (10 s + up to 15 s for its next byte) + 7 s = 107 s. Both stay under two minutes.
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
     """How to reach the Hub. ``None`` means: read the environment at call time (not at import, as
@@ -86,7 +108,29 @@ class DownloadOptions:
     offline: bool | None = None  # default: $HF_HUB_OFFLINE
     retries: int = 5  # transient failures in a row per file; each retry resumes where the last one stopped
     retry_wait: float = 1.0  # seconds before the first retry, doubling up to 8
-    timeout: float = 30.0  # seconds without a byte before a connection counts as stalled
+    timeout: float | None = None  # seconds without a byte before a connection counts as stalled (STALL_S)
+    floor_bps: float | None = None  # the progress floor in bytes per second (FLOOR_BPS; 0 turns it off)
+    floor_window_s: float | None = None  # over how many seconds the floor is judged (FLOOR_WINDOW_S)
+    stall_retries: int | None = None  # resumed retries after stalls or trickles in a row (STALL_RETRIES)
+
+    @property
+    def stall_s(self) -> float:
+        return self.timeout if self.timeout is not None else _env_float("GLIMPSE_DOWNLOAD_STALL_S", STALL_S)
+
+    @property
+    def floor(self) -> float:
+        return self.floor_bps if self.floor_bps is not None else _env_float("GLIMPSE_DOWNLOAD_FLOOR_BPS", FLOOR_BPS)
+
+    @property
+    def window_s(self) -> float:
+        return self.floor_window_s if self.floor_window_s is not None else \
+            _env_float("GLIMPSE_DOWNLOAD_FLOOR_WINDOW_S", FLOOR_WINDOW_S)
+
+    @property
+    def max_stalls(self) -> int:
+        if self.stall_retries is not None:
+            return self.stall_retries
+        return int(_env_float("GLIMPSE_DOWNLOAD_STALL_RETRIES", STALL_RETRIES))
 
 
 @dataclass(frozen=True)
@@ -224,10 +268,20 @@ class _Meter:
         self._samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
         self._last_report = 0.0
 
+        self.note = ""  # what the download is waiting for, while it waits (a stall, a retry)
+
     def add(self, n: int) -> None:
         self.done += n
         self.fetched += n
+        if self.note:
+            self.note = ""
+            self.report(force=True)
         self.report()
+
+    def say(self, note: str) -> None:
+        """Show ``note`` with the numbers until bytes flow again."""
+        self.note = note
+        self.report(force=True)
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -239,7 +293,38 @@ class _Meter:
             self._samples.popleft()
         t0, b0 = self._samples[0]
         rate = (self.fetched - b0) / (now - t0) if now > t0 else 0.0
-        self.callback(Progress(self.stage, self.done, self.total, "B", rate))
+        self.callback(Progress(self.stage, self.done, self.total, "B", 0.0 if self.note else rate, self.note))
+
+
+class _TooSlow(Exception):
+    """The server sent fewer bytes than the progress floor over the last window."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(f"{rate:.0f} bytes/s")
+        self.rate = rate
+
+
+class _Floor:
+    """Bytes of one attempt over time: raises _TooSlow once a whole window has passed below the floor."""
+
+    def __init__(self, floor: float, window: float) -> None:
+        self.floor, self.window = floor, window
+        self.start = time.monotonic()
+        self._samples: deque[tuple[float, int]] = deque([(self.start, 0)])
+        self.got = 0
+
+    def add(self, n: int) -> None:
+        self.got += n
+        now = time.monotonic()
+        self._samples.append((now, self.got))
+        if self.floor <= 0 or now - self.start < self.window:
+            return
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        t0, b0 = self._samples[0]
+        rate = (self.got - b0) / max(now - t0, 1e-9)
+        if rate < self.floor:
+            raise _TooSlow(rate)
 
 
 # -- the downloader -------------------------------------------------------------------------------------------------
@@ -292,7 +377,7 @@ class _Downloader:
         asked = self.revision
         url = hf_hub_url(self.entry.repo, spec.name, revision=asked, endpoint=self.endpoint)
         try:
-            meta = get_hf_file_metadata(url, token=False, timeout=self.options.timeout, headers=self.headers,
+            meta = get_hf_file_metadata(url, token=False, timeout=self.options.stall_s, headers=self.headers,
                                         endpoint=self.endpoint)
         except RemoteEntryNotFoundError:
             if spec.optional:
@@ -381,23 +466,41 @@ class _Downloader:
         if have:
             digest.feed_file(part, self.cancel, self.what)
         failures = 0
+        stalls = 0
+        opts = self.options
         while remote.size is None or have < remote.size:
+            started = time.monotonic()
             try:
                 have = self._stream(remote, part, have, digest, meter)
                 break  # the server ended the body normally
-            except (httpx2.TransportError, HfHubHTTPError) as e:
+            except (httpx2.TransportError, HfHubHTTPError, _TooSlow) as e:
                 off_hub = not remote.url.startswith(self.endpoint)
                 if isinstance(e, HfHubHTTPError) and _status(e) not in _RETRY_STATUS and not (
                         off_hub and _status(e) in (403, 410)):  # a signed CDN address that expired
                     raise
                 now = part.stat().st_size if part.is_file() else 0
-                failures = 0 if now > have else failures + 1
-                have = now
-                if failures > self.options.retries:
-                    raise
-                if meter is not None:
-                    meter.report(force=True)
-                delay = min(8.0, self.options.retry_wait * 2 ** max(failures - 1, 0))
+                server = _host(remote.url)
+                if isinstance(e, (httpx2.TimeoutException, _TooSlow)):
+                    # A stall or a trickle: bounded however many bytes each attempt brought, unless the attempt
+                    # as a whole (its wait included) kept above the floor: a flaky but working server goes on.
+                    average = (now - have) / max(time.monotonic() - started, 1e-9)
+                    stalls = 1 if opts.floor > 0 and average >= opts.floor else stalls + 1
+                    have = now
+                    if stalls > opts.max_stalls:
+                        raise self._stalled(remote, e, server, stalls, have) from e
+                    waited = (f"{server} sends {human_bytes(e.rate)}/s, below {human_bytes(opts.floor)}/s"
+                              if isinstance(e, _TooSlow) else f"no data from {server} for {opts.stall_s:g} s")
+                    delay = min(8.0, opts.retry_wait * 2 ** (stalls - 1))
+                    if meter is not None:
+                        meter.say(f"{waited}, retrying ({stalls}/{opts.max_stalls})")
+                else:
+                    failures = 0 if now > have else failures + 1
+                    have = now
+                    if failures > opts.retries:
+                        raise
+                    delay = min(8.0, opts.retry_wait * 2 ** max(failures - 1, 0))
+                    if meter is not None:
+                        meter.say(f"the connection to {server} broke, retrying")
                 if self.cancel is not None:
                     self.cancel.wait(delay)
                 else:
@@ -433,11 +536,31 @@ class _Downloader:
                                                                  else {})}
         self.save()
 
+    def _stalled(self, remote: _Remote, e: Exception, server: str, times: int, have: int) -> DownloadError:
+        """The sentence that ends a download whose server stalls or trickles, retries spent."""
+        opts = self.options
+        if isinstance(e, _TooSlow):
+            what = (f"{server} sent data slower than {human_bytes(opts.floor)}/s (the last time "
+                    f"{human_bytes(e.rate)}/s)")
+        else:
+            what = f"{server} sent no data for {opts.stall_s:g} s"
+        of = f" of {human_bytes(remote.size)}" if remote.size else ""
+        where = ("the mirror set with HF_ENDPOINT" if self.endpoint != hf_constants.ENDPOINT.rstrip("/")
+                 and remote.url.startswith(self.endpoint) else server)
+        return DownloadError(
+            f"{what}, {times} times in a row, while downloading {remote.spec.name} of "
+            f"{self.entry.display_name} ({human_bytes(have)}{of} arrived).",
+            f"Check your internet connection or try again later ({where} may be overloaded), then run "
+            f"`glimpse models pull {self.entry.name}` again; it resumes from what arrived.",
+            gui_hint=f"Check your internet connection or try again later ({where} may be overloaded), then "
+                     "download again; it resumes from what arrived.")
+
     def _stream(self, remote: _Remote, part: Path, have: int, digest: _Digest, meter: _Meter | None) -> int:
         headers = dict(self.headers)
         if have:
             headers["Range"] = f"bytes={have}-"
-        timeout = httpx2.Timeout(self.options.timeout)
+        timeout = httpx2.Timeout(self.options.stall_s)
+        floor = _Floor(self.options.floor, self.options.window_s)
         with get_session().stream("GET", remote.url, headers=headers, timeout=timeout,
                                   follow_redirects=True) as response:
             if response.status_code == 416 and have and remote.size is None:
@@ -459,6 +582,7 @@ class _Downloader:
                     if meter is not None:
                         meter.add(len(chunk))
                     check_cancel(self.cancel, self.what)
+                    floor.add(len(chunk))
         return have
 
 
@@ -485,7 +609,11 @@ def download_model(
     _require_online(entry, folder, opts)
     _mkdir(folder)
     with _exclusive(folder, entry):
-        return _download_locked(entry, folder, opts, progress, cancel)
+        claim(folder)  # "being downloaded by process N" in listings; a killed one's record is dropped, its bytes kept
+        try:
+            return _download_locked(entry, folder, opts, progress, cancel)
+        finally:
+            release(folder)
 
 
 def _download_locked(entry: CatalogEntry, folder: Path, opts: DownloadOptions, progress: ProgressFn | None,
@@ -589,6 +717,11 @@ def _friendly_errors(entry: CatalogEntry, dl: _Downloader) -> Iterator[None]:
         raise _translate(e, entry, dl.endpoint, dl.revision) from e
 
 
+def _host(url: str) -> str:
+    """The server part of an address, as a user would recognise it ("huggingface.co", "127.0.0.1:8080")."""
+    return urlsplit(url).netloc or url
+
+
 def _status(e: HfHubHTTPError) -> int | None:
     response = getattr(e, "response", None)
     return int(response.status_code) if response is not None else None
@@ -607,7 +740,7 @@ def _translate(e: Exception, entry: CatalogEntry, endpoint: str, revision: str) 
         return OfflineError(f"Could not connect to {endpoint} to download {entry.display_name}.", offline_hint,
                             gui_hint=offline_gui)
     if isinstance(e, httpx2.TimeoutException):
-        return DownloadError(f"The connection to {endpoint} stalled while downloading {entry.display_name}.",
+        return DownloadError(f"{_host(endpoint)} did not answer in time while downloading {entry.display_name}.",
                              resume, gui_hint=resume_gui)
     if isinstance(e, httpx2.TransportError):
         return DownloadError(f"The connection to {endpoint} broke while downloading {entry.display_name} ({e}).",

@@ -37,7 +37,8 @@ def _refuse(message: str) -> ModelFolderError:
 
 def copy_model_folder(src: Path, dst: Path, *, progress: ProgressFn | None = None,
                       cancel: threading.Event | None = None) -> ModelManifest:
-    """Copy the model folder ``src`` into the new, empty folder ``dst`` (created here) and return its manifest.
+    """Copy the model folder ``src`` into the new folder ``dst`` (created here unless it exists, holding at most an
+    owner record) and return its manifest.
 
     Raises ModelFolderError naming the file for a link, a special file, a size or sha256 that does not match
     model.json, or anything model.json itself gets wrong; Cancelled when ``cancel`` is set. ``dst`` is left for
@@ -50,7 +51,7 @@ def copy_model_folder(src: Path, dst: Path, *, progress: ProgressFn | None = Non
     manifest_src = src / MANIFEST
     if not stat.S_ISREG(manifest_src.lstat().st_mode):
         raise _refuse(f"{manifest_src} is a link; Glimpse imports regular files only.")
-    dst.mkdir()
+    dst.mkdir(exist_ok=True)  # the caller may have made it to record its owner (engine.models.leftovers.claim)
     _copy_regular(manifest_src, dst / MANIFEST, None, None, None, cancel)
     # From here on the copy's manifest is the one that counts: the source's may have changed since it was read.
     manifest = read_manifest(dst)

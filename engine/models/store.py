@@ -32,17 +32,18 @@ from typing import TYPE_CHECKING, Any
 from engine import durable
 from engine.errors import (
     DiskFullError,
+    FolderError,
     GlimpseError,
     LicenseNotAcceptedError,
     ModelFolderError,
     ModelNotFoundError,
     OutputExistsError,
 )
-from engine.folders import graph_cache, user_folder
+from engine.folders import check_folder, graph_cache, user_folder
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
 from engine.models.folder_copy import copy_model_folder
-from engine.models.leftovers import clean_leftovers
+from engine.models.leftovers import Reclaimed, WorkEntry, claim, reclaim, release, working_entries
 from engine.models.model_folder import VISION_FILE, is_model_folder, read_manifest, recorded_file, verify
 from engine.models.vision_cache import drop_cached
 from engine.progress import ProgressFn
@@ -131,6 +132,13 @@ class Store:
     @property
     def downloads_dir(self) -> Path:
         return self.root / "downloads"
+
+    def check(self) -> None:
+        """Raise FolderError naming the folder and what to do when the store cannot be used (a file, no
+        permission, read-only, full), so that an empty list is never taken for "no model is installed"."""
+        check_folder(self.root, "data folder")
+        check_folder(self.models_dir, "model store")
+        check_folder(self.downloads_dir, "download folder")
 
     def model_path(self, name: str) -> Path:
         return self.models_dir / normalize_name(name)
@@ -229,6 +237,8 @@ class Store:
             trash = target.with_name(f".{target.name}.removing-{os.getpid()}")
             try:
                 target.rename(trash)
+                if trash.is_dir() and not trash.is_symlink():
+                    claim(trash)
                 if trash.is_symlink() or not trash.is_dir():
                     trash.unlink()  # the link only: what it points at is outside Glimpse's folders
                 else:
@@ -241,10 +251,20 @@ class Store:
             removed += drop_cached(cached_sha)
         return removed
 
+    def reclaim(self) -> Reclaimed:
+        """Delete the working folders and files that Glimpse processes which have provably ended (killed, crashed,
+        power lost) left in the store and the vision cache, and say what is still in use. See
+        ``engine.models.leftovers``."""
+        return reclaim([self.models_dir, self.downloads_dir], self.downloads_dir, graph_cache())
+
     def clean_leftovers(self) -> list[Path]:
-        """Delete the working folders and files that Glimpse processes which have ended (killed, crashed, power
-        lost) left in the store and the vision cache; returns what was deleted. See ``engine.models.leftovers``."""
-        return clean_leftovers([self.models_dir, self.downloads_dir], graph_cache())
+        """:meth:`reclaim`, returning only the deleted paths."""
+        return [path for path, _size in self.reclaim().removed]
+
+    def work_in_progress(self) -> list[WorkEntry]:
+        """Working folders and files in the store whose owner may still be at work (this host or another)."""
+        return [w for w in working_entries([self.models_dir, self.downloads_dir], self.downloads_dir,
+                                           graph_cache()) if w.state != "gone"]
 
     # -- licences ---------------------------------------------------------------------------------------------
 
@@ -320,8 +340,11 @@ class Store:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            claim(tmp)  # host, process id and start time: a killed import's copy is reclaimed at once
             # Listed regular files only, each hashed as it is copied: no stamp, link or extra file comes along.
             copy_model_folder(src, tmp, progress=progress, cancel=cancel)
+            release(tmp)
             durable.publish_folder(tmp, out, aside=out.with_name(f".{out.name}.old-{os.getpid()}"))
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -335,13 +358,19 @@ class Store:
 
 
 def _visible_dirs(parent: Path) -> list[Path]:
-    if not parent.is_dir():
+    """The listed folders of ``parent``: none when it does not exist yet, an error when it cannot be read (an
+    empty list must only ever mean that nothing is there)."""
+    if not os.path.lexists(parent):
         return []
+    if not parent.is_dir():
+        check_folder(parent, "model store")  # says it is a file, and what to do
     try:
         return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as e:
-        raise GlimpseError(f"Cannot read {parent}: {e.strerror or e}.",
-                           "Check the folder's permissions, or set GLIMPSE_HOME to another folder.") from e
+        raise FolderError(f"Cannot read {parent}: {e.strerror or e}.",
+                          "Check the folder's permissions, or set GLIMPSE_HOME to another folder.",
+                          gui_hint="Check the folder's permissions, or start Glimpse with GLIMPSE_HOME set to "
+                                   "another folder.") from e
 
 
 def _vision_sha(folder: Path) -> str | None:

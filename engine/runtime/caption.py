@@ -20,7 +20,7 @@ import numpy.typing as npt
 from PIL import Image, ImageGrab
 
 from engine.errors import CaptureError, InputError
-from engine.runtime.model import Answer, Model
+from engine.runtime.types import Answer, Restart
 
 U8Array = npt.NDArray[np.uint8]
 
@@ -352,7 +352,17 @@ class Caption:
     dropped_frames: int
 
 
-def caption_stream(model: Model, source: FrameSource, *, every: float = 0.0, size: int = 512,
+class Captioner(Protocol):
+    """What captions need of a model: :class:`engine.runtime.model.Model`, or one in a runner process
+    (engine.runner.RunnerModel), whose stream may start an answer again after a :class:`Restart`."""
+
+    def stream(self, image: npt.NDArray[np.uint8], question: str, *, size: int | None = None,
+               max_tokens: int = 256) -> Iterator[str | Answer | Restart]: ...
+
+    def cancel(self) -> None: ...
+
+
+def caption_stream(model: Captioner, source: FrameSource, *, every: float = 0.0, size: int = 512,
                    prompt: str | None = None, count: int | None = None, cancel: threading.Event | None = None,
                    max_tokens: int = CAPTION_MAX_TOKENS, on_piece: Callable[[str], None] | None = None,
                    on_frame: Callable[[Frame], None] | None = None,
@@ -390,6 +400,9 @@ def caption_stream(model: Model, source: FrameSource, *, every: float = 0.0, siz
         for item in model.stream(frame.pixels, question, size=size, max_tokens=max_tokens):
             if isinstance(item, Answer):
                 answer = item
+            elif isinstance(item, Restart):  # the model's process was restarted: this caption starts again
+                if on_frame is not None:
+                    on_frame(frame)
             elif on_piece is not None:
                 on_piece(item)
             if cancel is not None and cancel.is_set():

@@ -7,11 +7,17 @@ them next to the executable (for a venv, python's real path in /usr/bin) and in 
 never decide what native code Glimpse runs. So the engine points ggml at llama_cpp's own lib folder before the
 first model opens; llama.cpp then finds a backend already registered and searches nowhere else.
 
+A caller may also name the variant (``load_cpu_backends(variant=...)``): the kernel canary (engine/runtime/canary.py)
+steps down to a lower variant, or to the generic one, when the best one crashes or computes wrong numbers on this CPU.
+``variant_scores`` asks each library what ggml asks it (its ``ggml_backend_score``: 0 when this CPU cannot run it,
+more for more instruction-set features), so "lower" means what ggml itself ranks lower.
+
 A native build (the CPU backend linked in, no variant files) is left exactly as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 from dataclasses import dataclass
@@ -90,30 +96,106 @@ def _read_maps() -> str:
         return ""
 
 
-def load_cpu_backends(lib_dir: Path | None = None) -> CpuBackends | None:
-    """Load the best CPU variant from ``lib_dir`` (default: llama_cpp's) once per process.
+def variant_scores(lib_dir: Path) -> dict[str, int]:
+    """Each CPU variant library in ``lib_dir`` with the score ggml gives it on this CPU (0: it cannot run here).
 
-    Returns None for a native build. Raises :class:`CpuBackendError` if variants are there but none loads.
+    The libraries are opened and closed again, as ggml's own choice does; empty for a native build. A file that
+    cannot be opened, or has no score function, scores 0.
+    """
+    scores: dict[str, int] = {}
+    if not variant_files(lib_dir):
+        return scores
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(str(_core_library(lib_dir)))  # the variants link ggml's base library from this folder
+    for name in variant_files(lib_dir):
+        try:
+            lib = ctypes.CDLL(str(lib_dir / name))
+        except OSError:
+            scores[name] = 0
+            continue
+        try:
+            score = lib.ggml_backend_score
+            score.argtypes = []
+            score.restype = ctypes.c_int
+            scores[name] = max(0, int(score()))
+        except AttributeError:
+            scores[name] = 0
+        finally:
+            _close(lib)
+    return scores
+
+
+def _close(lib: ctypes.CDLL) -> None:
+    """Unmap a library opened only to ask it something (so /proc/self/maps names the loaded variant alone)."""
+    if sys.platform == "win32":
+        return
+    # Platform: _ctypes.dlclose exists on POSIX only.
+    import _ctypes  # noqa: PLC0415
+
+    with contextlib.suppress(OSError):
+        _ctypes.dlclose(lib._handle)
+
+
+def best_variant(scores: dict[str, int], *, at_most: str | None = None, below: str | None = None) -> str | None:
+    """The highest-scoring variant this CPU runs, not above ``at_most`` / strictly below ``below`` (by score);
+    None when there is none."""
+    ceiling = None
+    if at_most is not None:
+        ceiling = scores.get(at_most, 0)
+    if below is not None:
+        ceiling = scores.get(below, 0) - 1 if ceiling is None else min(ceiling, scores.get(below, 0) - 1)
+    runnable = [(s, name) for name, s in scores.items() if s > 0 and (ceiling is None or s <= ceiling)]
+    return max(runnable)[1] if runnable else None
+
+
+def generic_variant(variants: tuple[str, ...]) -> str | None:
+    """The variant that runs on every CPU of the architecture (x86-64's baseline ``x64``), if the build has one."""
+    prefix, suffix, _ = _ggml_file_names()
+    name = f"{prefix}x64{suffix}"
+    return name if name in variants else None
+
+
+def load_cpu_backends(lib_dir: Path | None = None, *, variant: str | None = None) -> CpuBackends | None:
+    """Load the best CPU variant from ``lib_dir`` (default: llama_cpp's) once per process, or the one named
+    ``variant`` (a file name from :func:`variant_files`).
+
+    Returns None for a native build (``variant`` is then ignored). Raises :class:`CpuBackendError` if variants are
+    there but none loads, if ``variant`` cannot run here, or if another variant is already loaded in this process
+    (ggml keeps one CPU backend per process: a different one needs a new process).
     """
     if _loaded:
-        return _loaded[0]
+        current = _loaded[0]
+        if variant is not None and current.loaded is not None and current.loaded != variant:
+            raise CpuBackendError(f"llama.cpp's CPU kernels {current.loaded} are already loaded in this process, "
+                                  f"so {variant} cannot be.", "Start Glimpse again.")
+        return current
     folder = lib_dir if lib_dir is not None else llama_lib_dir()
     variants = variant_files(folder)
     if not variants:
         return None
+    if variant is not None and variant not in variants:
+        raise CpuBackendError(f"llama.cpp's CPU kernels {variant} are not in {folder}.",
+                              "Reinstall Glimpse: the installation is incomplete.")
     try:
         ggml = ctypes.CDLL(str(_core_library(folder)))
         load_all = ggml.ggml_backend_load_all_from_path
+        load_one = ggml.ggml_backend_load
         by_name = ggml.ggml_backend_reg_by_name
     except (OSError, AttributeError) as e:
         raise CpuBackendError(f"llama.cpp's core library could not be opened in {folder} ({e}).",
                               "Reinstall Glimpse (or llama-cpp-python): the installation is incomplete.") from e
     load_all.argtypes = [ctypes.c_char_p]
     load_all.restype = None
+    load_one.argtypes = [ctypes.c_char_p]
+    load_one.restype = ctypes.c_void_p
     by_name.argtypes = [ctypes.c_char_p]
     by_name.restype = ctypes.c_void_p
     if not by_name(b"CPU"):  # nothing registered it yet (a second registration would double the CPU device)
-        load_all(str(folder).encode())
+        if variant is None:
+            load_all(str(folder).encode())
+        elif not load_one(str(folder / variant).encode()):
+            raise CpuBackendError(f"llama.cpp's CPU kernels {variant} cannot run on this processor.",
+                                  "Choose another variant, or let Glimpse choose.")
     if not by_name(b"CPU"):
         raise CpuBackendError(f"None of llama.cpp's CPU kernels in {folder} ({', '.join(variants)}) can run on "
                               "this processor.", "Reinstall Glimpse: the x64 variant runs on every x86-64 CPU.")

@@ -12,10 +12,12 @@ can reuse the cached prefix instead of recomputing it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,41 @@ def check_gguf(path: Path) -> None:
 KV_TYPES = {"f16": 1, "q8_0": 8}
 
 
+# -- model parameters llama_cpp.Llama does not expose ---------------------------------------------------------------
+
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(*, extra_bufts: bool) -> Iterator[None]:
+    """While a ``Llama`` is made inside this block (on this thread), its model parameters have ``use_extra_bufts``
+    as given. ``Llama.__init__`` starts from ``llama_cpp.llama_cpp.llama_model_default_params()`` and has no argument
+    for the field, so the function is wrapped for the duration; other threads making a ``Llama`` meanwhile get the
+    library's defaults untouched. With ``extra_bufts`` False llama.cpp keeps every weight in plain CPU memory: no
+    AMX tiles, no repacked (interleaved) layouts, only the variant's ordinary kernels."""
+    if extra_bufts:
+        yield
+        return
+    # Start-up: llama_cpp takes about 0.5 s to import; only a model load comes here.
+    import llama_cpp.llama_cpp as raw  # noqa: PLC0415
+
+    with _params_lock:
+        original = raw.llama_model_default_params
+        owner = threading.get_ident()
+
+        def params() -> raw.llama_model_params:
+            made: raw.llama_model_params = original()
+            if threading.get_ident() == owner:
+                made.use_extra_bufts = False
+            return made
+
+        raw.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            raw.llama_model_default_params = original
+
+
 # -- the model --------------------------------------------------------------------------------------------------------
 
 def image_marker(rows: F32Array) -> int:
@@ -91,12 +128,16 @@ class LanguageModel:
 
     ``n_ctx`` is the context window in positions (tokens plus image rows), ``n_batch`` the most positions one
     ``llama_decode`` call takes (longer inputs are split), ``n_threads`` defaults to the physical core count.
+    ``extra_bufts`` False keeps the weights out of llama.cpp's extra buffer types (AMX tiles, repacked layouts);
+    ``cpu_variant`` names the CPU variant library a portable build loads (``engine.runtime.cpu_backends``; ignored by
+    a native build). ``engine.runtime.canary`` says which combination this CPU runs correctly.
     Not thread-safe: one thread owns it.
     """
 
     def __init__(self, gguf_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, flash_attn: bool = False, n_ubatch: int | None = None,
-                 n_threads_batch: int | None = None, kv_type: str = "f16") -> None:
+                 n_threads_batch: int | None = None, kv_type: str = "f16", extra_bufts: bool = True,
+                 cpu_variant: str | None = None) -> None:
         if n_ctx < 16 or n_batch < 1 or (n_threads is not None and n_threads < 1) \
                 or (n_ubatch is not None and n_ubatch < 1) or (n_threads_batch is not None and n_threads_batch < 1):
             raise ValueError(f"n_ctx {n_ctx}, n_batch {n_batch}, n_ubatch {n_ubatch}, n_threads {n_threads} and "
@@ -109,21 +150,28 @@ class LanguageModel:
         import llama_cpp  # noqa: PLC0415
 
         route_llama_logs()
-        load_cpu_backends()
+        load_cpu_backends(variant=cpu_variant)
         threads = n_threads or default_threads()
         n_batch = min(n_batch, n_ctx)
         kv = KV_TYPES[kv_type]
         try:
-            self._llama: llama_cpp.Llama | None = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch or n_batch, n_batch),
-                n_threads=threads, n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn, type_k=kv,
-                type_v=kv, verbose=False)
+            with _model_params(extra_bufts=extra_bufts):
+                self._llama: llama_cpp.Llama | None = llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch,
+                    n_ubatch=min(n_ubatch or n_batch, n_batch), n_threads=threads,
+                    n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn, type_k=kv, type_v=kv,
+                    verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFolderError(f"llama.cpp could not load {self.path.name} ({e}).",
                                    "The file may be damaged or made for another model; convert it again.",
                                    gui_hint=f"The file may be damaged or made for another model. {REDO_MODEL_GUI}"
                                    ) from e
         llama = self._llama
+        self.extra_bufts = bool(llama.model_params.use_extra_bufts)
+        if self.extra_bufts != extra_bufts:  # a llama-cpp-python that no longer builds its parameters that way
+            self.close()
+            raise InferenceError("llama.cpp's extra buffer types could not be turned off in this llama-cpp-python.",
+                                 "Install the llama-cpp-python version Glimpse names in its requirements.")
         # Llama sizes input_ids by the n_ctx asked for; llama.cpp may round its own window up.
         self._n_ctx = min(llama.n_ctx(), int(llama.input_ids.shape[0]))
         self._n_batch = n_batch

@@ -26,6 +26,7 @@ from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, ver
 from engine.models.onnx_external import check_onnx_file
 from engine.models.store import Store
 from engine.progress import check_cancel
+from engine.runtime.canary import KernelChoice, apply_kernels, choose_kernels
 from engine.runtime.conversation import Conversation
 from engine.runtime.llm import LanguageModel
 from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
@@ -43,8 +44,10 @@ _VERIFIED_STAMP = ".glimpse-verified"
 class Model:
     """A loaded FastVLM model folder. Use :func:`load_model` to make one; close it (or use ``with``) to free memory."""
 
-    def __init__(self, folder: Path, manifest: ModelManifest, *, settings: RuntimeSettings, n_ctx: int) -> None:
+    def __init__(self, folder: Path, manifest: ModelManifest, *, settings: RuntimeSettings, n_ctx: int,
+                 kernels: KernelChoice | None = None) -> None:
         self.folder = folder
+        self.kernels = kernels  # which configuration of llama.cpp's CPU kernels runs, and how it was proven
         self.manifest = manifest
         self.settings = settings = settings.resolved()
         self.tuning_report: dict[str, Any] | None = None  # what the measurement behind ``settings`` timed
@@ -55,7 +58,9 @@ class Model:
             self.llm = LanguageModel(folder / LLM_FILE, n_ctx=n_ctx, n_threads=settings.threads,
                                      n_threads_batch=settings.threads_batch, n_batch=settings.n_batch,
                                      n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
-                                     kv_type=settings.kv_type)
+                                     kv_type=settings.kv_type,
+                                     extra_bufts=kernels.extra_bufts if kernels is not None else True,
+                                     cpu_variant=kernels.variant if kernels is not None else None)
         except BaseException:
             self.vision.close()
             raise
@@ -209,7 +214,8 @@ def resolve_model(path_or_name: str | Path) -> Path:
 
 def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096,
                n_batch: int | None = None, flash_attn: bool | None = None, tune: bool = True, retune: bool = False,
-               status: StatusFn | None = None, cancel: threading.Event | None = None) -> Model:
+               status: StatusFn | None = None, cancel: threading.Event | None = None,
+               kernels: KernelChoice | None = None) -> Model:
     """Load a model folder (or an installed model by name, e.g. "fastvlm-0.5b").
 
     ``n_ctx`` is the context window in positions (a 1024 px image takes 256). The folder is checked first (sizes
@@ -220,6 +226,10 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
     CPU and cached (engine/runtime/tuning.py; ``status(text, done, total)`` hears about each step); ``retune``
     measures again, ``tune=False`` (or GLIMPSE_TUNE=0) uses the built-in defaults. ``threads``, ``n_batch`` and
     ``flash_attn``, when given, override what was measured.
+
+    Before llama.cpp runs, its CPU kernels are proven for the model's weight type by a canary in a throwaway process
+    (engine/runtime/canary.py; once per CPU and build, then cached; GLIMPSE_CANARY=0 skips it), and the model loads
+    with the first configuration that computed correctly; ``kernels`` gives that choice instead (``Model.kernels``).
     """
     if n_ctx < 512:
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
@@ -231,21 +241,23 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
     # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
     check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
     check_onnx_file(folder / VISION_FILE, manifest.files)
+    kernels = (choose_kernels(folder / LLM_FILE, manifest.quant, threads=threads, status=status) if kernels is None
+               else apply_kernels(kernels))
     settings, report = DEFAULTS, None
     if retune or (tune and tuning_enabled()):
-        tuned = settings_for(folder, manifest, retune=retune, status=status)
+        tuned = settings_for(folder, manifest, retune=retune, status=status, extra_bufts=kernels.extra_bufts)
         settings, report = tuned.settings, tuned.report
     settings = settings.with_overrides(threads=threads, n_batch=n_batch, flash_attn=flash_attn)
     fallback = DEFAULTS.with_overrides(threads=threads, n_batch=n_batch, flash_attn=flash_attn)
     try:
-        model = Model(folder, manifest, settings=settings, n_ctx=n_ctx)
+        model = Model(folder, manifest, settings=settings, n_ctx=n_ctx, kernels=kernels)
     except ModelFolderError as e:
         if settings == fallback:
             raise
         # A cache entry edited by hand, or a runtime update that no longer takes a measured setting: the defaults
         # are always safe, and a damaged file fails again with them and is reported as such.
         log.warning("The measured settings did not load (%s); using the defaults.", e)
-        model, report = Model(folder, manifest, settings=fallback, n_ctx=n_ctx), None
+        model, report = Model(folder, manifest, settings=fallback, n_ctx=n_ctx, kernels=kernels), None
     model.tuning_report = report
     return model
 

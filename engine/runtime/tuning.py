@@ -4,8 +4,9 @@ The fastest onnxruntime graph layout, llama.cpp batch split, flash attention, KV
 depend on the CPU (AVX-512 VNNI and AVX2-only machines rank them differently, docs/benchmarks.md) and on the model.
 So the first load of a model on a CPU measures the candidates briefly (``engine.runtime.tuning_measure``) and keeps the
 winners in ``<cache>/tuning/<model>-<cpu>.json``; later loads read that file. ``glimpse bench --tune`` measures
-again. A cache file is only advice: one that is unreadable, too big, made for another CPU or model, or holding a
-value outside the known choices is ignored and the model is measured again, never an error.
+again. A cache file is only advice: one made for another CPU or model, or holding a value outside the known
+choices, is ignored and the model is measured again, never an error; one that is unreadable, half-written, garbage
+or too big is also set aside beside itself as ``<name>.damaged`` with one warning (``engine.durable.read_state_file``).
 
 ``GLIMPSE_TUNE=0`` skips measuring and uses :data:`DEFAULTS` (the settings Glimpse used before it measured).
 """
@@ -29,6 +30,7 @@ from typing import Any
 import onnxruntime as ort
 import psutil
 
+from engine import durable
 from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest
 from engine.runtime.vision import cache_dir
 from engine.system import default_threads
@@ -189,15 +191,12 @@ class Tuned:
 def read_cached(model: str, fingerprint: dict[str, Any]) -> Tuned | None:
     """The cached entry for this model and CPU, or None when there is none we can trust."""
     path = cache_path(model, fingerprint)
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        log.debug("Ignoring the tuning cache %s (%s).", path, e)
+    # Half-written, garbage, too big or not a file: set aside as <name>.damaged with one warning, then measured
+    # again and rewritten (engine.durable.read_state_file).
+    raw = durable.read_state_file(path, _parse_entry, what="tuning cache", max_bytes=MAX_FILE_BYTES).value
+    if raw is None:
         return None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("model") != model \
-            or raw.get("cpu") != fingerprint:
+    if raw.get("format") != FORMAT or raw.get("model") != model or raw.get("cpu") != fingerprint:
         log.debug("Ignoring the tuning cache %s: made for another format, model or CPU.", path)
         return None
     settings = settings_from_dict(raw.get("settings"))
@@ -206,6 +205,13 @@ def read_cached(model: str, fingerprint: dict[str, Any]) -> Tuned | None:
         return None
     report = raw.get("report")
     return Tuned(settings, report if isinstance(report, dict) else {}, fingerprint, measured_now=False)
+
+
+def _parse_entry(data: bytes) -> dict[str, Any]:
+    raw = json.loads(data.decode("utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+    return raw
 
 
 def write_cached(model: str, tuned: Tuned) -> Path | None:

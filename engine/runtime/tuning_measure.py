@@ -149,11 +149,11 @@ def measure_vision(path: Path, pixels: F32Array, threads: list[int], step: _Step
 class _Context:
     """A llama.cpp context for one candidate and its prefill of the probe."""
 
-    def __init__(self, path: Path, s: RuntimeSettings, rows: F32Array) -> None:
+    def __init__(self, path: Path, s: RuntimeSettings, rows: F32Array, extra_bufts: bool = True) -> None:
 
         self.lm = LanguageModel(path, n_ctx=rows.shape[0] + 256, n_threads=s.threads,
                                 n_threads_batch=s.threads_batch, n_batch=s.n_batch, n_ubatch=s.n_ubatch,
-                                flash_attn=s.flash_attn, kv_type=s.kv_type)
+                                flash_attn=s.flash_attn, kv_type=s.kv_type, extra_bufts=extra_bufts)
         try:
             self.rows = rows
             self.prompt = self.lm.tokenize(PROMPT, special=True)
@@ -188,11 +188,12 @@ def _decode_ms(lm: Any, threads: int, batch: int, token: int) -> float:
     return round(float(np.median(times)), 2)
 
 
-def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps) -> tuple[dict[str, Any], RuntimeSettings]:
+def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps, extra_bufts: bool = True
+                ) -> tuple[dict[str, Any], RuntimeSettings]:
     report: dict[str, Any] = {"rows": int(rows.shape[0]), "candidates": []}
     best = replace(DEFAULTS, threads=cores, threads_batch=cores)
     step("Measuring the language model (defaults)")
-    current = _Context(path, best, rows)
+    current = _Context(path, best, rows, extra_bufts)
     first: dict[str, Any] = {**_llm_fields(best), "ms": 0.0, "cosine": 1.0, "same_answer": True}
     report["candidates"].append(first)
     best_ms = 0.0
@@ -201,7 +202,7 @@ def measure_llm(path: Path, rows: F32Array, cores: int, step: _Steps) -> tuple[d
         nonlocal best, best_ms, current
         step(f"Measuring the language model ({label})")
         try:
-            ctx = _Context(path, candidate, rows)
+            ctx = _Context(path, candidate, rows, extra_bufts)
         except ModelFolderError as e:  # e.g. a q8_0 KV cache needs a head width divisible by 32
             report["candidates"].append({**_llm_fields(candidate), "unavailable": e.message})
             return
@@ -246,7 +247,7 @@ def _llm_fields(s: RuntimeSettings) -> dict[str, Any]:
     return {"n_ubatch": s.n_ubatch, "flash_attn": s.flash_attn, "kv_type": s.kv_type}
 
 
-def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = None
+def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = None, extra_bufts: bool = True
             ) -> tuple[RuntimeSettings, dict[str, Any]]:
     """Measure every choice for the model in ``folder``; returns the settings and a report of what was timed."""
 
@@ -259,7 +260,7 @@ def measure(folder: Path, manifest: ModelManifest, *, status: StatusFn | None = 
     vision, rows = measure_vision(folder / VISION_FILE, _probe_pixels(manifest), threads, steps)
     repeat = -(-PROBE_ROWS // rows.shape[0])
     llm, settings = measure_llm(folder / LLM_FILE, np.ascontiguousarray(np.tile(rows, (repeat, 1))[:PROBE_ROWS]),
-                                cores, steps)
+                                cores, steps, extra_bufts)
     settings = replace(settings, vision_level=vision["chosen"]["level"], vision_threads=vision["chosen"]["threads"])
     if status is not None:
         status("Measured", steps.total, steps.total)
@@ -284,9 +285,10 @@ def sample_image(seed: int, width: int = 1280, height: int = 960) -> npt.NDArray
 
 
 def settings_for(folder: Path, manifest: ModelManifest, *, retune: bool = False,
-                 status: tuning.StatusFn | None = None) -> tuning.Tuned:
+                 status: tuning.StatusFn | None = None, extra_bufts: bool = True) -> tuning.Tuned:
     """The settings for this model on this CPU: cached if measured before (and ``retune`` is off), else measured now
-    and cached. ``status(text, done, total)`` is told about each measuring step."""
+    and cached. ``status(text, done, total)`` is told about each measuring step; ``extra_bufts`` is the kernel
+    canary's choice (engine/runtime/canary.py), so the measurement runs the kernels the model will."""
     fingerprint = tuning.cpu_fingerprint()
     key = tuning.model_key(manifest)
     if not retune:
@@ -295,7 +297,7 @@ def settings_for(folder: Path, manifest: ModelManifest, *, retune: bool = False,
         quiet = tuning.load_average() <= (os.cpu_count() or 1)
         if cached is not None and not (tuning.measured_while_busy(cached.report) and quiet):
             return cached
-    settings, report = measure(folder, manifest, status=status)
+    settings, report = measure(folder, manifest, status=status, extra_bufts=extra_bufts)
     tuned = tuning.Tuned(settings, report, fingerprint, measured_now=True)
     tuning.write_cached(key, tuned)
     return tuned

@@ -88,3 +88,12 @@ class ImageRows:
     tiles: tuple[int, int] | None
     preprocess_ms: float
     encode_ms: float
+
+
+@dataclass(frozen=True)
+class Restart:
+    """An item of an answer's stream from a model that runs in a process of its own (engine.runner): that process
+    stopped, and a new one answers again from the start. The pieces before this one are void; ``notice`` says what
+    happened in one sentence."""
+
+    notice: str

@@ -86,6 +86,13 @@ def model_store(tmp_path: Path, tiny_model_dir: Path) -> Store:
 
 
 @pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model in the window's own process (GLIMPSE_RUNNER=0), for a test that reaches into the engine's objects
+    (Model, Conversation) with monkeypatch; list it before ``window``. The runner process has its own tests."""
+    monkeypatch.setenv("GLIMPSE_RUNNER", "0")
+
+
+@pytest.fixture
 def window(qtbot: QtBot, settings: Settings, model_store: Store) -> Iterator[MainWindow]:
     """The main window with the tiny model loaded (one thread: the two CPU cores are shared with other work)."""
     settings.model, settings.threads = "tiny", 1

@@ -42,7 +42,7 @@ def test_closing_during_a_first_load_waits_visibly(qtbot: QtBot, settings: Setti
         release.wait(60)
         raise ModelFolderError("The model went away.")
 
-    monkeypatch.setattr(app_worker, "load_model", slow_load)
+    monkeypatch.setattr(app_worker, "RunnerModel", slow_load)
     settings.model = "tiny"
     window = MainWindow(settings, store=model_store, speech_engine="mock")
     qtbot.addWidget(window)
@@ -116,6 +116,7 @@ def test_start_deletes_what_a_killed_glimpse_left(qtbot: QtBot, settings: Settin
     window = MainWindow(settings, store=store, speech_engine="mock")
     qtbot.addWidget(window)
     assert not dead.exists() and alive.exists()
+    assert "Freed" in window.messages.text() and dead.name in window.messages.text()
     window.close()
 
 
@@ -133,7 +134,7 @@ def test_closing_during_the_first_loads_hashing_ends_at_once(qtbot: QtBot, setti
         check_cancel(cancel, "Loading the model")
         raise AssertionError("unreachable: the cancel event is set")
 
-    monkeypatch.setattr(app_worker, "load_model", hashing_load)
+    monkeypatch.setattr(app_worker, "RunnerModel", hashing_load)
     settings.model = "tiny"
     window = MainWindow(settings, store=model_store, speech_engine="mock")
     qtbot.addWidget(window)

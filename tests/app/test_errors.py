@@ -116,7 +116,7 @@ def test_model_load_failure(qtbot: QtBot, settings: Settings, tmp_path: Path, ti
     window.close()
 
 
-def test_exception_in_the_worker(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
+def test_exception_in_the_worker(in_process: None, qtbot: QtBot, window: MainWindow, picture: np.ndarray,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +293,56 @@ def test_command_line_captions_without_opencv_use_qt_multimedia(tmp_path: Path, 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
                           check=False)
     assert done.returncode != 0 and "needs OpenCV" in done.stderr and "Traceback" not in done.stderr
+
+
+class _Camera(LiveSource):
+    """A live source fed by hand that, like a camera, is never ended by silence (stall_s None)."""
+
+
+def test_a_source_that_stops_sending_is_said_within_two_seconds_and_resumes(qtbot: QtBot,
+                                                                             window: MainWindow) -> None:
+    camera = _Camera("Webcam")
+    image = QImage(64, 48, QImage.Format.Format_RGB888)
+    image.fill(0x336699)
+    sending = [True]
+
+    def offer() -> None:  # 20 pictures a second while "plugged in"
+        while sending[0] and not camera.ended:
+            camera._offer(image.copy())
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=offer, daemon=True)
+    feeder.start()
+    window.captions.interval.setValue(0.0)
+    window.sources._start_live(camera, "Camera: Webcam")
+    feed = window.sources.feed
+    assert feed is not None
+    qtbot.waitUntil(lambda: len(window.captions.entries) >= 1, timeout=30_000)
+    assert window.view.badge == "Live: Webcam"
+
+    sending[0] = False  # the camera stops delivering, mid-caption
+    stopped_at = time.monotonic()
+    with qtbot.waitSignal(window.sources.live_waiting, timeout=5_000) as waiting:
+        feeder.join()
+    assert time.monotonic() - stopped_at < 2.0
+    assert waiting.args[0].startswith("No picture from Webcam for ") and "waiting for it to come back" in \
+        waiting.args[0]
+    assert window.view.badge == waiting.args[0] and not window.view.image.isNull()  # the last picture stays
+    kept = [e.text for e in window.captions.entries]
+    qtbot.wait(700)  # still waiting, not ended: the feed, the window and the captions so far stay
+    assert window.sources.feed is feed and not camera.ended
+    assert [e.text for e in window.captions.entries][:len(kept)] == kept and kept
+
+    sending[0] = True  # plugged back in: pictures again (of something else: unchanged ones are not captioned)
+    image.fill(0xCC8844)
+    feeder = threading.Thread(target=offer, daemon=True)
+    with qtbot.waitSignal(window.sources.live_waiting, timeout=5_000,
+                          check_params_cb=lambda note: note == "") as back:
+        feeder.start()
+    assert back.args[0] == ""
+    qtbot.waitUntil(lambda: window.view.badge == "Live: Webcam", timeout=5_000)
+    count = len(window.captions.entries)
+    qtbot.waitUntil(lambda: len(window.captions.entries) > count, timeout=30_000)  # captions go on
+    sending[0] = False
+    window.sources.stop_live()
+    feeder.join()

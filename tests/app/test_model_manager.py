@@ -165,3 +165,24 @@ def test_unreachable_hub_is_a_clear_message(qtbot: QtBot, settings: Settings, st
         dialog.download_button.click()
     assert finished.args == ["failed"]
     assert "Could not connect" in dialog.detail.text() and "import" in dialog.detail.text()
+
+
+@pytest.mark.parametrize("broken", ["home", "models"])
+def test_a_store_that_cannot_be_used_is_said(qtbot: QtBot, settings: Settings, tmp_path: Path, broken: str) -> None:
+    store = Store(tmp_path / "home")
+    if broken == "home":
+        store.root.write_text("a file where the store should be")
+        bad = store.root
+    else:
+        store.root.mkdir()
+        store.models_dir.write_text("a file where the models should be")
+        bad = store.models_dir
+    dialog = manager(qtbot, settings, store, DownloadOptions(offline=True))
+    assert f"Glimpse cannot use {bad}" in dialog.detail.text() and "is a file" in dialog.detail.text()
+    assert "GLIMPSE_HOME" in dialog.detail.text()
+    assert dialog.table.rowCount() == 0  # never an empty list that reads as "nothing installed"
+    assert not any(b.isEnabled() for b in (dialog.download_button, dialog.import_button, dialog.remove_button,
+                                            dialog.use_button))
+    bad.unlink()  # fixed: the next refresh lists the catalogue again
+    dialog.refresh()
+    assert dialog.unusable == "" and dialog.table.rowCount() > 0 and dialog.import_button.isEnabled()

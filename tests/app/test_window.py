@@ -97,7 +97,8 @@ def test_ask_and_follow_up_about_a_picture(qtbot: QtBot, window: MainWindow, pic
     assert "You: What colour is it?" in txt and "**" not in txt
 
 
-def test_a_new_picture_is_read_while_the_question_is_typed(qtbot: QtBot, window: MainWindow, picture: np.ndarray,
+def test_a_new_picture_is_read_while_the_question_is_typed(in_process: None, qtbot: QtBot, window: MainWindow,
+                                                           picture: np.ndarray,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     encodes: list[int] = []
     real_encode = Model.encode_image
@@ -165,7 +166,7 @@ def test_empty_question_uses_the_preset_and_regenerate(qtbot: QtBot, window: Mai
     assert len(window.chat.turns) == 1
 
 
-def test_regenerate_replaces_the_last_answer_of_a_conversation(qtbot: QtBot, window: MainWindow,
+def test_regenerate_replaces_the_last_answer_of_a_conversation(in_process: None, qtbot: QtBot, window: MainWindow,
                                                                picture: np.ndarray,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     window.settings.image_size = 256

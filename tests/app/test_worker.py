@@ -18,7 +18,10 @@ from engine.runtime.model import Model
 
 
 @pytest.fixture
-def worker(qtbot: QtBot, tiny_model_dir: Path) -> Iterator[ModelWorker]:
+def worker(qtbot: QtBot, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelWorker]:
+    # These tests reach into the engine's objects (Model, Conversation), so the model runs in this process; the
+    # worker with the model in its runner process, crashes included, is tested in tests/app/test_runner_faults.py.
+    monkeypatch.setenv("GLIMPSE_RUNNER", "0")
     w = ModelWorker()
     with qtbot.waitSignal(w.model_ready, timeout=20_000):
         w.load(str(tiny_model_dir), threads=1)  # 2 shared cores: more threads spin against each other

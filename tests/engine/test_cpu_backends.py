@@ -87,3 +87,54 @@ def test_the_core_library_is_the_one_libllama_links(tmp_path: Path) -> None:
     (tmp_path / expected).unlink()
     if sys.platform != "win32":
         assert cpu_backends._core_library(tmp_path).name in ("libggml.so", "libggml.dylib")
+
+
+def test_best_variant_ranks_by_ggml_score() -> None:
+    scores = {"libggml-cpu-x64.so": 1, "libggml-cpu-haswell.so": 60, "libggml-cpu-skylakex.so": 200,
+              "libggml-cpu-sapphirerapids.so": 0}
+    assert cpu_backends.best_variant(scores) == "libggml-cpu-skylakex.so"  # 0: cannot run here
+    assert cpu_backends.best_variant(scores, below="libggml-cpu-skylakex.so") == "libggml-cpu-haswell.so"
+    assert cpu_backends.best_variant(scores, at_most="libggml-cpu-haswell.so") == "libggml-cpu-haswell.so"
+    assert cpu_backends.best_variant(scores, below="libggml-cpu-x64.so") is None
+    assert cpu_backends.best_variant({}) is None
+    assert cpu_backends.generic_variant(tuple(scores)) == ("libggml-cpu-x64.so" if LINUX else None)
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux file names")
+def test_files_that_are_not_libraries_score_zero(tmp_path: Path) -> None:
+    (tmp_path / "libggml-cpu-x64.so").write_bytes(b"not a library")
+    assert cpu_backends.variant_scores(tmp_path) == {"libggml-cpu-x64.so": 0}
+    assert cpu_backends.variant_scores(tmp_path / "missing") == {}
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux file names")
+def test_a_variant_not_installed_is_a_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_backends, "_loaded", [])
+    (tmp_path / "libggml-cpu-x64.so").write_bytes(b"")
+    with pytest.raises(CpuBackendError) as err:
+        load_cpu_backends(tmp_path, variant="libggml-cpu-zen9.so")
+    assert "libggml-cpu-zen9.so" in str(err.value)
+
+
+def test_a_native_build_ignores_a_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_backends, "_loaded", [])
+    assert load_cpu_backends(tmp_path, variant="libggml-cpu-x64.so") is None
+
+
+def test_another_variant_cannot_replace_the_loaded_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = cpu_backends.CpuBackends(tmp_path, ("libggml-cpu-x64.so", "libggml-cpu-haswell.so"),
+                                      "libggml-cpu-haswell.so")
+    monkeypatch.setattr(cpu_backends, "_loaded", [loaded])
+    assert load_cpu_backends(variant="libggml-cpu-haswell.so") is loaded
+    assert load_cpu_backends() is loaded
+    with pytest.raises(CpuBackendError, match="already loaded"):
+        load_cpu_backends(variant="libggml-cpu-x64.so")
+
+
+@pytest.mark.skipif(_portable_lib_dir() is None, reason="the installed llama-cpp-python is a native build")
+def test_the_portable_build_scores_its_variants() -> None:
+    lib_dir = _portable_lib_dir()
+    assert lib_dir is not None
+    scores = cpu_backends.variant_scores(lib_dir)
+    assert set(scores) == set(variant_files(lib_dir))
+    assert any(name.endswith(("x64.so", "x64.dll")) and score > 0 for name, score in scores.items())

@@ -4,6 +4,7 @@ the folder after it, for downloads, model folders (converted and imported), lice
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -113,3 +114,49 @@ def test_a_folder_that_refuses_syncing_does_not_fail_the_write(tmp_path: Path,
     monkeypatch.setattr(os, "open", no_dirs)
     durable.write_text(tmp_path / "notes.md", "kept")
     assert (tmp_path / "notes.md").read_text(encoding="utf-8") == "kept"
+
+
+# -- state files that can be rebuilt ----------------------------------------------------------------------------------
+
+def _parse(data: bytes) -> dict[str, object]:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
+
+
+@pytest.mark.parametrize(("kind", "content"), [("truncated", b'{"cores": 8, "bat'), ("garbage", b"\x00\xff" * 50),
+                                               ("wrong shape", b"[1, 2]"), ("too big", b"{}" + b" " * 200)])
+def test_a_damaged_state_file_is_set_aside_once(kind: str, content: bytes, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "cache.json"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="glimpse"):
+        first = durable.read_state_file(path, _parse, what="test cache", max_bytes=100)
+        second = durable.read_state_file(path, _parse, what="test cache", max_bytes=100)
+    assert first.value is None and first.damaged == tmp_path / "cache.json.damaged"
+    assert first.damaged.read_bytes() == content and not path.exists()
+    assert str(path) in first.notice and "cache.json.damaged" in first.notice
+    assert second == durable.StateRead(None)  # said once: the next read finds no file and says nothing
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [first.notice]
+
+
+def test_a_good_or_missing_state_file_is_read_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "cache.json"
+    with caplog.at_level(logging.WARNING, logger="glimpse"):
+        assert durable.read_state_file(path, _parse, what="test cache") == durable.StateRead(None)
+        path.write_text('{"a": 1}', encoding="utf-8")
+        assert durable.read_state_file(path, _parse, what="test cache") == durable.StateRead({"a": 1})
+    assert caplog.records == [] and path.exists()
+
+
+def test_a_state_path_that_is_a_folder_or_link_is_set_aside(tmp_path: Path) -> None:
+    folder = tmp_path / "cache.json"
+    folder.mkdir()
+    assert durable.read_state_file(folder, _parse, what="test cache").damaged == tmp_path / "cache.json.damaged"
+    link = tmp_path / "other.json"
+    (tmp_path / "target.json").write_text("{}", encoding="utf-8")
+    link.symlink_to(tmp_path / "target.json")
+    read = durable.read_state_file(link, _parse, what="test cache")
+    assert read.value is None and read.damaged is not None and read.damaged.is_symlink()
+    assert (tmp_path / "target.json").read_text(encoding="utf-8") == "{}"  # the link's target is not touched

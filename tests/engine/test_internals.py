@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import llama_cpp.llama_cpp as raw_llama
+import numpy as np
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -72,6 +74,21 @@ def test_instance_internals_have_the_types_llm_relies_on(llama: Any) -> None:
     assert llama.input_ids.dtype.kind == "i", "Llama.input_ids is no longer an integer array"
     assert isinstance(llama.n_tokens, int), "Llama.n_tokens is no longer an int"
     assert isinstance(llama._requires_eval, bool), "Llama._requires_eval is no longer a bool"
+
+
+@pytest.mark.parametrize("extra_bufts", [True, False])
+def test_extra_buffer_types_reach_llama_cpp(tiny_model_dir: Path, extra_bufts: bool) -> None:
+    # LanguageModel(extra_bufts=False) relies on Llama.__init__ calling llama_cpp.llama_cpp.llama_model_default_params
+    # at construction time (engine/internals.py); the parameters it keeps must show the choice, and the library's
+    # function must be itself again afterwards.
+    before = raw_llama.llama_model_default_params
+    with LanguageModel(tiny_model_dir / "llm.gguf", n_ctx=64, n_threads=1, extra_bufts=extra_bufts) as lm:
+        assert lm._ll.model_params.use_extra_bufts is extra_bufts
+        assert lm.extra_bufts is extra_bufts
+        lm.eval_tokens([1, 2, 3])
+        assert np.isfinite(lm.logits()).all()
+    assert raw_llama.llama_model_default_params is before
+    assert raw_llama.llama_model_default_params().use_extra_bufts is True  # llama.cpp's default is untouched
 
 
 def test_a_missing_internal_is_named() -> None:

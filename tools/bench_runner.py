@@ -1,0 +1,111 @@
+"""Benchmark: what running the model in its own process costs, and how fast it recovers from a crash.
+
+    python -m tools.bench_runner MODEL [--sizes 512,1024] [--runs 5] [--threads N]
+
+1. TTFT of a first question about a new picture, in this process (engine.runtime.model) and through the runner
+   (engine.runner), the two loaded side by side and run alternately (which goes first alternates too), so drift of a
+   shared machine falls on both. Medians per size and their ratio.
+2. Moving pictures and rows over the pipe: the time to send a picture of each size and get its rows back, less the
+   encoder's own time as the runner reports it (what shared memory could save at most).
+3. Recovery: the runner killed by SIGSEGV mid-answer (the injected fault ``segv@answer#1``): from the crash to
+   the sentence, and from the crash to the retried answer's first piece, against a cold load of the same model.
+4. Memory: this process's RSS with the runner model loaded (what the window pays) and the runner's peak RSS.
+
+Prints one JSON object. Only ratios within one run of this command are comparable; note ``lscpu``'s flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+
+from engine.runner import RunnerModel, faults
+from engine.runtime.model import load_model
+from engine.runtime.tuning import cpu_fingerprint
+from engine.runtime.tuning_measure import sample_image
+from engine.runtime.types import Answer, Restart
+
+QUESTION = "Describe the image in detail."
+
+
+def _ttft(model: Any, size: int, seed: int) -> float:
+    answer = model.conversation(sample_image(seed), size=size).ask(QUESTION, max_tokens=2)
+    assert isinstance(answer, Answer)
+    return float(answer.timings.ttft_ms)
+
+
+def _recovery(folder: str, threads: int | None) -> dict[str, float]:
+    os.environ[faults.ENV] = "segv@answer#1"
+    try:
+        t0 = time.perf_counter()
+        model = RunnerModel(folder, threads=threads)
+        cold_ms = (time.perf_counter() - t0) * 1e3
+        with model:
+            crashed = notice = first = 0.0
+            for item in model.conversation(sample_image(9), size=512).stream(QUESTION, max_tokens=4):
+                now = time.perf_counter()
+                if isinstance(item, Restart):
+                    notice = now
+                elif isinstance(item, str) and not crashed:
+                    crashed = now  # the fault fires right after the first piece is sent
+                elif isinstance(item, str) and notice and not first:
+                    first = now
+    finally:
+        os.environ.pop(faults.ENV, None)
+    return {"cold_load_ms": round(cold_ms, 1), "crash_to_sentence_ms": round((notice - crashed) * 1e3, 1),
+            "crash_to_first_piece_ms": round((first - crashed) * 1e3, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--sizes", default="512,1024")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    report: dict[str, Any] = {"cpu": cpu_fingerprint(), "model": args.model, "runs": args.runs}
+    rss_before = psutil.Process().memory_info().rss
+    with RunnerModel(args.model, threads=args.threads) as remote:
+        report["window_side_rss_mb"] = round(psutil.Process().memory_info().rss / 1e6)
+        report["window_side_rss_added_mb"] = round((psutil.Process().memory_info().rss - rss_before) / 1e6)
+        with load_model(args.model, threads=args.threads) as local:
+            for size in sizes:  # warm-up: allocators, llama.cpp's compute buffers for this size
+                _ttft(local, size, 1)
+                _ttft(remote, size, 1)
+            rows = []
+            for size in sizes:
+                times: dict[str, list[float]] = {"in_process": [], "runner": []}
+                for run in range(args.runs):
+                    order = [("in_process", local), ("runner", remote)]
+                    for name, model in order if run % 2 == 0 else order[::-1]:
+                        times[name].append(_ttft(model, size, 100 * size + run))
+                pipe: list[float] = []
+                for run in range(args.runs):
+                    picture = (np.random.default_rng(run).random((size, size, 3)) * 255).astype(np.uint8)
+                    t0 = time.perf_counter()
+                    encoded = remote.encode_image(picture, size=size)
+                    pipe.append((time.perf_counter() - t0) * 1e3 - encoded.encode_ms - encoded.preprocess_ms)
+                medians = {k: statistics.median(v) for k, v in times.items()}
+                rows.append({"size": size, "ttft_ms": {k: round(v, 1) for k, v in medians.items()},
+                             "runner_over_in_process": round(medians["runner"] / medians["in_process"], 3),
+                             "all_ms": {k: [round(x, 1) for x in v] for k, v in times.items()},
+                             "picture_and_rows_over_the_pipe_ms": round(statistics.median(pipe), 1)})
+            report["sizes"] = rows
+        report["runner_peak_rss_mb"] = round(remote.runner_peak_rss_bytes() / 1e6)
+    report["recovery"] = _recovery(args.model, args.threads)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
