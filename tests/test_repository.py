@@ -1,0 +1,92 @@
+"""The repository's promises to its readers: the README, CI and the package list agree."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = REPO / "packaging" / "system-packages.txt"
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="the CI scripts are bash")
+
+
+def system_packages(*sections: str) -> list[str]:
+    """packaging/system-packages.txt's packages in ``sections``, read independently of .ci/system-packages."""
+    found: list[str] = []
+    section = None
+    for raw in PACKAGES.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and section in sections:
+            found.append(line.split()[0])
+    return found
+
+
+def test_the_package_list_has_its_sections() -> None:
+    for section in ("app", "build", "ci"):
+        assert system_packages(section), f"[{section}] is empty or missing"
+    # What a fresh Debian machine lacked, the window's X libraries among them.
+    assert {"libxcb-icccm4", "libxcb-keysyms1", "libxcb-cursor0", "libpulse0"} <= set(system_packages("app"))
+
+
+def test_the_readme_installs_exactly_the_package_list() -> None:
+    """The Quick start's one apt command names the packages the app and its build need, no more, no fewer."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"sudo apt install ([^`\n]+)", readme)
+    assert len(commands) == 1, f"README.md should have one `sudo apt install` command, not {len(commands)}"
+    named = commands[0].split()
+    assert len(named) == len(set(named))
+    assert set(named) == set(system_packages("app", "build"))
+
+
+@needs_bash
+def test_the_ci_script_reads_the_same_list() -> None:
+    listed = subprocess.run(["bash", ".ci/system-packages", "list", "app", "build", "ci"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed == system_packages("app", "build", "ci")
+    unknown = subprocess.run(["bash", ".ci/system-packages", "missing", "nonsense"], cwd=REPO, capture_output=True,
+                             text=True, check=False)
+    assert unknown.returncode == 1 and "no section [nonsense]" in unknown.stderr
+
+
+def _readme_test_command(readme: Path, venv: str = "build/ci/venv") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, ".ci/readme_test_command.py", "--readme", str(readme), "--venv", venv],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+
+
+def test_ci_runs_the_readme_test_command_in_its_own_folder() -> None:
+    result = _readme_test_command(REPO / "README.md")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.strip()
+    assert command.startswith("python3 -m venv build/ci/venv && ") and ".venv" not in command
+    assert command.endswith("build/ci/venv/bin/python -m pytest")
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert ".ci/readme_test_command.py" in ci
+
+
+def test_the_venv_is_replaced_as_a_word(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("```sh\npython3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
+                      ".venv/bin/python -m pytest tests/.venvish\n```\n", encoding="utf-8")
+    result = _readme_test_command(readme, "a b/venv")
+    assert result.stdout.strip() == ("python3 -m venv 'a b/venv' && 'a b/venv'/bin/pip install -e '.[test]' && "
+                                     "'a b/venv'/bin/python -m pytest tests/.venvish")
+
+
+@pytest.mark.parametrize("text", [
+    "# Glimpse\n\n```sh\npython3 -m venv .venv && .venv/bin/pip install -e .\n```\n",  # installs, tests nothing
+    "python3 -m venv .venv && .venv/bin/python -m pytest\n",  # not in a code block
+    "```sh\npython3 -m venv a && a/bin/python -m pytest\npython3 -m venv b && b/bin/python -m pytest\n```\n",
+])
+def test_ci_refuses_a_readme_without_one_test_command(tmp_path: Path, text: str) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(text, encoding="utf-8")
+    result = _readme_test_command(readme)
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "runs `-m pytest`" in result.stderr
