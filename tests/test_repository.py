@@ -1,4 +1,5 @@
-"""The repository's promises to its readers: the README, CI and the package list agree."""
+"""The repository's promises to its readers: the README, CI and the package list agree, and the docs and code
+describe the present (history lives in CHANGELOG.md and git, not in tracker numbers a reader cannot follow)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,46 @@ def test_ci_refuses_a_readme_without_one_test_command(tmp_path: Path, text: str)
     result = _readme_test_command(readme)
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "runs `-m pytest`" in result.stderr
+
+
+# -- history stays out of the docs and the code -------------------------------------------------------------------
+
+# The word issue or session followed by a number (a space, hyphen or '#' between): meaningless without the tracker.
+HISTORY = re.compile(r"\b(?:issue|session)s?[ -]#?\d", re.IGNORECASE)
+SCANNED = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md", "pyproject.toml", ".pre-commit-config.yaml", "docs",
+           "engine", "app", "tools", "packaging", ".ci", "tests"]
+SKIPPED_DIRS = {"__pycache__", "fixtures", "screenshots"}
+
+
+def history_citations(text: str) -> list[str]:
+    return [m.group(0) for m in HISTORY.finditer(text)]
+
+
+def _text_files() -> list[Path]:
+    files: list[Path] = []
+    for name in SCANNED:
+        path = REPO / name
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files += [p for p in sorted(path.rglob("*"))
+                      if p.is_file() and not SKIPPED_DIRS & set(p.relative_to(REPO).parts)]
+    return files
+
+
+def test_the_history_check_finds_citations() -> None:
+    cited = "measured in " + "session" + " 4, within " + "issue" + " 11's 120 s; see " + "Issue" + "-14"
+    assert [hit.split()[0].split("-")[0].lower() for hit in history_citations(cited)] == ["session", "issue", "issue"]
+    assert history_citations("an onnxruntime session, 4 issues, the camera #7") == []
+
+
+def test_no_issue_or_session_numbers_in_docs_or_code() -> None:
+    found = []
+    for path in _text_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # images, fixtures' arrays
+        for number, line in enumerate(text.splitlines(), 1):
+            found += [f"{path.relative_to(REPO)}:{number}: {hit}" for hit in history_citations(line)]
+    assert not found, "describe the present state (history goes to CHANGELOG.md):\n" + "\n".join(found)
