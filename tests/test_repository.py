@@ -56,6 +56,64 @@ def test_the_ci_script_reads_the_same_list() -> None:
     assert unknown.returncode == 1 and "no section [nonsense]" in unknown.stderr
 
 
+STUB_DPKG_QUERY = """#!/bin/sh
+# dpkg-query -W -f FORMAT PACKAGE: installed when the package is a line of $STUB_STATE
+grep -qx "$4" "$STUB_STATE" && echo "install ok installed" && exit 0
+exit 1
+"""
+STUB_APT_GET = """#!/bin/sh
+echo "$*" >>"$STUB_LOG"
+case $1 in
+    update) touch "$STUB_STATE.updated"; exit 0 ;;
+esac
+[ "$STUB_FAIL" = always ] && exit 100
+[ "$STUB_FAIL" = until-update ] && [ ! -e "$STUB_STATE.updated" ] && exit 100
+for word in "$@"; do case $word in -*|install) ;; *) echo "$word" >>"$STUB_STATE" ;; esac; done
+"""
+
+
+@pytest.fixture
+def fake_apt(tmp_path: Path) -> dict[str, str]:
+    """apt-get, dpkg-query and sudo stand-ins on PATH: .ci/system-packages runs against them, never the real ones."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in [("dpkg-query", STUB_DPKG_QUERY), ("apt-get", STUB_APT_GET), ("sudo", '#!/bin/sh\nexec "$@"\n')]:
+        (bin_dir / name).write_text(body, encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "state").write_text("", encoding="utf-8")
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "STUB_STATE": str(tmp_path / "state"),
+            "STUB_LOG": str(tmp_path / "log"), "STUB_FAIL": ""}
+
+
+def _install(env: dict[str, str], *sections: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", ".ci/system-packages", "install", *sections], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=False)
+
+
+@needs_bash
+def test_ci_installs_what_is_missing_and_updates_only_when_it_must(fake_apt: dict[str, str]) -> None:
+    state, log = Path(fake_apt["STUB_STATE"]), Path(fake_apt["STUB_LOG"])
+    state.write_text("\n".join(system_packages("app")[1:]) + "\n", encoding="utf-8")
+    fake_apt["STUB_FAIL"] = "until-update"  # a fresh machine's stale package lists
+    result = _install(fake_apt, "app", "build")
+    assert result.returncode == 0, result.stderr
+    missing = [system_packages("app")[0], *system_packages("build")]
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert [c.split()[0] for c in calls] == ["install", "update", "install"]
+    assert calls[0].split()[-len(missing):] == missing  # only what was missing
+    assert set(system_packages("app", "build")) <= set(state.read_text(encoding="utf-8").split())
+    log.unlink()
+    assert _install(fake_apt, "app", "build").returncode == 0 and not log.exists()  # nothing missing: no apt-get
+
+
+@needs_bash
+def test_ci_says_what_apt_could_not_install(fake_apt: dict[str, str]) -> None:
+    fake_apt["STUB_FAIL"] = "always"
+    result = _install(fake_apt, "build")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(f"apt-get could not install {' '.join(system_packages('build'))}.")
+
+
 def _readme_test_command(readme: Path, venv: str = "build/ci/venv") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, ".ci/readme_test_command.py", "--readme", str(readme), "--venv", venv],
                           cwd=REPO, capture_output=True, text=True, check=False)
