@@ -27,6 +27,22 @@ os.environ.pop("GLIMPSE_CANARY", None)
 _SESSION_KERNELS = canary.cache_folder()
 
 
+# What makes a test a ``model`` test: a fixture that writes or converts a checkpoint (repo_dir: a checkpoint a fake
+# hub serves, which pulling converts), or, for tests that build their own, its module or node id.
+MODEL_FIXTURES = {"tiny_checkpoint", "tiny_model_dir", "repo_dir"}
+MODEL_NODES = ("tests/engine/test_llm_gguf.py::", "tests/engine/test_answer_gate.py::",
+               "tests/app/test_selftest.py::test_self_test_passes_and_reports")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``model`` every test that converts or loads a model: the tiny model alone takes about half a minute to
+    convert on 2 cores, and these tests are most of the suite's time. The quick check (tools/check) leaves them out
+    with ``-m "not slow and not model"``; CI and the README's test command run them all."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid.startswith(MODEL_NODES):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
                    request: pytest.FixtureRequest) -> Iterator[None]:

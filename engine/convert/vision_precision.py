@@ -46,7 +46,7 @@ MIXED_FRACTIONS = (0.1, 0.3)
 # Seconds the whole precision step may take when whole-graph int8 failed: each mixed try starts only if the time
 # spent so far plus what the previous try cost stays within it (the node-sensitivity probe only if it and a try fit,
 # counting the probe as ``SENSITIVITY_COST`` tries). 95 s keeps the default conversion of the full 0.5B geometry
-# within the 120 s of issue 11 on a 2-core AVX2 machine (the float graph and the GGUF take about 14-18 s there); see
+# within its 120 s target on a 2-core AVX2 machine (the float graph and the GGUF take about 14-18 s there); see
 # docs/benchmarks.md.
 PRECISION_BUDGET_S = 95.0
 SENSITIVITY_COST = 1.5

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
 from engine.models.gguf_header import read_header
+from engine.runtime.canary import choose_kernels
 from engine.runtime.cpu_backends import load_cpu_backends
 from engine.system import default_threads
 
@@ -130,13 +131,13 @@ class LanguageModel:
     ``llama_decode`` call takes (longer inputs are split), ``n_threads`` defaults to the physical core count.
     ``extra_bufts`` False keeps the weights out of llama.cpp's extra buffer types (AMX tiles, repacked layouts);
     ``cpu_variant`` names the CPU variant library a portable build loads (``engine.runtime.cpu_backends``; ignored by
-    a native build). ``engine.runtime.canary`` says which combination this CPU runs correctly.
-    Not thread-safe: one thread owns it.
+    a native build). Left out (None), both are what ``engine.runtime.canary`` proved for this file's weight type on
+    this CPU and build. Not thread-safe: one thread owns it.
     """
 
     def __init__(self, gguf_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, flash_attn: bool = False, n_ubatch: int | None = None,
-                 n_threads_batch: int | None = None, kv_type: str = "f16", extra_bufts: bool = True,
+                 n_threads_batch: int | None = None, kv_type: str = "f16", extra_bufts: bool | None = None,
                  cpu_variant: str | None = None) -> None:
         if n_ctx < 16 or n_batch < 1 or (n_threads is not None and n_threads < 1) \
                 or (n_ubatch is not None and n_ubatch < 1) or (n_threads_batch is not None and n_threads_batch < 1):
@@ -147,6 +148,11 @@ class LanguageModel:
                              "attention (llama.cpp quantizes the V cache only with it).")
         self.path = Path(gguf_path)
         check_gguf(self.path)
+        if extra_bufts is None:
+            # Every llama.cpp context the engine makes (the model, the converter's gate, the tuning, the tools) runs
+            # kernels the canary has seen compute correctly on this CPU, build and weight type: cached after once.
+            choice = choose_kernels(self.path)
+            extra_bufts, cpu_variant = choice.extra_bufts, cpu_variant or choice.variant
         import llama_cpp  # noqa: PLC0415
 
         route_llama_logs()

@@ -1,8 +1,8 @@
 """The short measurement behind ``engine.runtime.tuning``: each CPU-dependent choice timed on the model itself.
 
 Bounds: a fixed number of runs, nothing repeated until it settles. On FastVLM-0.5B that is 6 encodes at 512 px
-and at most 17 prefills of 256 rows, 40-60 s by the quiet AVX2 figures of issue 12 (an earlier version with 10
-prefills took 643 s while other work held the load average at 15-20). Order:
+and at most 17 prefills of 256 rows, 40-60 s on a quiet 2-core AVX2 machine (docs/benchmarks.md; a version with
+10 prefills timed one after the other took 643 s while other work held the load average at 15-20). Order:
 
 1. encoder: onnxruntime's graph levels (and thread counts where the CPU has hyper-threads) on one picture at
    ``PROBE_SIZE`` px;

@@ -83,8 +83,12 @@ def test_bench_captions(tiny_model_dir: Path) -> None:
     result = _glimpse("bench", str(tiny_model_dir), "--sizes", "256", "--runs", "1", "--captions", "2", "--json")
     captions = json.loads(result.stdout)["captions"]
     assert captions["captions"] == 2 and captions["tokens_per_caption"] == 20
-    # Captions per second and seconds per caption describe the same span.
-    assert captions["captions_per_s"] * captions["seconds_per_caption"] == pytest.approx(1.0, rel=0.01)
+    # Captions per second and seconds per caption describe the same span, each rounded to 3 decimals: their product
+    # is 1 within what that rounding allows at this machine's speed (1.4 % at 0.036 s a caption), never a fixed 1 %.
+    rate, seconds = captions["captions_per_s"], captions["seconds_per_caption"]
+    half = 0.0005  # half the last decimal kept
+    assert rate > 0 and seconds >= 0
+    assert abs(rate * seconds - 1.0) <= half * (rate + seconds) + 3 * half * half + 1e-9
     assert captions["ttft_ms"] >= captions["prefill_ms"] > 0 and captions["encode_ms"] > 0
     result = _glimpse("bench", str(tiny_model_dir), "--captions", "-1")
     assert result.returncode == 1 and "--captions must be 0 or more, not -1." in result.stderr

@@ -54,7 +54,7 @@ def test_damaged_model_is_listed_as_damaged_and_can_be_removed(store: Store, dam
 
 
 def test_files_entry_without_sha256_is_not_trusted(store: Store) -> None:
-    """The finding in issue 10: such an entry used to skip the hash check (or raise TypeError without a size)."""
+    """A listed file without a sha256 is refused with a sentence, neither trusted unhashed nor a TypeError."""
     folder = healthy_model(store.models_dir / "mine")
     DAMAGE["entry-without-sha256"](folder)
     with pytest.raises(ModelFolderError, match=r"llm\.gguf has no valid sha256"):

@@ -148,6 +148,7 @@ def test_a_crash_costs_a_sentence_and_the_question_is_answered_again(
     monkeypatch.setenv(faults.ENV, fault)
     with _runner(tiny_model_dir, notices) as model:
         first_pid = model.pid
+        assert model.kernels.startswith("as built") and "proven by the canary" in model.kernels
         conv = model.conversation(picture, size=256)
         pieces, answer = _collect(conv.stream(QUESTION, max_tokens=8))
         restarts = [p for p in pieces if isinstance(p, Restart)]
@@ -157,6 +158,9 @@ def test_a_crash_costs_a_sentence_and_the_question_is_answered_again(
         assert answer.token_ids == reference[0]  # the safer configuration answers the same (greedy, tiny model)
         assert model.starts == 2 and model.pid != first_pid and not psutil.pid_exists(first_pid or -1)
         assert notices == [restarts[0].notice] and "restarting" in notices[0]
+        # The restarted runner stepped down the kernels' fallback chain from the rung the canary had passed.
+        assert model.kernels.startswith("no extra buffer types")
+        assert f"chosen after the model's process stopped (killed by {signal_name})" in model.kernels
         # The conversation moved with it: the follow-up is answered from the new runner's cache.
         assert conv.ask("And then?", max_tokens=6).token_ids == reference[1]
 

@@ -1,6 +1,6 @@
 """Time llama.cpp alone (prefill of image rows, then decode) with whichever llama-cpp-python this Python has.
 
-    python packaging/bench_llama.py MODEL/llm.gguf --rows 256 --decode 64 --runs 5
+    python -m tools.bench_llama MODEL/llm.gguf --rows 256 --decode 64 --runs 5
 
 Run it once from a venv with the native build and once from one with the portable build
 (packaging/build-llama-wheel.sh), alternating, to see what runtime CPU dispatch costs. Prints one JSON line:
@@ -18,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from engine.cli.selftest import cpu_kernels  # noqa: E402
-from engine.runtime.llm import LanguageModel  # noqa: E402
+from engine.cli.selftest import cpu_kernels
+from engine.runtime.llm import LanguageModel
 
 
 def one_run(lm: LanguageModel, rows: np.ndarray, decode: int) -> tuple[float, float]:
