@@ -30,7 +30,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.runtime.tuning import cpu_fingerprint
-from engine.runtime.vision import session_options
+from engine.runtime.vision import flush_denormals, session_options
 
 GEMM = (4096, 1536, 384)
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
     args = parser.parse_args(argv)
+    flush_denormals()  # as the runner does, and as every baseline compared with does
     graphs: dict[str, Path] = {}
     for item in args.graphs:
         label, sep, path = item.partition("=")

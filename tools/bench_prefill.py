@@ -1,6 +1,7 @@
 """Benchmark: llama.cpp's options for the image rows' prefill, each against a reference's answers.
 
     python -m tools.bench_prefill REF_MODEL [CANDIDATE_MODEL ...] [--sizes 512,1024] [--runs 3] [--options]
+                                  [--extra-bufts]
 
 REF_MODEL is a converted model folder whose language model is the reference (convert with ``--quant f16``); each
 CANDIDATE_MODEL is the same checkpoint converted with another ``--quant``. The image rows come from REF_MODEL's
@@ -37,7 +38,7 @@ from engine.runtime.preprocess import preprocess
 from engine.runtime.prompt import first_turn
 from engine.runtime.tuning import cpu_fingerprint
 from engine.runtime.tuning_measure import sample_image
-from engine.runtime.vision import VisionEncoder
+from engine.runtime.vision import VisionEncoder, flush_denormals
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--options", action="store_true",
                         help="also try n_ubatch 128/256/512 and flash attention on the first candidate")
+    parser.add_argument("--extra-bufts", action="store_true",
+                        help="run every language model with llama.cpp's extra buffer types on (AMX, repacked weights) "
+                             "and off, instead of what the kernel canary proved")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    flush_denormals()  # as the runner does, and as every baseline compared with does
     sizes = [int(s) for s in args.sizes.split(",")]
     views = [ag.GateView(Path("sample.png"), s, ag.PHOTO_QUESTION) for s in sizes]
     rows = _rows(args.reference, views)
@@ -131,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             candidates.append(Candidate(f"{first.name}, n_ubatch {ub}", first / "llm.gguf", {**base, "n_ubatch": ub}))
         candidates.append(Candidate(f"{first.name}, flash attention", first / "llm.gguf",
                                     {**base, "flash_attn": True}))
+    if args.extra_bufts:
+        candidates = [Candidate(f"{c.label}, extra buffer types {'on' if on else 'off'}", c.gguf,
+                                {**c.options, "extra_bufts": on}) for c in candidates for on in (True, False)]
     results = []
     references: dict[str, ag.Reference] | None = None
     for candidate in candidates:

@@ -32,6 +32,7 @@ from engine.runtime.model import load_model
 from engine.runtime.tuning import cpu_fingerprint
 from engine.runtime.tuning_measure import sample_image
 from engine.runtime.types import Answer, Restart
+from engine.runtime.vision import flush_denormals
 
 QUESTION = "Describe the image in detail."
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    flush_denormals()  # as the runner does, and as every baseline compared with does
     sizes = [int(s) for s in args.sizes.split(",")]
 
     report: dict[str, Any] = {"cpu": cpu_fingerprint(), "model": args.model, "runs": args.runs}

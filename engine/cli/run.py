@@ -189,6 +189,6 @@ def register(sub: Any) -> None:
                    help="measure this CPU's fastest settings for the model again (they are cached per CPU and model)")
     p.add_argument("--tune-only", action="store_true", help="print the settings (measured now unless cached) and stop")
     p.add_argument("--in-process", action="store_true",
-                   help="run the model inside this process instead of its runner process (to measure what the "
-                        "runner costs)")
+                   help="run the model inside this process instead of its runner process (for debugging; "
+                        "python -m tools.bench_runner measures what the runner costs)")
     p.set_defaults(func=_cmd_bench)

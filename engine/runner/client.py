@@ -469,9 +469,13 @@ class RunnerModel:
         """How many runner processes this model has started (1 until a crash)."""
         return self._starts
 
-    def runner_peak_rss_bytes(self) -> int:
+    def runner_stats(self) -> dict[str, Any]:
+        """The runner's own figures: ``peak_rss_bytes``, ``denormals_flushed``."""
         header, _ = self._request({"op": "stats"})
-        return int(header.get("peak_rss_bytes", 0))
+        return {k: v for k, v in header.items() if k not in ("rid", "ev")}
+
+    def runner_peak_rss_bytes(self) -> int:
+        return int(self.runner_stats().get("peak_rss_bytes", 0))
 
     # -- lifetime --------------------------------------------------------------------------------------------------
 

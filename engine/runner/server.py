@@ -39,6 +39,7 @@ from engine.runtime.conversation import Conversation
 from engine.runtime.model import Model, load_model, resolve_model
 from engine.runtime.tuning import StatusFn
 from engine.runtime.types import Answer, ImageRows
+from engine.runtime.vision import flush_denormals
 from engine.system import peak_rss_bytes
 
 log = logging.getLogger("glimpse.runner")
@@ -172,7 +173,9 @@ class Server:
             self._conversations.pop(int(h.get("cid", -1)), None)
             self.send(rid, {"ev": "ok"})
         elif op == "stats":
-            self.send(rid, {"ev": "ok", "peak_rss_bytes": peak_rss_bytes()})
+            # Whether this thread (which made the sessions and runs them) computes subnormal floats as zero.
+            flushed = bool(np.float32(1e-40) * np.float32(1.0) == 0)
+            self.send(rid, {"ev": "ok", "peak_rss_bytes": peak_rss_bytes(), "denormals_flushed": flushed})
         else:
             raise InputError(f"The runner does not know the request {op!r}.")
 
@@ -267,4 +270,5 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the parent, which cancels through the pipe
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    flush_denormals()  # this process is Glimpse's own: its floating-point state is its business
     return Server(fd_in, fd_out, start).run()

@@ -52,8 +52,7 @@ def session_options(threads: int, level: ort.GraphOptimizationLevel = ort.GraphO
                     ) -> ort.SessionOptions:
     """How Glimpse runs a vision graph: ``threads`` intra-op threads, one inter-op, no memory pattern (150 MB less at
     1024 px, same speed), no spinning (idle onnxruntime threads would slow llama.cpp's prefill that follows), and
-    denormal numbers flushed to zero (Intel CPUs compute them about 10x slower, and random or badly scaled weights
-    drive activations there; onnxruntime sets FTZ/DAZ on its own threads)."""
+    denormal numbers flushed to zero in Glimpse's own processes (:func:`flush_denormals`)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -61,9 +60,23 @@ def session_options(threads: int, level: ort.GraphOptimizationLevel = ort.GraphO
     opts.graph_optimization_level = level
     opts.enable_mem_pattern = False
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1" if _flush_denormals else "0")
     opts.log_severity_level = 3
     return opts
+
+
+_flush_denormals = False
+
+
+def flush_denormals(on: bool = True) -> None:
+    """Make the vision sessions created from now on in this process flush denormal numbers to zero: Intel CPUs
+    compute them about 10x slower, and random or badly scaled weights drive activations there. onnxruntime then
+    sets FTZ/DAZ on its own threads and on the thread that creates the session, which changes that thread's
+    floating-point arithmetic for everything it does afterwards (numpy included). So only processes that are
+    Glimpse's own call this (the model's runner, the benchmarks); in a library user's process the caller's
+    floating-point state is left alone."""
+    global _flush_denormals  # noqa: PLW0603 (one process-wide choice, made once at start)
+    _flush_denormals = on
 
 
 def cache_dir() -> Path:

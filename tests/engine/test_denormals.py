@@ -10,17 +10,35 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
-from engine.runtime.vision import session_options
+from engine.runner import RunnerModel
+from engine.runtime.model import load_model
+from engine.runtime.vision import flush_denormals, session_options
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_vision_session_flushes_denormals() -> None:
-    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
-        opts = session_options(2, level)
-        assert opts.get_session_config_entry("session.set_denormal_as_zero") == "1"
+def test_the_vision_session_flushes_denormals_in_glimpses_own_processes() -> None:
+    try:
+        for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+            assert session_options(2, level).get_session_config_entry("session.set_denormal_as_zero") == "0"
+            flush_denormals()
+            assert session_options(2, level).get_session_config_entry("session.set_denormal_as_zero") == "1"
+            flush_denormals(False)
+    finally:
+        flush_denormals(False)
+
+
+def test_the_runner_flushes_denormals_and_a_library_caller_keeps_its_own(tiny_model_dir: Path) -> None:
+    """Subnormal arithmetic works in this process after loading a model here; the runner process flushes."""
+    tiny = np.float32(1e-40)  # a float32 subnormal
+    with load_model(tiny_model_dir, n_ctx=512, threads=1) as model:
+        model.encode(model.preprocess(np.zeros((64, 64, 3), np.uint8), 256))
+    assert tiny * np.float32(1) != 0  # FTZ/DAZ would make it 0
+    with RunnerModel(tiny_model_dir, n_ctx=512, threads=1) as remote:
+        assert remote.runner_stats()["denormals_flushed"] is True
 
 
 def _calls(path: Path) -> list[str]:
