@@ -7,8 +7,8 @@ A native crash, a driver fault or a hung kernel then costs a sentence, not the a
 - the runner stops making progress: every request has a deadline for its next message that scales with the work
   (the picture's views, the positions to evaluate), and a runner that misses it is killed;
 - either way the client says so in one sentence (``on_notice``, and a :class:`Restart` item in an answer's stream),
-  starts a new runner on a safer configuration (the built-in settings instead of the measured ones; the kernel
-  canary's next rung where the kernels were to blame) and asks once more, replaying the conversation: the picture and
+  starts a new runner on a safer configuration (the kernel canary's next rung down from the one it proved) and asks
+  once more, replaying the conversation: the picture and
   the turns so far. A second failure unloads the model and says how to load it again.
 - Stop ends a stuck answer at once: the runner is told to cancel, and if it cannot say so within a second it is
   killed and replaced on the next request.

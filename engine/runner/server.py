@@ -31,7 +31,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from engine.errors import Cancelled, GlimpseError, InputError
-from engine.models.model_folder import LLM_FILE
+from engine.models.model_folder import LLM_FILE, read_manifest
 from engine.runner import faults
 from engine.runner.protocol import PeerGone, ProtocolError, read_message, write_message
 from engine.runtime.canary import choose_kernels, step_down
@@ -217,14 +217,15 @@ class Server:
 
 
 def _safer(model: str, level: int, why: str, status: StatusFn) -> dict[str, Any]:
-    """What a restart after a crash loads with: ``level`` 1 and up leave out the measured settings (the defaults
-    are the configuration Glimpse ships and tests) and step ``level`` rungs down the kernels' fallback chain from
-    the one the canary proved (the canary missed what the real model's shapes reach)."""
+    """What a restart after a crash loads with: ``level`` rungs down the kernels' fallback chain from the one the
+    canary proved (the canary missed what the real model's shapes reach). The measured runtime settings stay: each
+    was checked to leave the answers unchanged, and dropping them would cost a restart the optimisation of a new
+    vision graph (about 10 s for the 0.5B model's fp32 encoder)."""
     if level < 1:
         return {}
-    options: dict[str, Any] = {"tune": False, "retune": False}
-    gguf = resolve_model(model) / LLM_FILE
-    proven = choose_kernels(gguf, status=status)
+    options: dict[str, Any] = {"retune": False}
+    folder = resolve_model(model)
+    proven = choose_kernels(folder / LLM_FILE, read_manifest(folder).quant, status=status)
     if proven.proven:  # with GLIMPSE_CANARY=0 the user chose to run the kernels as built
         options["kernels"] = step_down(proven, level, why or "it stopped")
     return options

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import GlimpseError
+from engine.models.gguf_header import read_header
 from engine.runtime.cpu_backends import (
     best_variant,
     generic_variant,
@@ -342,15 +343,16 @@ _FILE_TYPES = {1: "f16", 7: "q8_0", 2: "q4_0", 15: "q4_k_m"}
 
 
 def weight_type_of(gguf_path: str | Path) -> str | None:
-    """The weight type a GGUF's header records (general.file_type), if it is one the canary can build."""
-    # Start-up: gguf takes about 0.35 s to import; only a model load without model.json's answer comes here.
-    import gguf  # noqa: PLC0415
+    """The weight type a GGUF's header records (general.file_type), if it is one the canary can build.
 
+    Read with the engine's own header reader (0.3 s for the 0.5B model's 151,936-token vocabulary; gguf's
+    GGUFReader builds every vocabulary string in Python and takes about 10 s)."""
     try:
-        return _FILE_TYPES.get(int(_field(gguf.GGUFReader(str(gguf_path)), "general.file_type")))
-    except (OSError, ValueError, KeyError, IndexError) as e:
+        value = read_header(Path(gguf_path)).values.get("general.file_type")
+    except GlimpseError as e:
         log.debug("No weight type in %s (%s).", gguf_path, e)
         return None
+    return _FILE_TYPES.get(value) if isinstance(value, int) else None
 
 
 def choose_kernels(gguf_path: str | Path, weight_type: str | None = None, *, threads: int | None = None,
