@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine import durable
 from engine.errors import GlimpseError
 from engine.models.gguf_header import read_header
 from engine.runtime.cpu_backends import (
@@ -198,15 +199,17 @@ def _cache_path(weight_type: str, key: dict[str, Any]) -> Path:
     return cache_folder() / f"{weight_type}-{digest}.json"
 
 
+def _parse_entry(data: bytes) -> dict[str, Any]:
+    raw = json.loads(data.decode("utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError("it is not a JSON object")
+    return raw
+
+
 def _read_cache(path: Path, key: dict[str, Any], chain: tuple[Rung, ...]) -> KernelChoice | None:
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        log.debug("Ignoring the kernel cache %s (%s).", path, e)
-        return None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("key") != key:
+    # Half-written, garbage, too big or not a file: set aside as <name>.damaged, said once, proven again.
+    raw = durable.read_state_file(path, _parse_entry, what="kernel canary's cache", max_bytes=MAX_FILE_BYTES).value
+    if raw is None or raw.get("format") != FORMAT or raw.get("key") != key:
         return None
     rung = next((r for r in chain if isinstance(raw.get("rung"), dict) and asdict(r) == raw["rung"]), None)
     failures = raw.get("failures")

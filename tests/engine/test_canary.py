@@ -276,3 +276,18 @@ def test_the_tuning_measures_the_proven_rung(home: Path, tiny_model_dir: Path, m
     with pytest.raises(RuntimeError, match="measured"):
         load_model(tiny_model_dir, n_ctx=512, kernels=KernelChoice(rungs()[1], "f16"))
     assert seen == [False]
+
+
+@pytest.mark.parametrize("damage", [b"{\"format\": 1, \"key\": ", b"\x00\xff garbage", b"[1, 2, 3]"])
+def test_a_half_written_cache_entry_is_set_aside_and_rebuilt(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture, damage: bytes) -> None:
+    monkeypatch.setattr(canary, "run_rung", lambda rung, wt, **kw: (None, {"ok": True}))
+    prove_kernels("f16", threads=1)
+    (entry,) = canary.cache_folder().glob("*.json")
+    entry.write_bytes(damage)  # a power cut mid-write, or another program's bytes
+    with caplog.at_level("WARNING"):
+        again = prove_kernels("f16", threads=1)
+    assert not again.from_cache and entry.is_file()  # proven again and written anew
+    kept = [p.read_bytes() for p in entry.parent.glob(entry.name + ".damaged*")]
+    assert damage in kept  # the bad file kept beside (.damaged, or .damaged-2 ... beside older ones)
+    assert sum("kernel canary's cache" in r.getMessage() for r in caplog.records) == 1  # said once
