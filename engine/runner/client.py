@@ -368,8 +368,7 @@ class RunnerModel:
         """Run ``op`` on a live runner; if the runner dies, say so, restart it on a safer configuration and run
         ``op`` once more; a second death unloads the model."""
         if self._unloaded:
-            raise RunnerError(self._unloaded, "Load the model again (run the command again).",
-                              gui_hint="Choose the model again under Model to load it.")
+            raise self._still_unloaded()
         try:
             self._start(load_cancel)
             return op()
@@ -381,6 +380,10 @@ class RunnerModel:
                 return op()
             except RunnerDied as second:
                 raise self._give_up(second) from None
+
+    def _still_unloaded(self) -> RunnerError:
+        return RunnerError(str(self._unloaded), "Load the model again (run the command again).",
+                           gui_hint="Choose the model again under Model to load it.")
 
     def _restart_sentence(self, died: RunnerDied, what: str) -> str:
         return (f"The model's process stopped while {what} ({died.reason}); Glimpse is restarting it with safer "
@@ -627,7 +630,7 @@ class RunnerConversation:
         for attempt in (1, 2):
             try:
                 if model._unloaded:
-                    raise model._give_up(RunnerDied("it had stopped before"))
+                    raise model._still_unloaded()
                 self._ensure()
                 events = model._exchange(request, first_s=first_s, cancel=cancel)
                 while True:
