@@ -12,7 +12,7 @@ import pytest
 
 from engine.convert import convert_checkpoint
 from engine.convert.synthetic import CheckpointSpec, write_checkpoint
-from engine.runtime import canary
+from engine.runtime import canary, vision
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Session-wide too, not only per test: module-scoped fixtures load models before the per-test fixture runs, and
@@ -61,6 +61,13 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     for entry in kernels.glob("*.json") if kernels.is_dir() else ():
         _SESSION_KERNELS.mkdir(parents=True, exist_ok=True)
         shutil.copy2(entry, _SESSION_KERNELS / entry.name)
+
+
+@pytest.fixture(autouse=True)
+def _denormals_left_alone() -> Iterator[None]:
+    """A tool's main() run in this process turns flushing on for the process; the next test starts without it."""
+    yield
+    vision.flush_denormals(False)
 
 
 @pytest.fixture(scope="session")
