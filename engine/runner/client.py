@@ -108,6 +108,19 @@ def _rebuild_error(h: dict[str, Any]) -> GlimpseError:
     return err
 
 
+def _drain(events: Exchange, on_event: Callable[[dict[str, Any]], None] | None = None,
+           ) -> tuple[dict[str, Any], npt.NDArray[Any] | None]:
+    """Run an exchange to its end, handing each progress event to ``on_event``; its result."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as done:
+            result: tuple[dict[str, Any], npt.NDArray[Any] | None] = done.value
+            return result
+        if on_event is not None:
+            on_event(event)
+
+
 class RunnerProcess:
     """One runner process and its pipe. Requests are made one at a time (from one thread); :meth:`kill` and the
     cancel of a request may come from any thread."""
@@ -211,25 +224,12 @@ class RunnerProcess:
                 cancel: Callable[[], bool] | None = None,
                 scaled: bool = True) -> tuple[dict[str, Any], npt.NDArray[Any] | None]:
         """:meth:`exchange`, with the progress events handed to ``on_event``."""
-        events = self.exchange(header, array, first_s=first_s, next_s=next_s, cancel=cancel, scaled=scaled)
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as done:
-                result: tuple[dict[str, Any], npt.NDArray[Any] | None] = done.value
-                return result
-            if on_event is not None:
-                on_event(event)
+        return _drain(self.exchange(header, array, first_s=first_s, next_s=next_s, cancel=cancel, scaled=scaled),
+                      on_event)
 
     def request_hello(self) -> tuple[dict[str, Any], npt.NDArray[Any] | None]:
         """Wait for the hello a runner sends once it has started (rid 0, no request)."""
-        messages = self._messages(0, START_S, START_S, None)
-        while True:
-            try:
-                next(messages)
-            except StopIteration as done:
-                result: tuple[dict[str, Any], npt.NDArray[Any] | None] = done.value
-                return result
+        return _drain(self._messages(0, START_S, START_S, None))
 
     def _messages(self, rid: int, first_s: float, next_s: float,
                   cancel: Callable[[], bool] | None) -> Exchange:
@@ -410,13 +410,7 @@ class RunnerModel:
 
     def _request(self, header: dict[str, Any], array: npt.NDArray[Any] | None = None, *, first_s: float = CALL_S,
                  cancel: threading.Event | None = None) -> tuple[dict[str, Any], npt.NDArray[Any] | None]:
-        events = self._exchange(header, array, first_s=first_s, cancel=cancel)
-        while True:
-            try:
-                next(events)
-            except StopIteration as done:
-                result: tuple[dict[str, Any], npt.NDArray[Any] | None] = done.value
-                return result
+        return _drain(self._exchange(header, array, first_s=first_s, cancel=cancel))
 
     # -- facts -----------------------------------------------------------------------------------------------------
 

@@ -224,15 +224,11 @@ def _read_cache(path: Path, key: dict[str, Any], chain: tuple[Rung, ...]) -> Ker
 def _write_cache(path: Path, key: dict[str, Any], choice: KernelChoice) -> None:
     entry = {"format": FORMAT, "key": key, "rung": asdict(choice.rung), "failures": [list(f) for f in choice.failures],
              "details": choice.details, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(entry, indent=1), encoding="utf-8")
-        os.replace(partial, path)
+        durable.write_text(path, json.dumps(entry, indent=1))  # the whole entry or the old one, never half
     except OSError as e:
         log.warning("Could not save the kernel canary's result in %s (%s); the next start runs it again.", path, e)
-        with contextlib.suppress(OSError):
-            partial.unlink()
 
 
 # -- running one rung -------------------------------------------------------------------------------------------------
