@@ -43,7 +43,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "Store": ("engine.models.store", "Store"),
     "catalog": ("engine.models.catalog", None),
     "fetch_license": ("engine.models.download", "fetch_license"),
-    "human_bytes": ("engine.models.download", "human_bytes"),
+    "human_bytes": ("engine.models.leftovers", "human_bytes"),
     "is_offline": ("engine.models.download", "is_offline"),
     # runtime: a model answering, live captions
     "Answer": ("engine.runtime.types", "Answer"),
@@ -130,7 +130,8 @@ if TYPE_CHECKING:
     from engine.folders import assets_root, check_folder, user_folder
     from engine.models import catalog
     from engine.models.catalog import CatalogEntry
-    from engine.models.download import DownloadOptions, fetch_license, human_bytes, is_offline
+    from engine.models.download import DownloadOptions, fetch_license, is_offline
+    from engine.models.leftovers import human_bytes
     from engine.models.store import Store
     from engine.progress import Progress, ProgressFn
     from engine.runner.client import RunnerConversation, RunnerError, RunnerModel

@@ -18,8 +18,9 @@ from engine.convert.install import import_model, pull_model
 from engine.errors import GlimpseError, LicenseNotAcceptedError
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
+from engine.models.leftovers import human_bytes, tree_size
 from engine.models.model_folder import read_manifest
-from engine.models.store import ConfirmLicense, Store, folder_size
+from engine.models.store import ConfirmLicense, Store
 
 
 def _interactive() -> bool:
@@ -32,14 +33,6 @@ def _ask(question: str) -> bool:
     except EOFError:
         return False
     return answer.strip().lower() in {"y", "yes"}
-
-
-def _human(n: float) -> str:
-    # Start-up: downloads bring huggingface_hub's HTTP stack (0.7-0.85 s to import, -X importtime), which
-    # `glimpse models list` does not need.
-    from engine.models.download import human_bytes  # noqa: PLC0415
-
-    return human_bytes(n)
 
 
 # -- list -------------------------------------------------------------------------------------------------------------
@@ -92,9 +85,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for row in rows:
         entry = catalog.find(row["name"]) if row["in_catalog"] else None
         if row["size_bytes"] is not None:
-            size = _human(row["size_bytes"])
+            size = human_bytes(row["size_bytes"])
         elif row["download_bytes"]:
-            size = "~" + _human(row["download_bytes"])
+            size = "~" + human_bytes(row["download_bytes"])
         else:
             size = "-"
         llm = entry.llm if entry else ""
@@ -133,8 +126,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
             "script.")
     partial = next((d for d in store.downloads() if d.name == entry.name and d.done_bytes), None)
     if partial is not None and not partial.complete:
-        of = f" of {_human(partial.total_bytes)}" if partial.total_bytes else ""
-        print(f"Resuming the download: {_human(partial.done_bytes)}{of} is already here.", file=sys.stderr)
+        of = f" of {human_bytes(partial.total_bytes)}" if partial.total_bytes else ""
+        print(f"Resuming the download: {human_bytes(partial.done_bytes)}{of} is already here.", file=sys.stderr)
     from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
 
     with ProgressBar(enabled=not args.quiet) as bar:
@@ -174,16 +167,16 @@ def cmd_remove(args: argparse.Namespace) -> int:
     targets = [store.models_dir / name] + ([] if args.keep_download else [store.downloads_dir / name])
     present = [t for t in targets if t.is_dir()]
     if present and not args.yes:
-        total = sum(folder_size(t) for t in present)
+        total = sum(tree_size(t) for t in present)
         what = " and ".join(str(t) for t in present)
         if not _interactive():
-            raise GlimpseError(f"Removing '{name}' ({_human(total)}) needs confirmation.",
+            raise GlimpseError(f"Removing '{name}' ({human_bytes(total)}) needs confirmation.",
                                "Pass --yes to remove it without asking.")
-        if not _ask(f"Delete {what} ({_human(total)})? [y/N] "):
+        if not _ask(f"Delete {what} ({human_bytes(total)})? [y/N] "):
             print("Nothing was removed.")
             return 0
     for path, size in store.remove(args.name, keep_download=args.keep_download):
-        print(f"Removed {path} ({_human(size)})")
+        print(f"Removed {path} ({human_bytes(size)})")
     return 0
 
 

@@ -56,7 +56,7 @@ from engine import durable
 from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
 from engine.limits import load_json
 from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
-from engine.models.leftovers import claim, release
+from engine.models.leftovers import claim, human_bytes, release
 from engine.names import is_plain_name, safe_child
 from engine.progress import Progress, ProgressFn, check_cancel
 from engine.version import __version__
@@ -152,14 +152,6 @@ def endpoint_of(options: DownloadOptions | None = None) -> str:
     if options is not None and options.endpoint:
         return options.endpoint.rstrip("/")
     return (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 # -- state file -------------------------------------------------------------------------------------------------------

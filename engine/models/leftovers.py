@@ -168,7 +168,7 @@ class WorkEntry:
     def describe(self) -> str:
         who = self.owner.describe() if self.owner is not None else f"process {_name_pid(self.path)}"
         where = " (another computer)" if self.state == "elsewhere" else ""
-        return f"{self.path} ({_human(self.size_bytes)}): {self.kind} by {who}{where}, still under way"
+        return f"{self.path} ({human_bytes(self.size_bytes)}): {self.kind} by {who}{where}, still under way"
 
 
 @dataclass
@@ -188,11 +188,12 @@ class Reclaimed:
             return ""
         n = len(self.removed)
         what = "a working folder" if n == 1 else f"{n} working folders and files"
-        return (f"Freed {_human(self.freed)}: {what} left by Glimpse work that ended without cleaning up "
+        return (f"Freed {human_bytes(self.freed)}: {what} left by Glimpse work that ended without cleaning up "
                 f"({', '.join(p.name for p, _ in self.removed)}).")
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``n`` bytes in words: "812 bytes", "1.52 GB" (decimal units, as disks and downloads count)."""
     for unit in ("bytes", "KB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.2f} {unit}"
@@ -205,7 +206,7 @@ def _name_pid(path: Path) -> int:
     return int(m["pid"]) if m else 0
 
 
-def _size(path: Path) -> int:
+def tree_size(path: Path) -> int:
     """Bytes in the regular files at or under ``path``; links are not followed."""
     try:
         info = path.lstat()
@@ -251,7 +252,7 @@ def working_entries(model_folders: Iterable[Path], downloads: Path | None = None
             path = Path(entry.path)
             owner = read_owner(path)
             state = owner.state() if owner is not None else _pid_state(int(match["pid"]), _last_write(path))
-            out.append(WorkEntry(path, _KINDS[match["kind"]], owner, state, _size(path)))
+            out.append(WorkEntry(path, _KINDS[match["kind"]], owner, state, tree_size(path)))
     if downloads is not None:
         for entry in _scan(downloads):
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
@@ -259,7 +260,7 @@ def working_entries(model_folders: Iterable[Path], downloads: Path | None = None
             path = Path(entry.path)
             owner = read_owner(path)
             if owner is not None:
-                out.append(WorkEntry(path, _KINDS["download"], owner, owner.state(), _size(path)))
+                out.append(WorkEntry(path, _KINDS["download"], owner, owner.state(), tree_size(path)))
     if cache_folder is not None:
         for entry in _scan(cache_folder):
             match = _CACHE_PARTIAL.fullmatch(entry.name)
@@ -267,7 +268,7 @@ def working_entries(model_folders: Iterable[Path], downloads: Path | None = None
                 continue
             path = Path(entry.path)
             out.append(WorkEntry(path, "a vision cache file", None, _pid_state(int(match["pid"]), _last_write(path)),
-                                 _size(path)))
+                                 tree_size(path)))
     return out
 
 
@@ -295,7 +296,7 @@ def reclaim(model_folders: Iterable[Path], downloads: Path | None = None,
             continue
         result.removed.append((work.path, work.size_bytes))
         log.info("Deleted %s (%s), left by a Glimpse process that ended without cleaning up.", work.path,
-                 _human(work.size_bytes))
+                 human_bytes(work.size_bytes))
     return result
 
 

@@ -13,7 +13,6 @@ never listed. ``pull_model`` and ``import_model`` (``engine.convert.install``) a
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import errno
 import hashlib
@@ -22,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +41,7 @@ from engine.folders import check_folder, graph_cache, user_folder
 from engine.models import catalog
 from engine.models.catalog import CatalogEntry
 from engine.models.folder_copy import copy_model_folder
-from engine.models.leftovers import Reclaimed, WorkEntry, claim, reclaim, release, working_entries
+from engine.models.leftovers import Reclaimed, WorkEntry, claim, reclaim, release, tree_size, working_entries
 from engine.models.model_folder import VISION_FILE, is_model_folder, read_manifest, recorded_file, verify
 from engine.models.vision_cache import drop_cached
 from engine.progress import ProgressFn
@@ -82,18 +80,6 @@ def already_installed(name: str) -> OutputExistsError:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64] or "model"
-
-
-def folder_size(path: Path) -> int:
-    """Bytes in the regular files under ``path``; links are not followed and unreadable entries count as 0."""
-    total = 0
-    for root, _dirs, files in os.walk(path, followlinks=False):
-        for name in files:
-            with contextlib.suppress(OSError):
-                info = os.lstat(os.path.join(root, name))
-                if stat.S_ISREG(info.st_mode):
-                    total += info.st_size
-    return total
 
 
 @dataclass(frozen=True)
@@ -168,7 +154,7 @@ class Store:
             except Exception as e:  # a bug in the checks must not hide every other model, or Remove
                 log.exception("checking %s failed", path)
                 problem = f"{path} cannot be read ({type(e).__name__}: {e})."
-            out.append(InstalledModel(path.name, path, folder_size(path), quant, not problem, problem, vision,
+            out.append(InstalledModel(path.name, path, tree_size(path), quant, not problem, problem, vision,
                                       reason))
         return out
 
@@ -183,7 +169,7 @@ class Store:
                 done, total = bytes_on_disk(path)
                 complete = local_copy_complete(path)
             except (OSError, ValueError, TypeError, AttributeError):  # a damaged state file: resumes from scratch
-                done, total, complete = folder_size(path), None, False
+                done, total, complete = tree_size(path), None, False
             out.append(PartialDownload(path.name, path, done, total, complete))
         return out
 
@@ -232,7 +218,7 @@ class Store:
         cached_sha = _vision_sha(model) if model.exists() else None
         removed = []
         for target in targets:
-            size = folder_size(target) if target.is_dir() and not target.is_symlink() else 0
+            size = tree_size(target) if target.is_dir() and not target.is_symlink() else 0
             # Rename first: a half-deleted model must never look like an installed (or resumable) one.
             trash = target.with_name(f".{target.name}.removing-{os.getpid()}")
             try:
