@@ -16,7 +16,9 @@ from engine.runtime.types import Answer, Restart
 
 def _status(text: str, done: int, total: int) -> None:
     """First-run tuning is visible: one line per measuring step on stderr, so stdout stays the answer (or JSON)."""
-    if done == 0:
+    if done == 0 and text.startswith("Checking llama.cpp's kernels"):  # the kernel canary (its own steps)
+        print("glimpse: checking llama.cpp's kernels on this CPU (once)", file=sys.stderr, flush=True)
+    elif done == 0:
         print("glimpse: measuring the fastest settings for this model on this CPU (once; "
               "`glimpse bench --tune` measures again)", file=sys.stderr, flush=True)
     print(f"  [{min(done + 1, total)}/{total}] {text}", file=sys.stderr, flush=True)
