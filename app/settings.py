@@ -17,7 +17,7 @@ from typing import TypeVar
 from PySide6.QtCore import QByteArray, QSettings
 
 from app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
-from engine import GlimpseError, check_folder, durable
+from engine import DEVICES, GlimpseError, check_folder, durable
 
 T = TypeVar("T")
 
@@ -197,6 +197,15 @@ class Settings:
     @threads.setter
     def threads(self, n: int) -> None:
         self._set("threads", int(n))
+
+    @property
+    def device(self) -> str:
+        """Where the language model runs: "auto" (the GPU where its check passed, else the CPU), "cpu" or "gpu"."""
+        return self._get("device", "auto", _one_of(DEVICES), "device")
+
+    @device.setter
+    def device(self, device: str) -> None:
+        self._set("device", _one_of(DEVICES)(device))
 
     @property
     def camera(self) -> str:

@@ -146,6 +146,7 @@ class MainWindow(QMainWindow):
 
         w.state_changed.connect(self.status.set_state)
         w.model_ready.connect(self._model_ready)
+        w.devices.connect(self.status.set_devices)
         w.model_failed.connect(self._model_failed)
         w.failed.connect(self.show_error)
         w.notice.connect(lambda text: self.messages.show_message(text, "info"))
@@ -252,7 +253,7 @@ class MainWindow(QMainWindow):
         self.asking.model_changed()
         # Questions asked from now on wait in the worker's queue behind the load, and are answered after it.
         self.model_loading = True
-        self.worker.load(str(path), self.settings.threads)
+        self.worker.load(str(path), self.settings.threads, self.settings.device)
 
     def _model_ready(self, name: str, _default_size: int) -> None:
         if self._closing:  # a load that could not be interrupted ended after Close: nothing more may start

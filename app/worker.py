@@ -186,6 +186,7 @@ class Worker(QObject):
     notice = Signal(str)  # the model's process stopped and is being restarted: one sentence
     answer_restarted = Signal()  # the answer or caption being written starts again (its text so far is void)
     model_lost = Signal(str)  # the model's process failed twice: the model is unloaded, and why
+    devices = Signal(str, str)  # which device runs each part ("LLM: CPU, vision: CPU"), and why not the GPU ("")
 
     def __init__(self) -> None:
         super().__init__()
@@ -194,6 +195,7 @@ class Worker(QObject):
         self._picture: int | None = None  # the picture the conversation is about, when the window named it
         self._read_ahead_ms = 0.0  # how long reading that picture ahead took (0: it was not read ahead)
         self.current_state = NO_MODEL
+        self._devices = ("", "")
 
     def _state(self, state: str) -> None:
         self.current_state = state  # read from the GUI thread while it closes (the signal may still be queued)
@@ -219,8 +221,9 @@ class Worker(QObject):
         self._state(LOADING if done >= total else
                     f"Finding the fastest settings for this computer, once ({done + 1}/{total})…")
 
-    @Slot(str, int, object)
-    def load(self, name_or_path: str, threads: int, cancel: threading.Event | None = None) -> None:
+    @Slot(str, int, str, object)
+    def load(self, name_or_path: str, threads: int, device: str = "auto",
+             cancel: threading.Event | None = None) -> None:
         self._close_model()
         self._state(LOADING)
         try:
@@ -229,10 +232,11 @@ class Worker(QObject):
                 # Only here does the window's process load the runtimes (onnxruntime, llama.cpp) itself.
                 from engine import load_model  # noqa: PLC0415
 
-                model = load_model(name_or_path, threads=threads or None, cancel=cancel, status=self._tuning_status)
+                model = load_model(name_or_path, threads=threads or None, cancel=cancel, status=self._tuning_status,
+                                   device=device)
             else:
                 model = RunnerModel(name_or_path, threads=threads or None, cancel=cancel,
-                                    status=self._tuning_status, on_notice=self._notice)
+                                    status=self._tuning_status, on_notice=self._notice, device=device)
         except Cancelled:  # a newer load, or the window closing: the first load's hashing stops at once
             self._state(NO_MODEL)
             return
@@ -246,11 +250,22 @@ class Worker(QObject):
             if cancel is not None:
                 emit(self.request_done, cancel)
         self._model = model
+        self._devices = ("", "")
+        self._say_devices()
         emit(self.model_ready, model.name, model.default_size)
         self._state(IDLE)
 
     def _notice(self, text: str) -> None:
         emit(self.notice, text)
+
+    def _say_devices(self) -> None:
+        """The status line's devices, when they changed (a runner restarted after a GPU crash runs on the CPU)."""
+        if self._model is None:
+            return
+        now = (self._model.devices, self._model.gpu_not_used)
+        if now != self._devices:
+            self._devices = now
+            emit(self.devices, *now)
 
     def _lost(self, e: RunnerError) -> None:
         """The model's process failed twice: the model is unloaded, and the window offers to load it again."""
@@ -266,6 +281,7 @@ class Worker(QObject):
             elif isinstance(item, Restart):
                 batcher.reset()
                 emit(self.answer_restarted)
+                self._say_devices()
             else:
                 batcher.add(item)
         batcher.flush()
@@ -434,8 +450,9 @@ class ModelWorker(QObject):
     notice = Signal(str)
     answer_restarted = Signal()
     model_lost = Signal(str)
+    devices = Signal(str, str)
 
-    _load = Signal(str, int, object)
+    _load = Signal(str, int, str, object)
     _ask = Signal(object)
     _live = Signal(object)
     _prepare = Signal(object)
@@ -453,7 +470,8 @@ class ModelWorker(QObject):
         self._reading: threading.Event | None = None  # the last read-ahead's cancel event
         self._shutdown.connect(self.worker.shutdown)
         for name in ("state_changed", "model_ready", "model_failed", "text", "answered", "caption_started",
-                     "captioned", "live_ended", "failed", "prepared", "notice", "answer_restarted", "model_lost"):
+                     "captioned", "live_ended", "failed", "prepared", "notice", "answer_restarted", "model_lost",
+                     "devices"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.worker.request_done.connect(self._forget)
         self._unfinished: list[threading.Event] = []
@@ -461,13 +479,13 @@ class ModelWorker(QObject):
         self._closed = False
         self._thread.start()
 
-    def load(self, name_or_path: str, threads: int = 0) -> None:
+    def load(self, name_or_path: str, threads: int = 0, device: str = "auto") -> None:
         if self._closed:  # e.g. the window's first load, scheduled before it was closed
             return
         self.stop()
         cancel = threading.Event()
         self._track(cancel)
-        emit(self._load, name_or_path, threads, cancel)
+        emit(self._load, name_or_path, threads, device, cancel)
 
     def ask(self, req: AskRequest) -> None:
         self._track(req.cancel)

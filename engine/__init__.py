@@ -50,6 +50,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "Caption": ("engine.runtime.caption", "Caption"),
     "CaptureBackend": ("engine.runtime.caption", "CaptureBackend"),
     "Conversation": ("engine.runtime.conversation", "Conversation"),
+    "DEVICES": ("engine.runtime.gpu_backends", "DEVICES"),
     "Frame": ("engine.runtime.caption", "Frame"),
     "FrameSource": ("engine.runtime.caption", "FrameSource"),
     "ImageRows": ("engine.runtime.types", "ImageRows"),
@@ -77,6 +78,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
 
 # Written out for type checkers; the same names as _PUBLIC (tests/engine/test_api.py).
 __all__ = [
+    "DEVICES",
     "Answer",
     "Cancelled",
     "Caption",
@@ -146,6 +148,7 @@ if TYPE_CHECKING:
         use_capture_backend,
     )
     from engine.runtime.conversation import Conversation
+    from engine.runtime.gpu_backends import DEVICES
     from engine.runtime.model import Model, load_model
     from engine.runtime.preprocess import load_image
     from engine.runtime.types import Answer, ImageRows, Restart, Timings

@@ -18,11 +18,12 @@ from typing import Final, Literal
 @dataclass(frozen=True)
 class Internal:
     """One internal: ``name`` is importable as ``module:attribute.path``; ``kind`` says how the test can reach it
-    ("module" attributes resolve by import, "instance" attributes exist only on a live object)."""
+    ("module" attributes resolve by import, "instance" attributes exist only on a live object, "symbol" names a C
+    function of the ggml core library that llama-cpp-python ships, ``libggml:function``)."""
 
     distribution: str
     name: str
-    kind: Literal["module", "instance", "behaviour"]
+    kind: Literal["module", "instance", "behaviour", "symbol"]
     used_in: str
     why: str
 
@@ -66,6 +67,23 @@ INTERNALS: Final[tuple[Internal, ...]] = (
              "engine/runtime/llm.py", "the field that keeps weights out of llama.cpp's AMX and repack buffers"),
     Internal("llama-cpp-python", "llama_cpp:Llama.model_params", "instance", "engine/runtime/llm.py",
              "read back after loading: the proof that use_extra_bufts reached llama.cpp"),
+    Internal("llama-cpp-python", "llama_cpp:Llama.__init__.op_offload", "behaviour", "engine/runtime/llm.py",
+             "a keyword argument of Llama(): off when no layer is on a GPU, so a registered GPU backend gets no "
+             "operations of a model that runs on the CPU"),
+    # llama-cpp-python has no call that loads a dynamically loaded ggml backend or lists its devices: the engine calls
+    # ggml's own C functions in the core library that libllama links (engine/runtime/cpu_backends.py:core_library).
+    Internal("llama-cpp-python", "libggml:ggml_backend_load", "symbol", "engine/runtime/cpu_backends.py, "
+             "engine/runtime/gpu_backends.py",
+             "loads one CPU variant library, or the Vulkan backend, into the ggml that libllama uses"),
+    Internal("llama-cpp-python", "libggml:ggml_backend_reg_by_name", "symbol", "engine/runtime/cpu_backends.py, "
+             "engine/runtime/gpu_backends.py", "whether a backend (CPU, Vulkan) is registered already"),
+    Internal("llama-cpp-python", "libggml:ggml_backend_reg_dev_count", "symbol", "engine/runtime/gpu_backends.py",
+             "the devices a GPU backend registered"),
+    Internal("llama-cpp-python", "libggml:ggml_backend_reg_dev_get", "symbol", "engine/runtime/gpu_backends.py",
+             "as above"),
+    Internal("llama-cpp-python", "libggml:ggml_backend_dev_get_props", "symbol", "engine/runtime/gpu_backends.py",
+             "a device's name, description, free and total memory and type: struct ggml_backend_dev_props, whose "
+             "layout gpu_backends._DevProps mirrors (the test reads the CPU device through it)"),
     Internal("huggingface_hub", "huggingface_hub.utils._headers:build_hf_headers", "module",
              "engine/models/download.py",
              "the user agent and token handling hf_hub_download sends, for Glimpse's own resumable byte loop"),

@@ -40,8 +40,10 @@ METAINFO = "org.glimpse.Glimpse.metainfo.xml"
 # Debian policy 5.6.12, without an epoch (no release of Glimpse ever needs one).
 _VERSION = re.compile(r"[0-9][A-Za-z0-9.+~]*(-[A-Za-z0-9.+~]+)?")
 # Plugins Qt loads only if present and usable: their libraries are recommended, not required. The xcb platform
-# plugin and its GL integration are what the window needs on X11, so they count as required.
-_OPTIONAL_PLUGIN = re.compile(r"/plugins/(?!platforms/libqxcb\.so|xcbglintegrations/)")
+# plugin and its GL integration are what the window needs on X11, so they count as required. llama.cpp's Vulkan
+# backend is one too: loaded only where the Vulkan loader is (engine/runtime/gpu_backends.py), so libvulkan1 is
+# recommended, and the CPU answers without it.
+_OPTIONAL_PLUGIN = re.compile(r"/plugins/(?!platforms/libqxcb\.so|xcbglintegrations/)|/llama_cpp/lib/libggml-vulkan\.")
 # The libraries Qt's xcb platform plugin links, and their packages. They are always in Depends: PyInstaller copies
 # them into the bundle only if the build machine has them installed, and the package must work the same either way.
 KNOWN_SONAMES = {

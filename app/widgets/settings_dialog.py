@@ -1,9 +1,11 @@
-"""Settings that are not on the toolbar: threads, screenshot delay, read-aloud, and where settings are kept."""
+"""Settings that are not on the toolbar: the device, threads, screenshot delay, read-aloud, and where settings are
+kept."""
 
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -22,6 +24,14 @@ class SettingsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self._settings = settings
+        self.device = QComboBox()
+        for text, value in (("Automatic (the GPU if it passes its check)", "auto"), ("CPU", "cpu"),
+                            ("GPU (Vulkan)", "gpu")):
+            self.device.addItem(text, value)
+        self.device.setCurrentIndex(max(0, self.device.findData(settings.device)))
+        self.device.setToolTip("Where the language model runs. Automatic uses the GPU once a short check has shown "
+                               "that it computes correctly with its driver, and the CPU otherwise; the picture "
+                               "reader always runs on the CPU. Takes effect when the model is next loaded.")
         self.threads = QSpinBox()
         self.threads.setRange(0, 256)
         self.threads.setSpecialValueText(f"Automatic ({default_threads()})")
@@ -46,6 +56,7 @@ class SettingsDialog(QDialog):
         where.setStyleSheet("color:#666")
 
         form = QFormLayout()
+        form.addRow("Device", self.device)
         form.addRow("Model threads", self.threads)
         form.addRow("Screenshot delay", self.delay)
         form.addRow("", self.read_aloud)
@@ -60,8 +71,10 @@ class SettingsDialog(QDialog):
 
     def apply(self) -> bool:
         """Store the values; True when the model must be reloaded for them to take effect."""
-        reload = self.threads.value() != self._settings.threads
+        device = str(self.device.currentData())
+        reload = self.threads.value() != self._settings.threads or device != self._settings.device
         self._settings.threads = self.threads.value()
+        self._settings.device = device
         self._settings.screenshot_delay = self.delay.value()
         if self.read_aloud.isEnabled():
             self._settings.read_aloud = self.read_aloud.isChecked()

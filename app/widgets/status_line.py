@@ -25,11 +25,13 @@ class StatusLine(QWidget):
         self.timings = QLabel()
         self.fps = QLabel()
         self.model = QLabel()
+        self.devices = QLabel()
+        self.devices.setAccessibleName("Devices")
         self.state.setAccessibleName("Model state")
         self.timings.setAccessibleName("Timings of the last answer")
-        for label in (self.state, self.timings, self.fps, self.model):
+        for label in (self.state, self.timings, self.fps, self.devices, self.model):
             layout.addWidget(label)
-        layout.insertStretch(3, 1)
+        layout.insertStretch(3, 1)  # after the frame rate: devices and model on the right
         self.set_state(NO_MODEL)
 
     def set_state(self, state: str) -> None:
@@ -52,3 +54,11 @@ class StatusLine(QWidget):
 
     def set_model(self, name: str) -> None:
         self.model.setText(f"Model: {name}" if name else "")
+        if not name or name.endswith("(loading)") or name == "none":
+            self.set_devices("", "")
+
+    def set_devices(self, devices: str, gpu_not_used: str = "") -> None:
+        """Which device runs each part ("LLM: Vulkan (Intel UHD 770, 25/25 layers), vision: CPU"); when the GPU was
+        tried and is not used, the sentence that says why is the label's tooltip."""
+        self.devices.setText(devices)
+        self.devices.setToolTip(gpu_not_used or devices)

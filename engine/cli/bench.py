@@ -142,6 +142,9 @@ def run_bench(model: Model | RunnerModel, sizes: list[int], runs: int, captions:
         "tuning": model.tuning_report,
         "kernels": (model.kernels or None) if isinstance(model, RunnerModel)
         else (model.kernels.describe() if model.kernels is not None else None),
+        "devices": model.devices,
+        "gpu_driver": model.gpu_driver or None,
+        "gpu_not_used": model.gpu_not_used or None,
         "sizes": results,
         "captions": caption_result,
         # The model's memory is where it runs: the runner process, or this one.
@@ -160,6 +163,8 @@ def format_table(report: dict[str, object]) -> str:
         f"{'runner process' if report.get('runner') else 'in this process'}, peak RSS {report['peak_rss_mb']} MB",
         f"settings: {RuntimeSettings(**settings).describe()}" if isinstance(settings := report.get("settings"), dict)
         else "",
+        f"devices: {report['devices']}" + (f"; GPU driver: {report['gpu_driver']}" if report.get("gpu_driver") else "")
+        + (f" ({report['gpu_not_used']})" if report.get("gpu_not_used") else "") if report.get("devices") else "",
         f"llama.cpp kernels: {report['kernels']}" if report.get("kernels") else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",

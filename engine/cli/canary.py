@@ -29,6 +29,7 @@ from engine.convert.llm_gguf import QUANTS, write_llm_gguf
 from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 from engine.runtime.canary import FAULT_MODES, cache_folder, logit_error, reference_logits, tolerance
 from engine.runtime.cpu_backends import load_cpu_backends
+from engine.runtime.gpu_backends import GpuUnavailable, load_gpu_backend, vulkan_drivers
 from engine.runtime.llm import LanguageModel
 
 MODEL_VERSION = 1  # bump when the spec below changes: cached canary models are named by it
@@ -60,14 +61,26 @@ def prompt_ids(n_vocab: int, n: int = PROMPT_TOKENS) -> list[int]:
 
 
 def run_canary(weight_type: str, *, extra_bufts: bool, variant: str | None, threads: int,
-               fault: str | None = None, model_folder: Path | None = None) -> dict[str, Any]:
-    """Evaluate the canary model and compare with the reference; the JSON report (``ok``, ``error``, ...)."""
+               fault: str | None = None, model_folder: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate the canary model and compare with the reference; the JSON report (``ok``, ``error``, ...).
+
+    ``device`` "gpu": llama.cpp's Vulkan backend with every layer on its first device. A GPU that is not there (no
+    backend, no loader, no device) is a report with ``unavailable`` and the sentence that says why."""
     t0 = time.perf_counter()
     path = canary_model(weight_type, model_folder)
     t1 = time.perf_counter()
     backends = load_cpu_backends(variant=variant)
+    gpu: dict[str, Any] = {}
+    if device == "gpu":
+        try:
+            backend = load_gpu_backend()
+        except GpuUnavailable as e:
+            return {"ok": False, "unavailable": True, "reason": e.message, "hint": e.hint, "weight_type": weight_type}
+        first = backend.devices[0]
+        gpu = {"gpu": first.description, "gpu_device": first.name, "gpu_kind": first.kind,
+               "driver": vulkan_drivers().get(first.description, ""), "gpu_memory_total": first.memory_total}
     with LanguageModel(path, n_ctx=128, n_batch=64, n_threads=threads, extra_bufts=extra_bufts,
-                       cpu_variant=variant) as lm:
+                       cpu_variant=variant, gpu_layers=-1 if device == "gpu" else 0) as lm:
         ids = prompt_ids(lm.n_vocab)
         if fault in ("crash", "illegal"):
             os.kill(os.getpid(), signal.SIGSEGV if fault == "crash" else signal.SIGILL)
@@ -79,6 +92,7 @@ def run_canary(weight_type: str, *, extra_bufts: bool, variant: str | None, thre
         t3 = time.perf_counter()
         last = lm.eval_tokens_with_logits([ids[0]])  # one row: the vector-dot path
         t4 = time.perf_counter()
+        lm_layers = lm.gpu_layers
     got = np.concatenate([prompt, last]).astype(np.float64)
     if fault == "wrong":
         got += np.random.default_rng(0).standard_normal(got.shape) * got.std()
@@ -88,7 +102,8 @@ def run_canary(weight_type: str, *, extra_bufts: bool, variant: str | None, thre
     ok = error <= limit
     report: dict[str, Any] = {
         "ok": ok, "error": round(error, 6), "tolerance": limit, "weight_type": weight_type,
-        "extra_bufts": extra_bufts, "variant": backends.loaded if backends is not None else None,
+        "extra_bufts": extra_bufts, "variant": backends.loaded if backends is not None else None, **gpu,
+        "gpu_layers": lm_layers,
         "prompt_tokens": len(ids), "build_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
         "prefill_ms": round((t3 - t2) * 1e3, 1), "decode_ms": round((t4 - t3) * 1e3, 1),
         "seconds": round(time.perf_counter() - t0, 3)}
@@ -105,10 +120,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--variant", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fault", choices=FAULT_MODES, default=None)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args(list(argv))
     try:
         report = run_canary(args.weight_type, extra_bufts=args.extra_bufts == "1", variant=args.variant,
-                            threads=max(1, args.threads), fault=args.fault)
+                            threads=max(1, args.threads), fault=args.fault, device=args.device)
     except Exception as e:  # reported to the parent as the reason this rung failed
         report = {"ok": False, "reason": f"{type(e).__name__}: {e}"}
     print(json.dumps(report), flush=True)

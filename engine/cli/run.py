@@ -37,17 +37,31 @@ def in_process() -> bool:
 
 def _load(args: argparse.Namespace) -> Any:
     retune = getattr(args, "tune", False)
+    model: Any
     if getattr(args, "in_process", False) or in_process():
         # Start-up: the runtime takes 0.3-0.8 s to import (onnxruntime, llama.cpp; -X importtime); only a command
         # that loads a model in this process pays it.
         from engine.runtime.model import load_model  # noqa: PLC0415
 
-        return load_model(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status)
-    # Start-up: as above, the client part (numpy, Pillow) only for commands that load a model.
-    from engine.runner import RunnerModel  # noqa: PLC0415
+        model = load_model(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status,
+                           device=args.device)
+    else:
+        # Start-up: as above, the client part (numpy, Pillow) only for commands that load a model.
+        from engine.runner import RunnerModel  # noqa: PLC0415
 
-    return RunnerModel(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status,
-                       on_notice=_notice)
+        model = RunnerModel(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status,
+                            on_notice=_notice, device=args.device)
+    _say_devices(model, args.device)
+    return model
+
+
+def _say_devices(model: Any, device: str) -> None:
+    """Where each part runs, on stderr, when a GPU was asked for or chosen (with auto, the one sentence that says
+    why the GPU is not used)."""
+    if device == "cpu":
+        return
+    why = model.gpu_not_used
+    print(f"glimpse: {model.devices}" + (f". {why}" if why else ""), file=sys.stderr, flush=True)
 
 
 def _sizes(text: str) -> list[int]:
@@ -152,6 +166,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model folder, or the name of an installed model (e.g. fastvlm-0.5b)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context window in positions (default 4096)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where the language model runs: auto (the GPU where its check passed, else the CPU), cpu, "
+                        "or gpu (llama.cpp's Vulkan backend; an error when there is no usable GPU)")
 
 
 def register(sub: Any) -> None:

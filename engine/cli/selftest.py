@@ -126,10 +126,12 @@ def _engine_steps(report: SelfTestReport, workdir: Path | None) -> Path | None:
     image = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
 
     def ask() -> None:
-        with load_model(work / "model", n_ctx=1024) as model:
+        # "auto", as the window and the command line load: the GPU where its canary passed, else the CPU and why.
+        with load_model(work / "model", n_ctx=1024, device="auto") as model:
             # Which configuration the canary proved (or that it was skipped), shown even if answering fails below.
             report.versions["llama.cpp kernels"] = (model.kernels.describe() if model.kernels is not None
                                                     else "as built, not proven")
+            report.versions["devices"] = model.devices + (f". {model.gpu_not_used}" if model.gpu_not_used else "")
             rows = model.encode(model.preprocess(image, 256))
             if rows.shape != (16, model.llm.n_embd) or not np.isfinite(rows).all():
                 raise RuntimeError(f"the encoder returned {rows.shape} rows")

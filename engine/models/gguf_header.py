@@ -138,6 +138,15 @@ def _type_sizes() -> dict[int, tuple[int, int]]:
     return {int(k): v for k, v in gguf.GGML_QUANT_SIZES.items()}
 
 
+def tensor_bytes(tensor: TensorInfo) -> int:
+    """The bytes a tensor's data takes in the file (its ggml type's block size and bytes per block)."""
+    block, size = _type_sizes().get(tensor.ggml_type, (1, 0))
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count // block * size
+
+
 def parse(data: bytes | mmap.mmap, file_size: int) -> GgufHeader:
     """Parse the header at the start of ``data`` (a prefix of the file). Raises ValueError with a reason."""
     r = _Reader(data)

@@ -311,9 +311,10 @@ class RunnerModel:
 
     def __init__(self, path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096,
                  tune: bool = True, retune: bool = False, status: StatusFn | None = None,
-                 on_notice: NoticeFn | None = None, cancel: threading.Event | None = None) -> None:
+                 on_notice: NoticeFn | None = None, cancel: threading.Event | None = None,
+                 device: str = "cpu") -> None:
         self._spec: dict[str, Any] = {"model": str(path_or_name), "threads": threads, "n_ctx": n_ctx, "tune": tune,
-                                      "retune": retune}
+                                      "retune": retune, "device": device}
         self._status = status
         self._on_notice = on_notice
         self._cancel = threading.Event()
@@ -445,6 +446,21 @@ class RunnerModel:
     @property
     def kernels(self) -> str:
         return str(self._info.get("kernels", ""))
+
+    @property
+    def devices(self) -> str:
+        """Which device runs each part ("LLM: Vulkan (llvmpipe ..., 25/25 layers), vision: CPU")."""
+        return str(self._info.get("devices", ""))
+
+    @property
+    def gpu_driver(self) -> str:
+        """The GPU's driver as Vulkan names it, "" on the CPU."""
+        return str(self._info.get("gpu_driver", ""))
+
+    @property
+    def gpu_not_used(self) -> str:
+        """Why the GPU was tried and is not used, one sentence ("" when it is used or was not asked for)."""
+        return str(self._info.get("gpu_not_used", ""))
 
     @property
     def folder(self) -> Path:

@@ -190,14 +190,16 @@ class Server:
 
         faults.commit("load", self._start)
         options: dict[str, Any] = {"tune": bool(h.get("tune", True)), "retune": bool(h.get("retune", False))}
-        options.update(_safer(str(h["model"]), int(h.get("safer", 0)), str(h.get("why", "")), status))
+        device = str(h.get("device", "cpu"))
+        options.update(_safer(str(h["model"]), int(h.get("safer", 0)), str(h.get("why", "")), status, device))
         model = load_model(h["model"], threads=h.get("threads"), n_ctx=int(h.get("n_ctx", 4096)), status=status,
-                           cancel=req.cancel, **options)
+                           cancel=req.cancel, device=device, **options)
         self._model = model
         self.send(rid, {"ev": "ready", "name": model.name, "default_size": model.default_size, "n_ctx": model.n_ctx,
                         "threads": model.threads, "settings": asdict(model.settings),
                         "settings_text": model.settings.describe(), "tuning_report": model.tuning_report,
-                        "folder": str(model.folder), "kernels": _kernels(model), "pid": os.getpid()})
+                        "folder": str(model.folder), "kernels": _kernels(model), "devices": model.devices,
+                        "gpu_driver": model.gpu_driver, "gpu_not_used": model.gpu_not_used, "pid": os.getpid()})
 
     def _stream(self, req: _Request) -> None:
         h, rid = req.header, req.rid
@@ -216,16 +218,17 @@ class Server:
                     faults.commit("answer", self._start)
 
 
-def _safer(model: str, level: int, why: str, status: StatusFn) -> dict[str, Any]:
+def _safer(model: str, level: int, why: str, status: StatusFn, device: str = "cpu") -> dict[str, Any]:
     """What a restart after a crash loads with: ``level`` rungs down the kernels' fallback chain from the one the
-    canary proved (the canary missed what the real model's shapes reach). The measured runtime settings stay: each
-    was checked to leave the answers unchanged, and dropping them would cost a restart the optimisation of a new
-    vision graph (about 10 s for the 0.5B model's fp32 encoder)."""
+    canary proved (the canary missed what the real model's shapes reach); from the GPU, one rung down is the CPU, so
+    a driver that crashed costs the GPU, not the answer. The measured runtime settings stay: each was checked to
+    leave the answers unchanged, and dropping them would cost a restart the optimisation of a new vision graph
+    (about 10 s for the 0.5B model's fp32 encoder)."""
     if level < 1:
         return {}
     options: dict[str, Any] = {"retune": False}
     folder = resolve_model(model)
-    proven = choose_kernels(folder / LLM_FILE, read_manifest(folder).quant, status=status)
+    proven = choose_kernels(folder / LLM_FILE, read_manifest(folder).quant, status=status, device=device)
     if proven.proven:  # with GLIMPSE_CANARY=0 the user chose to run the kernels as built
         options["kernels"] = step_down(proven, level, why or "it stopped")
     return options

@@ -8,9 +8,13 @@ batch (matrix multiplies with many rows: AMX tiles, repacked GEMM) and one singl
 logits with :func:`reference_logits`, a float64 numpy forward pass that does not use llama.cpp at all.
 
 A rung that crashes (any signal, or a nonzero exit), hangs (killed at the timeout) or answers wrong steps down the
-chain :func:`rungs` builds: as built; without extra buffer types (AMX and repacked weights off); a lower CPU variant
+chain :func:`rungs` builds: the GPU (llama.cpp's Vulkan backend, every layer on the device; only when the device
+choice is "auto" or "gpu"); as built; without extra buffer types (AMX and repacked weights off); a lower CPU variant
 (portable builds); the generic variant (portable builds). The first rung that passes is cached per CPU fingerprint,
-llama.cpp build and weight type (``<cache>/kernels/``, beside the tuning cache), so later loads cost no process.
+llama.cpp build, weight type and device choice, and for a GPU choice the installed Vulkan drivers
+(``engine.runtime.gpu_backends.driver_identity``), in ``<cache>/kernels/`` beside the tuning cache, so later loads
+cost no process. A GPU that is missing (no Vulkan loader, no driver, a build without Vulkan) fails its rung with the
+sentence that says so; with "auto" the CPU rungs follow, with "gpu" that sentence is the error.
 
 Switches: ``GLIMPSE_CANARY=0`` skips the canary (the as-built rung, unproven); ``GLIMPSE_FAULT_CANARY=<mode>[:<rung
 name>]`` makes one rung's canary fail on purpose, ``mode`` one of crash (SIGSEGV), illegal (SIGILL), wrong (perturbed
@@ -48,12 +52,20 @@ from engine.runtime.cpu_backends import (
     variant_files,
     variant_scores,
 )
+from engine.runtime.gpu_backends import (
+    DEVICES,
+    NO_VULKAN_BACKEND,
+    NO_VULKAN_HINT,
+    GpuUnavailable,
+    driver_identity,
+    vulkan_library,
+)
 from engine.runtime.tuning import StatusFn, cpu_fingerprint, tuning_dir
 from engine.system import self_command
 
 log = logging.getLogger("glimpse")
 
-FORMAT = 1
+FORMAT = 2  # 2: rungs name their device
 SUBDIR = "kernels"
 ENTRY = "_canary"
 TIMEOUT_S = 60.0  # a canary takes 1-3 s (building its model the first time, a few more); a hang is anything longer
@@ -89,12 +101,14 @@ class KernelCanaryError(GlimpseError):
 @dataclass(frozen=True)
 class Rung:
     """One configuration of llama.cpp's CPU kernels: extra buffer types on or off, and the CPU variant library a
-    portable build loads (None: ggml's own pick, or a native build). ``description`` is one line for status lines."""
+    portable build loads (None: ggml's own pick, or a native build). ``description`` is one line for status lines.
+    ``device`` "gpu" puts every layer on the GPU backend's first device (the CPU still runs what it does not)."""
 
     name: str
     extra_bufts: bool
     variant: str | None
     description: str
+    device: str = "cpu"
 
 
 def _cpu_has_amx() -> bool:
@@ -111,13 +125,20 @@ def _extras(extra_bufts: bool) -> str:
     return "repacked weights on" if extra_bufts else "repacked weights off"
 
 
-def rungs(lib_dir: Path | None = None) -> tuple[Rung, ...]:
-    """The fallback chain for this installation, safest last. A native build has two rungs, a portable one up to
-    four (a lower variant only where one runs here and it is not the generic one)."""
+GPU_RUNG = Rung("the GPU", True, None, "the GPU (llama.cpp's Vulkan backend)", device="gpu")
+
+
+def rungs(lib_dir: Path | None = None, device: str = "cpu") -> tuple[Rung, ...]:
+    """The fallback chain for this installation, safest last. A native build has two CPU rungs, a portable one up
+    to four (a lower variant only where one runs here and it is not the generic one); ``device`` "auto" or "gpu" puts
+    the GPU rung first."""
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    gpu = (GPU_RUNG,) if device != "cpu" else ()
     folder = lib_dir if lib_dir is not None else llama_lib_dir()
     variants = variant_files(folder)
     if not variants:
-        return (Rung("as built", True, None, f"as built (native build, {_extras(True)})"),
+        return (*gpu, Rung("as built", True, None, f"as built (native build, {_extras(True)})"),
                 Rung("no extra buffer types", False, None, f"no extra buffer types (native build, {_extras(False)})"))
     scores = variant_scores(folder)
     best = best_variant(scores)
@@ -130,7 +151,7 @@ def rungs(lib_dir: Path | None = None) -> tuple[Rung, ...]:
         chain.append(Rung("a lower CPU variant", False, lower, f"a lower CPU variant ({lower}, {_extras(False)})"))
     if generic is not None and generic != best:
         chain.append(Rung("the generic variant", False, generic, f"the generic variant ({generic})"))
-    return tuple(chain)
+    return (*gpu, *chain)
 
 
 @dataclass(frozen=True)
@@ -155,16 +176,39 @@ class KernelChoice:
     def variant(self) -> str | None:
         return self.rung.variant
 
+    @property
+    def device(self) -> str:
+        """Where the language model runs: "gpu" or "cpu"."""
+        return self.rung.device
+
+    @property
+    def gpu_name(self) -> str:
+        """The GPU the canary ran on ("llvmpipe (LLVM 15.0.6, 256 bits)"), "" for a CPU rung."""
+        return str(self.details.get("gpu", "")) if self.device == "gpu" else ""
+
+    @property
+    def gpu_driver(self) -> str:
+        """The GPU's driver as Vulkan names it ("llvmpipe, Mesa 22.3.6 (LLVM 15.0.6)"), "" when unknown."""
+        return str(self.details.get("driver", "")) if self.device == "gpu" else ""
+
+    @property
+    def gpu_not_used(self) -> str:
+        """Why the GPU rung failed before this CPU rung was chosen ("" when it was not tried or is in use)."""
+        return next((why for name, why in self.failures if name == GPU_RUNG.name), "") if self.device == "cpu" else ""
+
     def describe(self) -> str:
         """One line, e.g. "as built (libggml-cpu-sapphirerapids.so, AMX on), proven by the canary"."""
         how = self.why or ("proven by the canary" if self.proven else f"not proven ({ENABLE_ENV}=0)")
         failed = "; ".join(f"{name}: {why}" for name, why in self.failures)
-        return f"{self.rung.description}, {how}" + (f" (failed: {failed})" if failed else "")
+        what = self.rung.description
+        if self.gpu_name:
+            what = f"the GPU (Vulkan: {self.gpu_name}" + (f"; driver {self.gpu_driver})" if self.gpu_driver else ")")
+        return f"{what}, {how}" + (f" (failed: {failed})" if failed else "")
 
 
-def unproven(weight_type: str, lib_dir: Path | None = None) -> KernelChoice:
-    """The as-built rung, taken without a canary."""
-    return KernelChoice(rungs(lib_dir)[0], weight_type, proven=False)
+def unproven(weight_type: str, lib_dir: Path | None = None, device: str = "cpu") -> KernelChoice:
+    """The first rung, taken without a canary."""
+    return KernelChoice(rungs(lib_dir, device)[0], weight_type, proven=False)
 
 
 def canary_enabled() -> bool:
@@ -254,7 +298,8 @@ def run_rung(rung: Rung, weight_type: str, *, threads: int, timeout_s: float = T
              fault: str | None = None) -> tuple[str | None, dict[str, Any]]:
     """Run one rung's canary in a throwaway process: (None, its report) when it passed, else (how it failed, the
     report or {})."""
-    args = ["--weight-type", weight_type, "--extra-bufts", "1" if rung.extra_bufts else "0", "--threads", str(threads)]
+    args = ["--weight-type", weight_type, "--extra-bufts", "1" if rung.extra_bufts else "0", "--threads", str(threads),
+            "--device", rung.device]
     if rung.variant is not None:
         args += ["--variant", rung.variant]
     if fault is not None:
@@ -290,14 +335,18 @@ def run_rung(rung: Rung, weight_type: str, *, threads: int, timeout_s: float = T
 
 
 def prove_kernels(weight_type: str, *, threads: int | None = None, status: StatusFn | None = None,
-                  timeout_s: float = TIMEOUT_S, lib_dir: Path | None = None) -> KernelChoice:
+                  timeout_s: float = TIMEOUT_S, lib_dir: Path | None = None, device: str = "cpu") -> KernelChoice:
     """The first rung of :func:`rungs` whose canary passes for ``weight_type`` ("f16", "q8_0", "q4_0", "q4_k_m"),
-    from the cache when this CPU, build and weight type were proven before (no process then).
+    from the cache when this CPU, build, weight type, device choice and (for a GPU) drivers were proven before (no
+    process then).
 
-    Raises :class:`KernelCanaryError` when every rung fails.
+    Raises :class:`GpuUnavailable` when ``device`` is "gpu" and the GPU rung fails, and
+    :class:`KernelCanaryError` when every rung fails.
     """
-    chain = rungs(lib_dir)
-    key = {"cpu": cpu_fingerprint(), "build": build_identity(lib_dir), "weight_type": weight_type}
+    chain = rungs(lib_dir, device)
+    key: dict[str, Any] = {"cpu": cpu_fingerprint(), "build": build_identity(lib_dir), "weight_type": weight_type}
+    if device != "cpu":
+        key.update(device=device, gpu=driver_identity())
     path = _cache_path(weight_type, key)
     cached = _read_cache(path, key, chain)
     if cached is not None:
@@ -312,8 +361,14 @@ def prove_kernels(weight_type: str, *, threads: int | None = None, status: Statu
         if status is not None:
             status(f"Checking llama.cpp's kernels on this computer, once ({rung.name})", i, len(chain))
         t = time.perf_counter()
-        failure, report = run_rung(rung, weight_type, threads=threads, timeout_s=timeout_s,
-                                   fault=fault_for(rung, chain))
+        failure: str | None
+        report: dict[str, Any]
+        if rung.device == "gpu" and vulkan_library(lib_dir) is None:  # nothing to try: no process for it
+            failure, report = "no Vulkan backend", {"unavailable": True, "reason": NO_VULKAN_BACKEND,
+                                                    "hint": NO_VULKAN_HINT}
+        else:
+            failure, report = run_rung(rung, weight_type, threads=threads, timeout_s=timeout_s,
+                                       fault=fault_for(rung, chain))
         report["canary_seconds"] = round(time.perf_counter() - t, 2)
         if failure is None:
             choice = KernelChoice(rung, weight_type, tuple(failures), seconds=round(time.perf_counter() - started, 2),
@@ -324,7 +379,15 @@ def prove_kernels(weight_type: str, *, threads: int | None = None, status: Statu
                             "; ".join(f"{n}: {w}" for n, w in failures), rung.description)
             return choice
         log.info("Kernel canary, %s: %s", rung.name, failure)
-        failures.append((rung.name, failure))
+        if rung.device == "gpu" and device == "gpu":
+            hint = report.get("hint")
+            raise GpuUnavailable(_gpu_sentence(failure, report),
+                                 hint if isinstance(hint, str) and hint else
+                                 "Install or update your GPU's Vulkan driver, or let the CPU answer (--device cpu or "
+                                 "auto).",
+                                 gui_hint="Choose Automatic or CPU under Settings > Device, or install or update your "
+                                          "GPU's Vulkan driver.")
+        failures.append((rung.name, _gpu_sentence(failure, report) if rung.device == "gpu" else failure))
     tried = "; ".join(f"{name}: {why}" for name, why in failures)
     raise KernelCanaryError(
         f"llama.cpp's {weight_type} kernels failed their check on this processor in every configuration ({tried}).",
@@ -354,25 +417,35 @@ def weight_type_of(gguf_path: str | Path) -> str | None:
     return _FILE_TYPES.get(value) if isinstance(value, int) else None
 
 
+def _gpu_sentence(failure: str, report: dict[str, Any]) -> str:
+    """The GPU rung's failure as one sentence: the canary's own when the GPU was simply not there ("The Vulkan
+    loader (libvulkan.so.1) is not installed, so the GPU is not used."), else what happened to the driver."""
+    if report.get("unavailable") is True and isinstance(report.get("reason"), str):
+        return str(report["reason"])
+    return f"The GPU's check failed ({failure}), so the GPU is not used."
+
+
 def choose_kernels(gguf_path: str | Path, weight_type: str | None = None, *, threads: int | None = None,
-                   status: StatusFn | None = None) -> KernelChoice:
+                   status: StatusFn | None = None, device: str = "cpu") -> KernelChoice:
     """The kernel configuration a model loads with: :func:`prove_kernels` for its weight type (``weight_type``
     from model.json, else the GGUF's header), or the as-built rung unproven when GLIMPSE_CANARY=0 or the type is not
     one the canary can build. A rung with its own CPU variant is loaded into this process now, before anything
-    else loads ggml's pick."""
+    else loads ggml's pick. ``device``: "cpu", "gpu" or "auto" (the GPU where its canary passes, else the CPU);
+    unproven, "auto" is the CPU."""
     wt = weight_type if weight_type in WEIGHT_TYPES else weight_type_of(gguf_path)
     if wt is None or not canary_enabled():
         if wt is None:
             log.info("The weight type of %s is not one the kernel canary builds; its kernels are not proven.",
                      gguf_path)
-        return unproven(wt or str(weight_type))
-    return apply_kernels(prove_kernels(wt, threads=threads, status=status))
+        return unproven(wt or str(weight_type), device="gpu" if device == "gpu" else "cpu")
+    return apply_kernels(prove_kernels(wt, threads=threads, status=status, device=device))
 
 
 def step_down(choice: KernelChoice, steps: int, reason: str, lib_dir: Path | None = None) -> KernelChoice:
     """The rung ``steps`` below ``choice`` in this installation's chain (the last one at most): what a model's
-    runner loads with after it stopped (``reason``) while running ``choice``, which the canary had passed."""
-    chain = rungs(lib_dir)
+    runner loads with after it stopped (``reason``) while running ``choice``, which the canary had passed. From
+    the GPU rung, one step down is the CPU as built: a driver that stopped costs the GPU, not the answer."""
+    chain = rungs(lib_dir, "auto" if choice.device == "gpu" else "cpu")
     names = [r.name for r in chain]
     here = names.index(choice.rung.name) if choice.rung.name in names else 0
     target = chain[min(here + steps, len(chain) - 1)]

@@ -50,7 +50,7 @@ def _ggml_file_names() -> tuple[str, str, str]:
     return "libggml-cpu-", ".so", core
 
 
-def _core_library(folder: Path) -> Path:
+def core_library(folder: Path) -> Path:
     """The ggml core library that libllama itself links: its soname file (libggml.so.0, libggml.0.dylib).
 
     A wheel cannot hold symlinks, so libggml.so and libggml.so.0 are two copies of one library; opening the
@@ -106,7 +106,7 @@ def variant_scores(lib_dir: Path) -> dict[str, int]:
     if not variant_files(lib_dir):
         return scores
     with contextlib.suppress(OSError):
-        ctypes.CDLL(str(_core_library(lib_dir)))  # the variants link ggml's base library from this folder
+        ctypes.CDLL(str(core_library(lib_dir)))  # the variants link ggml's base library from this folder
     for name in variant_files(lib_dir):
         try:
             lib = ctypes.CDLL(str(lib_dir / name))
@@ -177,23 +177,23 @@ def load_cpu_backends(lib_dir: Path | None = None, *, variant: str | None = None
         raise CpuBackendError(f"llama.cpp's CPU kernels {variant} are not in {folder}.",
                               "Reinstall Glimpse: the installation is incomplete.")
     try:
-        ggml = ctypes.CDLL(str(_core_library(folder)))
-        load_all = ggml.ggml_backend_load_all_from_path
+        ggml = ctypes.CDLL(str(core_library(folder)))
         load_one = ggml.ggml_backend_load
         by_name = ggml.ggml_backend_reg_by_name
     except (OSError, AttributeError) as e:
         raise CpuBackendError(f"llama.cpp's core library could not be opened in {folder} ({e}).",
                               "Reinstall Glimpse (or llama-cpp-python): the installation is incomplete.") from e
-    load_all.argtypes = [ctypes.c_char_p]
-    load_all.restype = None
     load_one.argtypes = [ctypes.c_char_p]
     load_one.restype = ctypes.c_void_p
     by_name.argtypes = [ctypes.c_char_p]
     by_name.restype = ctypes.c_void_p
     if not by_name(b"CPU"):  # nothing registered it yet (a second registration would double the CPU device)
+        # ggml's own load_all_from_path would also load every other backend in the folder (the Vulkan one: a GPU
+        # that llama.cpp then offloads large batches to, even with no layer on it), so the best variant is picked
+        # here, by the same scores ggml uses, and loaded alone.
         if variant is None:
-            load_all(str(folder).encode())
-        elif not load_one(str(folder / variant).encode()):
+            variant = best_variant(variant_scores(folder))  # None: no variant runs here, and the check below says so
+        if variant is not None and not load_one(str(folder / variant).encode()):
             raise CpuBackendError(f"llama.cpp's CPU kernels {variant} cannot run on this processor.",
                                   "Choose another variant, or let Glimpse choose.")
     if not by_name(b"CPU"):

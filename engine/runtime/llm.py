@@ -25,9 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
-from engine.models.gguf_header import read_header
+from engine.models.gguf_header import GgufHeader, read_header, tensor_bytes
 from engine.runtime.canary import choose_kernels
 from engine.runtime.cpu_backends import load_cpu_backends
+from engine.runtime.gpu_backends import layers_that_fit, load_gpu_backend
 from engine.system import default_threads
 
 if TYPE_CHECKING:
@@ -71,10 +72,10 @@ def route_llama_logs() -> None:
 
 # -- GGUF header check ------------------------------------------------------------------------------------------------
 
-def check_gguf(path: Path) -> None:
+def check_gguf(path: Path) -> GgufHeader:
     """Raise :class:`ModelFolderError` unless ``path`` is a complete GGUF file of the kind Glimpse writes (header
     bounded and consistent, tensor data inside the file); reads only the header. See ``engine.models.gguf_header``."""
-    read_header(path)
+    return read_header(path)
 
 
 # ggml type ids (ggml.h) of the KV cache types offered
@@ -116,6 +117,30 @@ def _model_params(*, extra_bufts: bool) -> Iterator[None]:
             raw.llama_model_default_params = original
 
 
+# -- how much goes on the GPU ----------------------------------------------------------------------------------------
+
+GPU_RESERVE_BYTES = 512 * 1024 * 1024  # the driver's own use and what else runs on the GPU (a desktop, a browser)
+
+
+def gpu_plan(header: GgufHeader, *, n_ctx: int, n_batch: int, kv_bytes_per_value: int, free_bytes: int) -> int:
+    """``n_gpu_layers`` for a Qwen2 GGUF on a device with ``free_bytes`` free: each repeating layer's weights and
+    its share of the KV cache (``n_ctx`` positions), then the output layer (its norm and the output matrix, which a
+    tied model copies from the token embeddings); the token embeddings themselves stay on the CPU. Held back: a fixed
+    reserve plus the compute buffer's largest piece, the logits of one batch."""
+    arch = str(header.values.get("general.architecture", "qwen2"))
+    n_layer = int(header.values.get(f"{arch}.block_count", 0))
+    heads = int(header.values.get(f"{arch}.attention.head_count", 1))
+    kv_heads = int(header.values.get(f"{arch}.attention.head_count_kv", heads))
+    hidden = int(header.values.get(f"{arch}.embedding_length", 0))
+    kv = 2 * n_ctx * kv_heads * (hidden // max(heads, 1)) * kv_bytes_per_value
+    sizes = {t.name: tensor_bytes(t) for t in header.tensors}
+    layers = [kv + sum(b for name, b in sizes.items() if name.startswith(f"blk.{i}.")) for i in range(n_layer)]
+    output = sizes.get("output.weight", sizes.get("token_embd.weight", 0)) + sizes.get("output_norm.weight", 0)
+    vocab = next((t.dims[1] for t in header.tensors if t.name == "token_embd.weight" and len(t.dims) > 1), 0)
+    reserve = GPU_RESERVE_BYTES + n_batch * vocab * 4
+    return layers_that_fit(layers, output, free_bytes, reserve_bytes=reserve)
+
+
 # -- the model --------------------------------------------------------------------------------------------------------
 
 def image_marker(rows: F32Array) -> int:
@@ -132,13 +157,16 @@ class LanguageModel:
     ``extra_bufts`` False keeps the weights out of llama.cpp's extra buffer types (AMX tiles, repacked layouts);
     ``cpu_variant`` names the CPU variant library a portable build loads (``engine.runtime.cpu_backends``; ignored by
     a native build). Left out (None), both are what ``engine.runtime.canary`` proved for this file's weight type on
-    this CPU and build. Not thread-safe: one thread owns it.
+    this CPU and build. ``gpu_layers``: how many layers llama.cpp puts on the GPU backend's device (0: none, and no
+    operation is offloaded either; -1: all of them; None: as many as its free memory holds, :func:`gpu_plan`); any
+    other value than 0 loads the GPU backend (``engine.runtime.gpu_backends``), raising its ``GpuUnavailable`` when
+    there is none. Not thread-safe: one thread owns it.
     """
 
     def __init__(self, gguf_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, flash_attn: bool = False, n_ubatch: int | None = None,
                  n_threads_batch: int | None = None, kv_type: str = "f16", extra_bufts: bool | None = None,
-                 cpu_variant: str | None = None) -> None:
+                 cpu_variant: str | None = None, gpu_layers: int | None = 0) -> None:
         if n_ctx < 16 or n_batch < 1 or (n_threads is not None and n_threads < 1) \
                 or (n_ubatch is not None and n_ubatch < 1) or (n_threads_batch is not None and n_threads_batch < 1):
             raise ValueError(f"n_ctx {n_ctx}, n_batch {n_batch}, n_ubatch {n_ubatch}, n_threads {n_threads} and "
@@ -147,7 +175,7 @@ class LanguageModel:
             raise ValueError(f"KV cache type {kv_type!r} is not one of {', '.join(KV_TYPES)}, or needs flash "
                              "attention (llama.cpp quantizes the V cache only with it).")
         self.path = Path(gguf_path)
-        check_gguf(self.path)
+        header = check_gguf(self.path)
         if extra_bufts is None:
             # Every llama.cpp context the engine makes (the model, the converter's gate, the tuning, the tools) runs
             # kernels the canary has seen compute correctly on this CPU, build and weight type: cached after once.
@@ -160,12 +188,26 @@ class LanguageModel:
         threads = n_threads or default_threads()
         n_batch = min(n_batch, n_ctx)
         kv = KV_TYPES[kv_type]
+        self.gpu_device = ""
+        if gpu_layers != 0:
+            device = load_gpu_backend().devices[0]
+            self.gpu_device = device.description
+            if gpu_layers is None:
+                gpu_layers = gpu_plan(header, n_ctx=n_ctx, n_batch=n_batch, kv_bytes_per_value=2 if kv == 1 else 1,
+                                      free_bytes=device.memory_free)
+        n_layer = int(header.values.get(f"{header.values.get('general.architecture', 'qwen2')}.block_count", 0))
+        self.gpu_layers = n_layer + 1 if gpu_layers is not None and gpu_layers < 0 else int(gpu_layers or 0)
+        self.n_layers = n_layer + 1  # what gpu_layers counts: the repeating layers and the output layer
         try:
             with _model_params(extra_bufts=extra_bufts):
                 self._llama: llama_cpp.Llama | None = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=n_ctx, n_batch=n_batch,
                     n_ubatch=min(n_ubatch or n_batch, n_batch), n_threads=threads,
                     n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn, type_k=kv, type_v=kv,
+                    n_gpu_layers=self.gpu_layers,
+                    # With no layer on a GPU nothing goes there: llama.cpp would otherwise send large batches'
+                    # matrix multiplies to a GPU backend that is registered (linked into a native build) but unused.
+                    op_offload=self.gpu_layers > 0,
                     verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFolderError(f"llama.cpp could not load {self.path.name} ({e}).",

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, ver
 from engine.models.onnx_external import check_onnx_file
 from engine.models.store import Store
 from engine.progress import check_cancel
-from engine.runtime.canary import KernelChoice, apply_kernels, choose_kernels
+from engine.runtime.canary import GPU_RUNG, KernelChoice, apply_kernels, choose_kernels
 from engine.runtime.conversation import Conversation
+from engine.runtime.gpu_backends import DEVICES, GpuUnavailable
 from engine.runtime.llm import LanguageModel
 from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
 from engine.runtime.prompt import ENDOFTEXT, IM_END
@@ -60,7 +62,9 @@ class Model:
                                      n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
                                      kv_type=settings.kv_type,
                                      extra_bufts=kernels.extra_bufts if kernels is not None else True,
-                                     cpu_variant=kernels.variant if kernels is not None else None)
+                                     cpu_variant=kernels.variant if kernels is not None else None,
+                                     # on a GPU, as many layers as its free memory holds; the rest on the CPU
+                                     gpu_layers=None if kernels is not None and kernels.device == "gpu" else 0)
         except BaseException:
             self.vision.close()
             raise
@@ -97,6 +101,26 @@ class Model:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def devices(self) -> str:
+        """Which device runs each part, for a status line: "LLM: Vulkan (Intel UHD 770, 25/25 layers), vision:
+        CPU", or "LLM: CPU, vision: CPU"."""
+        llm = "CPU"
+        if self.llm.gpu_layers > 0:
+            on, of = min(self.llm.gpu_layers, self.llm.n_layers), self.llm.n_layers
+            llm = f"Vulkan ({self.llm.gpu_device}, {on}/{of} layers)"
+        return f"LLM: {llm}, vision: CPU"
+
+    @property
+    def gpu_driver(self) -> str:
+        """The GPU's driver as Vulkan names it ("llvmpipe, Mesa 22.3.6 (LLVM 15.0.6)"), "" on the CPU."""
+        return self.kernels.gpu_driver if self.kernels is not None and self.llm.gpu_layers > 0 else ""
+
+    @property
+    def gpu_not_used(self) -> str:
+        """Why the GPU was tried and is not used (one sentence), "" when it is used or was not asked for."""
+        return self.kernels.gpu_not_used if self.kernels is not None else ""
 
     @property
     def default_size(self) -> int:
@@ -215,7 +239,7 @@ def resolve_model(path_or_name: str | Path) -> Path:
 def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: int = 4096,
                n_batch: int | None = None, flash_attn: bool | None = None, tune: bool = True, retune: bool = False,
                status: StatusFn | None = None, cancel: threading.Event | None = None,
-               kernels: KernelChoice | None = None) -> Model:
+               kernels: KernelChoice | None = None, device: str = "cpu") -> Model:
     """Load a model folder (or an installed model by name, e.g. "fastvlm-0.5b").
 
     ``n_ctx`` is the context window in positions (a 1024 px image takes 256). The folder is checked first (sizes
@@ -230,7 +254,14 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
     Before llama.cpp runs, its CPU kernels are proven for the model's weight type by a canary in a throwaway process
     (engine/runtime/canary.py; once per CPU and build, then cached; GLIMPSE_CANARY=0 skips it), and the model loads
     with the first configuration that computed correctly; ``kernels`` gives that choice instead (``Model.kernels``).
+
+    ``device`` is where the language model runs: "cpu"; "gpu" (llama.cpp's Vulkan backend, raising
+    ``GpuUnavailable`` with one sentence when there is no usable GPU); or "auto", the GPU where its canary passed on
+    this device and driver and the model loads there, else the CPU (``Model.gpu_not_used`` says why). The encoder
+    runs on the CPU; ``Model.devices`` names both.
     """
+    if device not in DEVICES:
+        raise InputError(f"device {device!r} is not one of {', '.join(DEVICES)}.", "Use auto, cpu or gpu.")
     if n_ctx < 512:
         raise InputError(f"n_ctx {n_ctx} is too small.", "Use at least 512 (4096 is the default).")
     if threads is not None and threads < 1:
@@ -241,14 +272,36 @@ def load_model(path_or_name: str | Path, *, threads: int | None = None, n_ctx: i
     # Both runtimes parse in native code: check what they will read first (headers, external-data paths).
     check_gguf_file(folder / LLM_FILE, manifest.raw.get("llm"))
     check_onnx_file(folder / VISION_FILE, manifest.files)
-    kernels = (choose_kernels(folder / LLM_FILE, manifest.quant, threads=threads, status=status) if kernels is None
-               else apply_kernels(kernels))
+    kernels = (choose_kernels(folder / LLM_FILE, manifest.quant, threads=threads, status=status, device=device)
+               if kernels is None else apply_kernels(kernels))
+    try:
+        return _load(folder, manifest, kernels, n_ctx=n_ctx, threads=threads, n_batch=n_batch, flash_attn=flash_attn,
+                     tune=tune, retune=retune, status=status)
+    except (GpuUnavailable, ModelFolderError) as e:
+        if kernels.device != "gpu" or device != "auto":
+            raise
+        # The canary's small model ran on the GPU, this one did not load there (its memory, a driver that changed
+        # since): with "auto" the CPU answers, and the sentence says why the GPU is not used.
+        log.warning("The language model did not load on the GPU (%s); using the CPU.", e.message)
+        why = e.message if isinstance(e, GpuUnavailable) else f"The model did not load on the GPU ({e.message})."
+        cpu = choose_kernels(folder / LLM_FILE, manifest.quant, threads=threads, status=status, device="cpu")
+        cpu = replace(cpu, failures=((GPU_RUNG.name, why), *cpu.failures))
+        return _load(folder, manifest, cpu, n_ctx=n_ctx, threads=threads, n_batch=n_batch, flash_attn=flash_attn,
+                     tune=tune, retune=retune, status=status)
+
+
+def _load(folder: Path, manifest: ModelManifest, kernels: KernelChoice, *, n_ctx: int, threads: int | None,
+          n_batch: int | None, flash_attn: bool | None, tune: bool, retune: bool, status: StatusFn | None) -> Model:
+    """The model with ``kernels``: its measured (or default) settings, then the defaults if those do not load."""
+    # On a GPU llama.cpp runs attention as the canary checked it: without flash attention, the KV cache in f16.
+    on_gpu = {"flash_attn": False} if kernels.device == "gpu" else {}
     settings, report = DEFAULTS, None
     if retune or (tune and tuning_enabled()):
         tuned = settings_for(folder, manifest, retune=retune, status=status, extra_bufts=kernels.extra_bufts)
         settings, report = tuned.settings, tuned.report
-    settings = settings.with_overrides(threads=threads, n_batch=n_batch, flash_attn=flash_attn)
-    fallback = DEFAULTS.with_overrides(threads=threads, n_batch=n_batch, flash_attn=flash_attn)
+    overrides: dict[str, Any] = {"threads": threads, "n_batch": n_batch, "flash_attn": flash_attn, **on_gpu}
+    settings = settings.with_overrides(**overrides)
+    fallback = DEFAULTS.with_overrides(**overrides)
     try:
         model = Model(folder, manifest, settings=settings, n_ctx=n_ctx, kernels=kernels)
     except ModelFolderError as e:

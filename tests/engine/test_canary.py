@@ -17,6 +17,7 @@ from engine.cli import HIDDEN_ENTRIES
 from engine.cli import canary as child
 from engine.cli.bench import format_table
 from engine.runtime import canary
+from engine.runtime import llm as llm_module
 from engine.runtime import model as model_module
 from engine.runtime.canary import (
     TOLERANCE,
@@ -30,6 +31,7 @@ from engine.runtime.canary import (
     rungs,
     tolerance,
 )
+from engine.runtime.gpu_backends import NO_VULKAN_BACKEND, GpuUnavailable
 from engine.runtime.model import load_model
 
 # f16 never reaches AMX or repacked kernels, so its as-built rung passes on every CPU: the injected faults are the only
@@ -291,3 +293,112 @@ def test_a_half_written_cache_entry_is_set_aside_and_rebuilt(home: Path, monkeyp
     kept = [p.read_bytes() for p in entry.parent.glob(entry.name + ".damaged*")]
     assert damage in kept  # the bad file kept beside (.damaged, or .damaged-2 ... beside older ones)
     assert sum("kernel canary's cache" in r.getMessage() for r in caplog.records) == 1  # said once
+
+
+# -- the GPU rung ---------------------------------------------------------------------------------------------------
+
+def _gpu_runs(monkeypatch: pytest.MonkeyPatch, gpu: tuple[str | None, dict[str, Any]]) -> list[str]:
+    """Canary processes faked: the GPU rung answers ``gpu``, every CPU rung passes; returns the rungs run."""
+    ran: list[str] = []
+
+    def fake(rung: Rung, wt: str, **kw: Any) -> tuple[str | None, dict[str, Any]]:
+        ran.append(rung.name)
+        return gpu if rung.device == "gpu" else (None, {"ok": True})
+
+    monkeypatch.setattr(canary, "run_rung", fake)
+    monkeypatch.setattr(canary, "vulkan_library", lambda lib_dir=None: Path("/opt/libggml-vulkan.so"))
+    return ran
+
+
+def test_the_gpu_rung_comes_first_only_when_asked_for() -> None:
+    assert canary.GPU_RUNG not in rungs(Path("/nonexistent"))
+    for device in ("auto", "gpu"):
+        chain = rungs(Path("/nonexistent"), device)
+        assert chain[0] is canary.GPU_RUNG and chain[0].device == "gpu"
+        assert [r.name for r in chain[1:]] == ["as built", "no extra buffer types"]
+    with pytest.raises(ValueError, match="cuda"):
+        rungs(Path("/nonexistent"), "cuda")
+
+
+def test_a_passing_gpu_rung_is_chosen_and_named(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = {"ok": True, "gpu": "Radeon 780M", "driver": "radv, Mesa 25.0.7", "gpu_layers": 3}
+    ran = _gpu_runs(monkeypatch, (None, report))
+    choice = prove_kernels("q8_0", threads=1, device="auto")
+    assert ran == ["the GPU"] and choice.device == "gpu" and choice.gpu_name == "Radeon 780M"
+    assert choice.describe().startswith("the GPU (Vulkan: Radeon 780M; driver radv, Mesa 25.0.7), proven")
+    assert prove_kernels("q8_0", threads=1, device="auto").from_cache and len(ran) == 1
+    # A verdict about the GPU holds for the drivers it was seen with: another driver set-up is proven again.
+    monkeypatch.setenv("GGML_VK_VISIBLE_DEVICES", "1")
+    assert not prove_kernels("q8_0", threads=1, device="auto").from_cache and len(ran) == 2
+    # The CPU's verdict is its own entry, proven without the GPU.
+    assert prove_kernels("q8_0", threads=1).device == "cpu" and ran[2:] == ["as built"]
+
+
+@pytest.mark.parametrize(("gpu", "sentence"), [
+    (("unavailable", {"ok": False, "unavailable": True,
+                      "reason": "The Vulkan loader (libvulkan.so.1) is not installed, so the GPU is not used.",
+                      "hint": "Install it."}),
+     "The Vulkan loader (libvulkan.so.1) is not installed, so the GPU is not used."),
+    (("killed by SIGSEGV", {}), "The GPU's check failed (killed by SIGSEGV), so the GPU is not used."),
+    (("wrong numbers (error 3.1 > 0.05)", {"ok": False}),
+     "The GPU's check failed (wrong numbers (error 3.1 > 0.05)), so the GPU is not used."),
+])
+def test_a_failing_gpu_is_a_sentence_then_the_cpu(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  gpu: tuple[str, dict[str, Any]], sentence: str) -> None:
+    ran = _gpu_runs(monkeypatch, gpu)
+    choice = prove_kernels("f16", threads=1, device="auto")
+    assert ran == ["the GPU", "as built"] and choice.device == "cpu" and choice.rung.name == "as built"
+    assert choice.gpu_not_used == sentence
+    # Asked for the GPU alone, the same failure is the error, and the CPU rungs are not tried.
+    ran.clear()
+    with pytest.raises(GpuUnavailable) as err:
+        prove_kernels("f16", threads=1, device="gpu")
+    assert err.value.message == sentence and ran == ["the GPU"] and err.value.hint
+
+
+def test_a_build_without_vulkan_costs_no_process(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = _gpu_runs(monkeypatch, (None, {"ok": True}))
+    monkeypatch.setattr(canary, "vulkan_library", lambda lib_dir=None: None)
+    choice = prove_kernels("f16", threads=1, device="auto")
+    assert ran == ["as built"] and choice.gpu_not_used == NO_VULKAN_BACKEND
+    with pytest.raises(GpuUnavailable) as err:
+        prove_kernels("f16", threads=1, device="gpu")
+    assert err.value.message == NO_VULKAN_BACKEND and "GGML_VULKAN=on" in err.value.hint
+
+
+def test_a_gpu_that_stopped_steps_down_to_the_cpu() -> None:
+    gpu = KernelChoice(canary.GPU_RUNG, "q8_0")
+    down = canary.step_down(gpu, 1, "killed by SIGSEGV", Path("/nonexistent"))
+    assert down.device == "cpu" and down.rung.name == "as built" and "killed by SIGSEGV" in down.describe()
+
+
+def test_auto_loads_on_the_cpu_when_the_gpu_will_not_hold_the_model(home: Path, tiny_model_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The canary's small model passed on the GPU, the real one does not load there (the loader vanished since, or
+    # the device's memory): "auto" answers on the CPU and says why; "gpu" is the error.
+    _gpu_runs(monkeypatch, (None, {"ok": True, "gpu": "Arc A380"}))
+    why = "The Vulkan loader (libvulkan.so.1) is not installed, so the GPU is not used."
+
+    def no_gpu() -> Any:
+        raise GpuUnavailable(why)
+
+    monkeypatch.setattr(llm_module, "load_gpu_backend", no_gpu)
+    with load_model(tiny_model_dir, n_ctx=512, tune=False, device="auto") as model:
+        assert model.kernels is not None and model.kernels.device == "cpu"
+        assert model.devices == "LLM: CPU, vision: CPU" and model.gpu_not_used == why
+        assert model.llm.gpu_layers == 0 and model.ask(np.zeros((64, 64, 3), np.uint8), "Hi?", max_tokens=2).text
+    with pytest.raises(GpuUnavailable, match="not installed"):
+        load_model(tiny_model_dir, n_ctx=512, tune=False, device="gpu")
+    with load_model(tiny_model_dir, n_ctx=512, tune=False, device="cpu") as model:
+        assert model.devices == "LLM: CPU, vision: CPU" and model.gpu_not_used == ""
+
+
+def test_bench_names_the_devices() -> None:
+    report = {"model": "m", "quant": "q8_0", "vision_precision": "int8", "threads": 2, "peak_rss_mb": 1, "sizes": [],
+              "devices": "LLM: Vulkan (Intel UHD 770, 25/25 layers), vision: CPU",
+              "gpu_driver": "Intel open-source Mesa driver, Mesa 25.0.7"}
+    assert ("devices: LLM: Vulkan (Intel UHD 770, 25/25 layers), vision: CPU; GPU driver: Intel open-source Mesa "
+            "driver, Mesa 25.0.7") in format_table(report).splitlines()
+    report = {**report, "devices": "LLM: CPU, vision: CPU", "gpu_driver": None,
+              "gpu_not_used": NO_VULKAN_BACKEND}
+    assert f"devices: LLM: CPU, vision: CPU ({NO_VULKAN_BACKEND})" in format_table(report).splitlines()

@@ -83,10 +83,10 @@ def test_the_core_library_is_the_one_libllama_links(tmp_path: Path) -> None:
     for name in ("libggml.so", "libggml.so.0", "libggml.dylib", "libggml.0.dylib", "ggml.dll"):
         (tmp_path / name).write_bytes(b"")
     expected = {"win32": "ggml.dll", "darwin": "libggml.0.dylib"}.get(sys.platform, "libggml.so.0")
-    assert cpu_backends._core_library(tmp_path) == tmp_path / expected
+    assert cpu_backends.core_library(tmp_path) == tmp_path / expected
     (tmp_path / expected).unlink()
     if sys.platform != "win32":
-        assert cpu_backends._core_library(tmp_path).name in ("libggml.so", "libggml.dylib")
+        assert cpu_backends.core_library(tmp_path).name in ("libggml.so", "libggml.dylib")
 
 
 def test_best_variant_ranks_by_ggml_score() -> None:

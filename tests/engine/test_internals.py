@@ -7,13 +7,16 @@ When an upgrade breaks one, the failure names the internal, the file that uses i
 from __future__ import annotations
 
 import ast
+import ctypes
 import importlib
+import inspect
 import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import llama_cpp.llama_cpp as raw_llama
 import numpy as np
 import pytest
@@ -21,6 +24,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from engine.internals import INTERNALS, TESTED, Internal
+from engine.runtime import gpu_backends
+from engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
 from engine.runtime.llm import LanguageModel
 
 if sys.version_info >= (3, 11):
@@ -68,6 +73,34 @@ def test_module_internal_exists(internal: Internal) -> None:
 def test_instance_internal_exists(internal: Internal, llama: object) -> None:
     found = problem(internal, llama)
     assert found is None, found
+
+
+@pytest.mark.parametrize("internal", [i for i in INTERNALS if i.kind == "symbol"], ids=lambda i: i.name)
+def test_ggml_symbol_exists(internal: Internal) -> None:
+    library, _, symbol = internal.name.partition(":")
+    assert library == "libggml"
+    ggml = ctypes.CDLL(str(core_library(llama_lib_dir())))
+    assert hasattr(ggml, symbol), (f"llama-cpp-python {metadata.version('llama-cpp-python')}'s ggml has no {symbol}; "
+                                   f"{internal.used_in} uses it ({internal.why}); see engine/internals.py.")
+
+
+def test_the_device_properties_layout_reads_the_cpu_device() -> None:
+    # gpu_backends._DevProps mirrors struct ggml_backend_dev_props: read through it, the CPU backend's own device
+    # must come out as ggml describes it (its name, the CPU type, the machine's memory).
+    load_cpu_backends()
+    ggml = ctypes.CDLL(str(core_library(llama_lib_dir())))
+    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    reg = ggml.ggml_backend_reg_by_name(b"CPU")
+    assert reg, "ggml has no CPU backend registered after load_cpu_backends"
+    (cpu,) = gpu_backends._devices(ggml, reg)
+    assert cpu.name == "CPU" and cpu.kind == "CPU" and cpu.description, cpu
+    assert 0 < cpu.memory_free <= cpu.memory_total < 1 << 50, cpu
+
+
+def test_llama_takes_op_offload() -> None:
+    assert "op_offload" in inspect.signature(llama_cpp.Llama.__init__).parameters, (
+        "llama_cpp.Llama() no longer takes op_offload; engine/runtime/llm.py passes it (see engine/internals.py).")
 
 
 def test_instance_internals_have_the_types_llm_relies_on(llama: Any) -> None:

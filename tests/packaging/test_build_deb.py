@@ -48,8 +48,10 @@ def test_depends_and_recommends_come_from_what_the_bundle_needs() -> None:
         f"{qt}/plugins/platforms/libqwayland-generic.so": ["libQt6WaylandClient.so.6"],
         f"{qt}/lib/libQt6WaylandClient.so.6": ["libwayland-cursor.so.0"],  # only Wayland plugins link it
         f"{qt}/plugins/imageformats/libqexotic.so": ["libexotic.so.9"],
+        "/_internal/llama_cpp/lib/libggml-vulkan.so": ["libvulkan.so.1", "libc.so.6"],  # loaded only with a loader
     }
-    known = {"libc.so.6": "libc6", "libgtk-3.so.0": "libgtk-3-0", "libspeechd.so.2": "libspeechd2"}
+    known = {"libc.so.6": "libc6", "libgtk-3.so.0": "libgtk-3-0", "libspeechd.so.2": "libspeechd2",
+             "libvulkan.so.1": "libvulkan1"}
     required = build_deb.required_files(needs)
     assert f"{qt}/lib/libQt6XcbQpa.so.6" in required and f"{qt}/lib/libQt6Core.so.6" in required
     assert f"{qt}/lib/libQt6WaylandClient.so.6" not in required
@@ -58,7 +60,7 @@ def test_depends_and_recommends_come_from_what_the_bundle_needs() -> None:
     assert depends == sorted({"libc6", *build_deb.ALWAYS_DEPENDS})
     assert {"libxcb-cursor0", "libxcb-icccm4", "libxcb-keysyms1", "libpulse0"} <= set(depends)
     # libexotic and libwayland-cursor: optional and nobody can name their package, so left out.
-    assert recommends == ["libgtk-3-0", "libspeechd2"]
+    assert recommends == ["libgtk-3-0", "libspeechd2", "libvulkan1"]
 
 
 def test_a_required_library_nobody_provides_is_a_sentence() -> None:
