@@ -120,6 +120,9 @@ class Model:
     @property
     def gpu_not_used(self) -> str:
         """Why the GPU was tried and is not used (one sentence), "" when it is used or was not asked for."""
+        if self.kernels is not None and self.kernels.device == "gpu" and self.llm.gpu_layers == 0:
+            return (f"The GPU ({self.llm.gpu_device}) has too little free memory for any of the model's layers, so "
+                    "the GPU is not used.")
         return self.kernels.gpu_not_used if self.kernels is not None else ""
 
     @property

@@ -31,7 +31,7 @@ from engine.runtime.canary import (
     rungs,
     tolerance,
 )
-from engine.runtime.gpu_backends import NO_VULKAN_BACKEND, GpuUnavailable
+from engine.runtime.gpu_backends import NO_VULKAN_BACKEND, GpuBackend, GpuDevice, GpuUnavailable
 from engine.runtime.model import load_model
 
 # f16 never reaches AMX or repacked kernels, so its as-built rung passes on every CPU: the injected faults are the only
@@ -402,3 +402,16 @@ def test_bench_names_the_devices() -> None:
     report = {**report, "devices": "LLM: CPU, vision: CPU", "gpu_driver": None,
               "gpu_not_used": NO_VULKAN_BACKEND}
     assert f"devices: LLM: CPU, vision: CPU ({NO_VULKAN_BACKEND})" in format_table(report).splitlines()
+
+
+def test_a_gpu_without_room_for_a_layer_says_so(home: Path, tiny_model_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The canary passed on the GPU, but its free memory holds none of this model's layers: the CPU runs them all,
+    # and the sentence says why the GPU is not used.
+    _gpu_runs(monkeypatch, (None, {"ok": True, "gpu": "Tiny GPU"}))
+    tiny = GpuBackend("Vulkan", None, (GpuDevice("Vulkan0", "Tiny GPU", "integrated GPU", 1 << 20, 1 << 20),))
+    monkeypatch.setattr(llm_module, "load_gpu_backend", lambda: tiny)
+    with load_model(tiny_model_dir, n_ctx=512, tune=False, device="auto") as model:
+        assert model.llm.gpu_layers == 0 and model.devices == "LLM: CPU, vision: CPU"
+        assert model.gpu_not_used == ("The GPU (Tiny GPU) has too little free memory for any of the model's layers, "
+                                      "so the GPU is not used.")
