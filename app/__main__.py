@@ -2,6 +2,6 @@
 
 import sys
 
-from app.launcher import main
+from glimpse.app.launcher import main
 
 sys.exit(main())

@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from app import platform_check
-from app.cpu_baseline import baseline_message, missing_features
-from engine import user_folder
+from glimpse.app import platform_check
+from glimpse.app.cpu_baseline import baseline_message, missing_features
+from glimpse.engine import user_folder
 
 
 def log_dir() -> Path:
@@ -82,18 +82,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # Start-up: each command loads only its own half; the window's modules take about 3 s to import (-X importtime),
         # the CLI about 1 s, and `glimpse ask` never needs Qt.
-        from app.main import main as gui  # noqa: PLC0415
+        from glimpse.app.main import main as gui  # noqa: PLC0415
 
         return gui(args)
     if args[0] == "self-test":
-        from app.selftest import main as selftest  # noqa: PLC0415
+        from glimpse.app.selftest import main as selftest  # noqa: PLC0415
 
         return selftest(args[1:])
     if args[0] == "caption":
-        from app.capture.headless import install_if_needed  # noqa: PLC0415
+        from glimpse.app.capture.headless import install_if_needed  # noqa: PLC0415
 
         install_if_needed()  # the packaged app has no OpenCV: capture through QtMultimedia instead
-    from engine import cli_main as cli  # noqa: PLC0415
+    from glimpse.engine import cli_main as cli  # noqa: PLC0415
 
     return cli(args)
 

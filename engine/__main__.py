@@ -4,6 +4,6 @@ app/launcher.py hands every engine command to. Glimpse's helper processes are st
 
 import sys
 
-from engine.cli import main
+from glimpse.engine.cli import main
 
 sys.exit(main())

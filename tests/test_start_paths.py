@@ -17,9 +17,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from app.launcher import WINDOW_OPTIONS, opens_the_window
-from app.main import _parse
-from engine.version import __version__
+from glimpse.app.launcher import WINDOW_OPTIONS, opens_the_window
+from glimpse.app.main import _parse
+from glimpse.engine.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +31,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_glimpse_python_m_app_and_the_bundle_run_the_launcher() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert scripts == {"glimpse": "app.launcher:main"}
+    assert scripts == {"glimpse": "glimpse.app.launcher:main"}
     tree = ast.parse((ROOT / "app" / "__main__.py").read_text(encoding="utf-8"))
     assert [(n.module, [a.name for a in n.names]) for n in tree.body if isinstance(n, ast.ImportFrom)] == [
-        ("app.launcher", ["main"])]
+        ("glimpse.app.launcher", ["main"])]
     assert '"app" / "launcher.py"' in (ROOT / "packaging" / "glimpse.spec").read_text(encoding="utf-8")
 
 
@@ -64,7 +64,7 @@ def test_the_version_is_written_once() -> None:
     """pyproject.toml reads it from engine/version.py; the installed metadata and build_deb.py agree."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "engine.version.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "glimpse.engine.version.__version__"}
     assert metadata.version("glimpse") == __version__
     spec = importlib.util.spec_from_file_location("build_deb", ROOT / "packaging" / "build_deb.py")
     assert spec is not None and spec.loader is not None

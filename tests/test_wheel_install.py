@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.convert import convert_checkpoint
+from glimpse.engine.convert import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_wheel_in_a_fresh_venv_converts_like_the_source_tree(tiny_checkpoint: Pa
     assert where[3:] == [12, 6]
 
     installed = tmp_path / "from-wheel"
-    out = _run([str(python), "-m", "engine", "convert", str(tiny_checkpoint), str(installed), "--quant", "f16",
+    out = _run([str(python), "-m", "glimpse.engine", "convert", str(tiny_checkpoint), str(installed), "--quant", "f16",
                 "-q"], tmp_path, env)
     wheel_vision = json.loads((installed / "model.json").read_text(encoding="utf-8"))["vision"]
     assert f"Vision encoder: {wheel_vision['precision_reason']}" in out

@@ -17,15 +17,16 @@ from PySide6.QtMultimedia import QMediaDevices
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-import app.window
-from app.capture import screen
-from app.capture.cameras import Camera, find_device, list_cameras
-from app.capture.feed import FrameFeed
-from app.settings import Settings
-from app.window import MainWindow
-from engine.models.store import Store
-from engine.runtime.caption import Frame
-from engine.runtime.model import Model
+import glimpse.app.window
+from glimpse import app
+from glimpse.app.capture import screen
+from glimpse.app.capture.cameras import Camera, find_device, list_cameras
+from glimpse.app.capture.feed import FrameFeed
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.engine.models.store import Store
+from glimpse.engine.runtime.caption import Frame
+from glimpse.engine.runtime.model import Model
 
 
 def test_no_camera(qtbot: QtBot, window: MainWindow) -> None:

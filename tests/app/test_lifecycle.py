@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app import threads as app_threads
-from app.settings import Settings
-from app.window import MainWindow
-from engine.models.download import DownloadOptions
-from engine.models.store import Store
+from glimpse.app import threads as app_threads
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.engine.models.download import DownloadOptions
+from glimpse.engine.models.store import Store
 from tests.app.conftest import write_video
 from tests.fakehub import REPO, FakeHub, make_repo
 
@@ -76,7 +76,7 @@ def test_python_dash_m_app_starts(tmp_path: Path) -> None:
     process: once ``QApplication.exec`` has returned, this process's later event loops would not run."""
     env = {"QT_QPA_PLATFORM": "offscreen", "GLIMPSE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    process = subprocess.Popen([sys.executable, "-m", "app", "--settings", str(tmp_path / "s.ini"), "--mode", "ask"],
+    process = subprocess.Popen([sys.executable, "-m", "glimpse.app", "--settings", str(tmp_path / "s.ini"), "--mode", "ask"],
                                env=env,
                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

@@ -20,8 +20,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from engine.internals import INTERNALS, TESTED, Internal
-from engine.runtime.llm import LanguageModel
+from glimpse.engine.internals import INTERNALS, TESTED, Internal
+from glimpse.engine.runtime.llm import LanguageModel
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -232,13 +232,13 @@ base
 """
 
 _CLEAN = {
-    "__init__.py": "from engine.runtime.a import run\n",
+    "__init__.py": "from glimpse.engine.runtime.a import run\n",
     "errors.py": "",
     "runtime/__init__.py": "",
-    "runtime/a.py": "from engine import errors\nfrom engine.models.b import B\n\ndef run():\n    return B\n",
+    "runtime/a.py": "from glimpse.engine import errors\nfrom glimpse.engine.models.b import B\n\ndef run():\n    return B\n",
     "models/__init__.py": "",
-    "models/b.py": "from typing import TYPE_CHECKING\n\nfrom engine.errors import X\n\n"
-                   "if TYPE_CHECKING:\n    from engine.runtime.a import run\n\nB = 1\n",
+    "models/b.py": "from typing import TYPE_CHECKING\n\nfrom glimpse.engine.errors import X\n\n"
+                   "if TYPE_CHECKING:\n    from glimpse.engine.runtime.a import run\n\nB = 1\n",
 }
 
 
@@ -249,7 +249,7 @@ def test_the_checker_passes_a_tree_that_matches(tmp_path: Path) -> None:
 def test_the_checker_finds_an_injected_cycle(tmp_path: Path) -> None:
     """A function-level import from models back up to runtime: a cycle, an unlisted edge and an upward one."""
     files = dict(_CLEAN)
-    files["models/b.py"] += "\n\ndef late():\n    from engine.runtime import a\n\n    return a\n"
+    files["models/b.py"] += "\n\ndef late():\n    from glimpse.engine.runtime import a\n\n    return a\n"
     found = problems(_tree(tmp_path, files), _DOC)
     assert "import cycle between models , runtime" in found
     assert "models imports runtime, an edge docs/architecture.md does not list" in found
@@ -257,7 +257,7 @@ def test_the_checker_finds_an_injected_cycle(tmp_path: Path) -> None:
 
 def test_the_checker_finds_an_unlisted_edge(tmp_path: Path) -> None:
     files = dict(_CLEAN)
-    files["__init__.py"] += "from engine.models.b import B\n"
+    files["__init__.py"] += "from glimpse.engine.models.b import B\n"
     assert problems(_tree(tmp_path, files), _DOC) == [
         "engine imports models, an edge docs/architecture.md does not list"]
 
@@ -270,7 +270,7 @@ def test_the_checker_finds_a_listed_edge_the_source_lacks_and_an_upward_one(tmp_
 
 
 def test_the_checker_finds_a_folder_the_document_lacks(tmp_path: Path) -> None:
-    files = {**_CLEAN, "runner/__init__.py": "from engine.runtime import a\n"}
+    files = {**_CLEAN, "runner/__init__.py": "from glimpse.engine.runtime import a\n"}
     found = problems(_tree(tmp_path, files), _DOC)
     assert "runner is not a layer in docs/architecture.md" in found
     assert "runner imports runtime, an edge docs/architecture.md does not list" in found
@@ -278,8 +278,8 @@ def test_the_checker_finds_a_folder_the_document_lacks(tmp_path: Path) -> None:
 
 def test_typing_only_imports_are_left_out_of_the_graph_but_not_out_of_the_pairs(tmp_path: Path) -> None:
     package = _tree(tmp_path, _CLEAN)
-    assert "engine.runtime.a" not in module_graph(package)["engine.models.b"]
-    assert mutual_pairs(module_graph(package, typing_too=True)) == [("engine.models.b", "engine.runtime.a")]
+    assert "glimpse.engine.runtime.a" not in module_graph(package)["glimpse.engine.models.b"]
+    assert mutual_pairs(module_graph(package, typing_too=True)) == [("glimpse.engine.models.b", "glimpse.engine.runtime.a")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -294,7 +294,7 @@ def imports_past_the_front_door(app: Path, public: set[str]) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 found += [f"{where}:{node.lineno}: import {a.name}" for a in node.names
-                          if a.name.startswith("engine.")]
+                          if a.name.startswith("glimpse.engine.")]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module \
                     and node.module.split(".")[0] == "engine":
                 names = [a.name for a in node.names]
@@ -307,7 +307,7 @@ def imports_past_the_front_door(app: Path, public: set[str]) -> list[str]:
 
 
 def test_the_app_uses_only_the_engines_declared_names() -> None:
-    import engine  # noqa: PLC0415 (the test reads what the package declares)
+    from glimpse import engine  # noqa: PLC0415 (the test reads what the package declares)
 
     found = imports_past_the_front_door(ROOT / "app", set(engine.__all__))
     assert not found, "the app imports past the engine's front door (engine/__init__.py's __all__):\n" + "\n".join(
@@ -317,12 +317,12 @@ def test_the_app_uses_only_the_engines_declared_names() -> None:
 def test_the_front_door_check_finds_an_import_past_it(tmp_path: Path) -> None:
     app = tmp_path / "app"
     app.mkdir()
-    (app / "ok.py").write_text("import engine\nfrom engine import Store, load_model\n", encoding="utf-8")
+    (app / "ok.py").write_text("from glimpse import engine\nfrom glimpse.engine import Store, load_model\n", encoding="utf-8")
     assert imports_past_the_front_door(app, {"Store", "load_model"}) == []
-    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport engine.cli\nfrom engine import Secret\n"
-                                "from engine.models.store import Store\n\nif TYPE_CHECKING:\n"
-                                "    from engine.runtime.model import Model\n\n\ndef late():\n"
-                                "    from engine.runtime import caption\n", encoding="utf-8")
+    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport glimpse.engine.cli\nfrom glimpse import engine\nfrom glimpse.engine import Secret\n"
+                                "from glimpse.engine.models.store import Store\n\nif TYPE_CHECKING:\n"
+                                "    from glimpse.engine.runtime.model import Model\n\n\ndef late():\n"
+                                "    from glimpse.engine.runtime import caption\n", encoding="utf-8")
     assert imports_past_the_front_door(app, {"Store", "load_model"}) == [
         "app/bad.py:3: import engine.cli",
         "app/bad.py:4: from engine import Secret (not in engine.__all__)",

@@ -26,7 +26,7 @@ def test_engine_sources_never_import_qt_or_app() -> None:
 
 def test_engine_imports_with_qt_blocked() -> None:
     """Import every engine module in a fresh interpreter where importing Qt raises."""
-    modules = sorted("engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
+    modules = sorted("glimpse.engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
                      for p in ENGINE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
     code = (
         "import sys, importlib\n"
