@@ -155,7 +155,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     where = _PUBLIC.get(name)
     if where is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(where[0])
     return module if where[1] is None else getattr(module, where[1])
 

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = REPO / "packaging" / "system-packages.txt"
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="the CI scripts are bash")
@@ -192,3 +197,18 @@ def test_no_issue_or_session_numbers_in_docs_or_code() -> None:
         for number, line in enumerate(text.splitlines(), 1):
             found += [f"{path.relative_to(REPO)}:{number}: {hit}" for hit in history_citations(line)]
     assert not found, "describe the present state (history goes to CHANGELOG.md):\n" + "\n".join(found)
+
+
+# -- one name in site-packages: the folders engine/, app/, assets/ are imported as glimpse.engine, glimpse.app... ----
+
+FOLDERS = ("engine", "app", "assets")  # pyproject.toml's package-dir maps glimpse.<folder> to each
+
+
+def test_the_wheel_lists_every_package_folder() -> None:
+    """pyproject.toml lists the packages (find cannot add the glimpse. prefix): each folder with an __init__.py."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {f"glimpse.{name}": name for name in FOLDERS}
+    folders = {".".join(("glimpse", *p.parent.relative_to(REPO).parts))
+               for name in FOLDERS for p in (REPO / name).rglob("__init__.py")
+               if not SKIPPED_DIRS & set(p.relative_to(REPO).parts)}
+    assert sorted(setuptools["packages"]) == sorted(folders)

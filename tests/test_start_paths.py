@@ -1,5 +1,5 @@
-"""One way to start Glimpse: ``glimpse`` (app.launcher.main). ``python -m app`` runs the same function;
-``python -m engine`` is the engine's half that it hands commands to. The version is written once."""
+"""One way to start Glimpse: ``glimpse`` (glimpse.app.launcher.main). ``python -m glimpse.app`` runs the same
+function; ``python -m glimpse.engine`` is the engine's half that it hands commands to. The version is written once."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def test_the_window_options_are_the_windows(option: str) -> None:
 
 
 def test_python_m_app_is_glimpse_and_python_m_engine_its_engine_half(tmp_path: Path) -> None:
-    """A command given to ``python -m app`` reaches the engine's command line, as ``glimpse``'s does."""
-    for entry in ("app", "engine"):
+    """A command given to ``python -m glimpse.app`` reaches the engine's command line, as ``glimpse``'s does."""
+    for entry in ("glimpse.app", "glimpse.engine"):
         result = _run("-m", entry, "--version")
         assert result.returncode == 0 and result.stdout.strip() == f"glimpse {__version__}", result.stderr
 

@@ -17,8 +17,7 @@ from PySide6.QtMultimedia import QMediaDevices
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-import glimpse.app.window
-from glimpse import app
+from glimpse.app import window as app_window
 from glimpse.app.capture import screen
 from glimpse.app.capture.cameras import Camera, find_device, list_cameras
 from glimpse.app.capture.feed import FrameFeed
@@ -154,7 +153,7 @@ def test_asking_without_a_picture_says_what_to_do(window: MainWindow) -> None:
 
 
 def test_wayland_offers_paste(window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.window, "unavailable_reason", lambda: "Wayland says no.")
+    monkeypatch.setattr(app_window, "unavailable_reason", lambda: "Wayland says no.")
     window.take_screenshot("region")
     assert window.messages.text() == "Wayland says no."
     assert window.messages._action.text() == "Paste an image"

@@ -76,7 +76,8 @@ def test_python_dash_m_app_starts(tmp_path: Path) -> None:
     process: once ``QApplication.exec`` has returned, this process's later event loops would not run."""
     env = {"QT_QPA_PLATFORM": "offscreen", "GLIMPSE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    process = subprocess.Popen([sys.executable, "-m", "glimpse.app", "--settings", str(tmp_path / "s.ini"), "--mode", "ask"],
+    process = subprocess.Popen([sys.executable, "-m", "glimpse.app", "--settings", str(tmp_path / "s.ini"),
+                                "--mode", "ask"],
                                env=env,
                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "glimpse.app.launcher", *args], capture_output=True, text=True, cwd=REPO,
-                          check=False, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, "-m", "glimpse.app.launcher", *args], capture_output=True, text=True,
+                          cwd=REPO, check=False, timeout=600, env={**os.environ, **(env or {})})
 
 
 def test_self_test_passes_and_reports() -> None:

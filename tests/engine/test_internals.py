@@ -127,7 +127,8 @@ def _private_imports() -> Iterator[tuple[str, str]]:
     for folder in ("engine", "app"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if (isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith(("engine", "app"))
+                if (isinstance(node, ast.ImportFrom) and node.module
+                        and not node.module.startswith(("glimpse.engine", "glimpse.app"))
                         and any(p.startswith("_") and not p.startswith("__") for p in node.module.split("."))):
                     for alias in node.names:
                         yield str(path.relative_to(ROOT)), f"{node.module}:{alias.name}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "engine"
+NAMESPACE = "glimpse"
 DOC = ROOT / "docs" / "architecture.md"
 FRONT_DOOR = "engine"  # the node of engine/__init__.py and engine/__main__.py
 BASE = "base"  # the node of the modules directly in engine/
@@ -28,8 +29,9 @@ GRAPH_HEADING = "### The import graph"
 # -- reading the source -----------------------------------------------------------------------------------------------
 
 def module_name(path: Path, package: Path) -> str:
+    """The installed name: engine/runtime/llm.py is ``glimpse.engine.runtime.llm`` (pyproject.toml's package-dir)."""
     parts = path.relative_to(package.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join((NAMESPACE, *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 def modules(package: Path) -> dict[str, Path]:
@@ -74,9 +76,10 @@ def imported_modules(name: str, path: Path, known: Iterable[str], *, typing_too:
                 found.add(sub if sub in known else base)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             # A module imported by name at run time: the front door's lazy table, the CLI's hidden entries
-            # ("engine.x.y" or "engine.x.y:function"). The bare package name is a command line's, not an import.
+            # ("glimpse.engine.x.y" or "glimpse.engine.x.y:function"). The package's own name is a command line's
+            # (python -m glimpse.engine), not an import.
             named = node.value.partition(":")[0]
-            if "." in named and named in known:
+            if "." in named.removeprefix(f"{NAMESPACE}.") and named in known:
                 found.add(named)
     return {m for m in found if m in known} - {name}
 
@@ -87,9 +90,9 @@ def module_graph(package: Path, *, typing_too: bool = False) -> dict[str, set[st
 
 
 def node_of(module: str, path: Path) -> str:
-    """``engine.runtime.llm`` -> ``runtime``; ``engine.errors`` -> ``base``; ``engine``, ``engine.__main__`` ->
-    ``engine`` (the front door)."""
-    parts = module.split(".")
+    """``glimpse.engine.runtime.llm`` -> ``runtime``; ``glimpse.engine.errors`` -> ``base``; ``glimpse.engine``,
+    ``glimpse.engine.__main__`` -> ``engine`` (the front door)."""
+    parts = module.removeprefix(f"{NAMESPACE}.").split(".")
     if len(parts) == 1 or parts[1] == "__main__":
         return FRONT_DOOR
     return parts[1] if len(parts) > 2 or path.name == "__init__.py" else BASE
@@ -235,7 +238,8 @@ _CLEAN = {
     "__init__.py": "from glimpse.engine.runtime.a import run\n",
     "errors.py": "",
     "runtime/__init__.py": "",
-    "runtime/a.py": "from glimpse.engine import errors\nfrom glimpse.engine.models.b import B\n\ndef run():\n    return B\n",
+    "runtime/a.py": "from glimpse.engine import errors\nfrom glimpse.engine.models.b import B\n\n"
+                    "def run():\n    return B\n",
     "models/__init__.py": "",
     "models/b.py": "from typing import TYPE_CHECKING\n\nfrom glimpse.engine.errors import X\n\n"
                    "if TYPE_CHECKING:\n    from glimpse.engine.runtime.a import run\n\nB = 1\n",
@@ -279,7 +283,8 @@ def test_the_checker_finds_a_folder_the_document_lacks(tmp_path: Path) -> None:
 def test_typing_only_imports_are_left_out_of_the_graph_but_not_out_of_the_pairs(tmp_path: Path) -> None:
     package = _tree(tmp_path, _CLEAN)
     assert "glimpse.engine.runtime.a" not in module_graph(package)["glimpse.engine.models.b"]
-    assert mutual_pairs(module_graph(package, typing_too=True)) == [("glimpse.engine.models.b", "glimpse.engine.runtime.a")]
+    assert mutual_pairs(module_graph(package, typing_too=True)) == [
+        ("glimpse.engine.models.b", "glimpse.engine.runtime.a")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -296,13 +301,13 @@ def imports_past_the_front_door(app: Path, public: set[str]) -> list[str]:
                 found += [f"{where}:{node.lineno}: import {a.name}" for a in node.names
                           if a.name.startswith("glimpse.engine.")]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module \
-                    and node.module.split(".")[0] == "engine":
+                    and (node.module + ".").startswith("glimpse.engine."):
                 names = [a.name for a in node.names]
-                if node.module != "engine":
+                if node.module != "glimpse.engine":
                     found.append(f"{where}:{node.lineno}: from {node.module} import {', '.join(names)}")
                 elif set(names) - public:
-                    found.append(f"{where}:{node.lineno}: from engine import {', '.join(sorted(set(names) - public))}"
-                                 " (not in engine.__all__)")
+                    found.append(f"{where}:{node.lineno}: from glimpse.engine import "
+                                 f"{', '.join(sorted(set(names) - public))} (not in engine.__all__)")
     return found
 
 
@@ -317,16 +322,18 @@ def test_the_app_uses_only_the_engines_declared_names() -> None:
 def test_the_front_door_check_finds_an_import_past_it(tmp_path: Path) -> None:
     app = tmp_path / "app"
     app.mkdir()
-    (app / "ok.py").write_text("from glimpse import engine\nfrom glimpse.engine import Store, load_model\n", encoding="utf-8")
+    (app / "ok.py").write_text("from glimpse import engine\nfrom glimpse.engine import Store, load_model\n",
+                               encoding="utf-8")
     assert imports_past_the_front_door(app, {"Store", "load_model"}) == []
-    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport glimpse.engine.cli\nfrom glimpse import engine\nfrom glimpse.engine import Secret\n"
+    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport glimpse.engine.cli\n"
+                                "from glimpse.engine import Secret\n"
                                 "from glimpse.engine.models.store import Store\n\nif TYPE_CHECKING:\n"
                                 "    from glimpse.engine.runtime.model import Model\n\n\ndef late():\n"
                                 "    from glimpse.engine.runtime import caption\n", encoding="utf-8")
     assert imports_past_the_front_door(app, {"Store", "load_model"}) == [
-        "app/bad.py:3: import engine.cli",
-        "app/bad.py:4: from engine import Secret (not in engine.__all__)",
-        "app/bad.py:5: from engine.models.store import Store",
-        "app/bad.py:8: from engine.runtime.model import Model",
-        "app/bad.py:12: from engine.runtime import caption",
+        "app/bad.py:3: import glimpse.engine.cli",
+        "app/bad.py:4: from glimpse.engine import Secret (not in engine.__all__)",
+        "app/bad.py:5: from glimpse.engine.models.store import Store",
+        "app/bad.py:8: from glimpse.engine.runtime.model import Model",
+        "app/bad.py:12: from glimpse.engine.runtime import caption",
     ]
