@@ -9,7 +9,7 @@ import pytest
 
 from tools.namespace_rewrite import main, names_a_module, rewrite_markdown, rewrite_python, rewrite_text
 
-BEFORE = '''"""Docstrings stay: engine.runtime.llm and `python -m engine` are prose here."""
+BEFORE = '''"""Docstrings stay (engine.runtime.llm; from engine import x), commands not: `python -m engine`."""
 import sys, engine
 import engine.convert.vision_int8 as vi
 import engine.cli as cli
@@ -21,7 +21,7 @@ from tools import bench
 
 
 def late(app):
-    from app.capture import media  # noqa: PLC0415
+    from app.capture import media  # noqa: PLC0415 (comments stay: app.capture, but python -m app)
 
     app.processEvents()  # a variable called app is not the package
     hidden = {"_canary": "engine.cli.canary:main", "logger": "engine.llama_cpp",
@@ -31,7 +31,7 @@ def late(app):
             hidden, code)
 '''
 
-AFTER = '''"""Docstrings stay: engine.runtime.llm and `python -m engine` are prose here."""
+AFTER = '''"""Docstrings stay (engine.runtime.llm; from engine import x), commands not: `python -m glimpse.engine`."""
 import sys
 from glimpse import engine
 import glimpse.engine.convert.vision_int8 as vi
@@ -45,7 +45,7 @@ from tools import bench
 
 
 def late(app):
-    from glimpse.app.capture import media  # noqa: PLC0415
+    from glimpse.app.capture import media  # noqa: PLC0415 (comments stay: app.capture, but python -m glimpse.app)
 
     app.processEvents()  # a variable called app is not the package
     hidden = {"_canary": "glimpse.engine.cli.canary:main", "logger": "engine.llama_cpp",
@@ -116,3 +116,6 @@ def test_the_command_rewrites_files_once_and_says_what(root: Path, capsys: pytes
     assert "-> from glimpse.engine.cli import canary" in out and "1 file(s) changed." in out
     assert main(["--check", *args]) == 0
     assert (root / "notes.md").read_text(encoding="utf-8") == "see engine/a.py\n"
+    kept = "# namespace-rewrite: skip-file (examples)\nfrom engine.cli import canary\n"
+    (root / "engine" / "b.py").write_text(kept, encoding="utf-8")
+    assert main(["--check", *args]) == 0 and (root / "engine" / "b.py").read_text(encoding="utf-8") == kept

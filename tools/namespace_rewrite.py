@@ -13,11 +13,13 @@ modules:
   and Python import statements written as code (at the start of a line or after ``;``, as in ``python -c`` scripts);
 - TOML, YAML, INI and shell files: the same, on quoted strings and on every line;
 - Markdown: ``-m engine`` anywhere, import statements in code blocks and inline code. CHANGELOG.md is history and is
-  left as it is.
+  left as it is;
+- Python comments and docstrings: ``-m engine`` only (a command to type, wherever it is written).
 
-Never touched: comments, docstrings and prose, folder paths (``engine/runtime/llm.py``), attribute access on a
-variable named ``app``, bare strings such as ``"engine"`` (they may be folder names). Those that name a module need
-a hand edit; ``--verbose`` lists the bare-name strings it saw, to review.
+Never touched: other prose (module names in comments and docstrings, import examples in docstrings), folder paths
+(``engine/runtime/llm.py``), attribute access on a variable named ``app``, bare strings such as ``"engine"`` (they
+may be folder names). Those that name a module need a hand edit; ``--verbose`` lists the bare-name strings it saw,
+to review.
 
 Running it twice changes nothing the second time. It prints every line it changes, then, when ruff is importable,
 sorts the imports of the Python files it changed (``ruff check --fix --select I``), since ``glimpse.`` sorts in
@@ -26,6 +28,9 @@ another place than ``app``/``engine`` did.
     python tools/namespace_rewrite.py                 # every file git knows (tracked and untracked, not ignored)
     python tools/namespace_rewrite.py PATH...         # only these files, or the files under these folders
     python tools/namespace_rewrite.py --check         # change nothing; exit 1 if something would change
+
+A file that holds the bare forms on purpose (examples of what a test must catch) carries the comment
+``# namespace-rewrite: skip-file`` and is left alone.
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "glimpse"
 TOPS = ("engine", "app", "assets")
 _TOP = "|".join(TOPS)
-# History, and this tool and its test, whose examples must stay as written.
+# History, and this tool and its test, whose examples must stay as written; any other file that holds the bare
+# forms on purpose (a test's examples of what it must catch) says so with SKIP_MARK in a comment.
 SKIP = {"CHANGELOG.md", "tools/namespace_rewrite.py", "tests/test_namespace_rewrite.py"}
+SKIP_MARK = "namespace-rewrite: " + "skip-file"
 SKIP_DIRS = ("tests/fixtures/", "build/", "dist/", ".venv/", ".git/")
 PYTHON_SUFFIXES = {".py", ".pyi", ".spec"}
 TEXT_SUFFIXES = {".toml", ".cfg", ".ini", ".yaml", ".yml", ".sh", ".txt", ".desktop", ".in"}
@@ -110,10 +117,14 @@ def _rewrite_import_list(names: str, indent: str, sep: str) -> str | None:
     return (sep + indent).join(statements)
 
 
+def _dash_m(text: str) -> str:
+    return _DASH_M.sub(lambda m: f"{m.group(1)}{NAMESPACE}.{m.group(2)}", text)
+
+
 def rewrite_code_text(text: str, *, multiline_sep: str = "\n") -> str:
     """The text rules: `-m engine`, and import statements written as code (in a string, a shell line, a code
     block). ``multiline_sep`` joins statements split from one import line."""
-    text = _DASH_M.sub(lambda m: f"{m.group(1)}{NAMESPACE}.{m.group(2)}", text)
+    text = _dash_m(text)
     text = _FROM.sub(lambda m: f"{m.group(1)}{NAMESPACE}.{m.group(2)}{m.group(3)}", text)
 
     def one_import(m: re.Match[str]) -> str:
@@ -205,9 +216,12 @@ def rewrite_python(source: str, root: Path = ROOT) -> str:
     before: list[tokenize.TokenInfo] = []  # the two significant tokens before this one
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         previous, before = before, [*before[-1:], token] if token.type not in _INSIGNIFICANT else before
-        if token.type != tokenize.STRING or token.start in docstrings:
+        if token.type == tokenize.COMMENT or (token.type == tokenize.STRING and token.start in docstrings):
+            new = _dash_m(token.string)  # prose, but `python -m engine` there is a command to type
+        elif token.type == tokenize.STRING:
+            new = rewrite_string_literal(token.string, root)
+        else:
             continue
-        new = rewrite_string_literal(token.string, root)
         bare = token.string.strip("'\"")
         if bare in TOPS and len(previous) == 2 and previous[1].string == "," \
                 and previous[0].type == tokenize.STRING and previous[0].string.strip("'\"") == "-m":
@@ -253,7 +267,7 @@ def rewrite_markdown(source: str, root: Path = ROOT) -> str:
         elif fenced:
             out.append(rewrite_code_text(line))
         else:
-            prose = _DASH_M.sub(lambda m: f"{m.group(1)}{NAMESPACE}.{m.group(2)}", line)
+            prose = _dash_m(line)
             out.append(re.sub(r"`([^`\n]+)`", lambda m: f"`{rewrite_code_text(m.group(1), multiline_sep='; ')}`",
                               prose))
     return "".join(out)
@@ -326,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             source = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
+            continue
+        if SKIP_MARK in source:
+            print(f"{path}: skipped ({SKIP_MARK})")
             continue
         try:
             new = rewrite(source, root)
