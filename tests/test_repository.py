@@ -202,6 +202,7 @@ def test_no_issue_or_session_numbers_in_docs_or_code() -> None:
 
 # -- one name in site-packages: the folders engine/, app/, assets/ are imported as glimpse.engine, glimpse.app... ----
 
+# The examples below are the bare forms on purpose: namespace-rewrite: skip-file
 FOLDERS = ("engine", "app", "assets")  # pyproject.toml's package-dir maps glimpse.<folder> to each
 IMPORTING = ["engine", "app", "assets", "tests", "tools", "packaging"]
 
