@@ -1,4 +1,4 @@
-"""``python -m app`` is ``glimpse``: the same function (app.launcher.main), for a checkout without the entry point."""
+"""``python -m glimpse.app`` is ``glimpse``: the same function (app.launcher.main), for a checkout without the entry point."""
 
 import sys
 

@@ -1,6 +1,6 @@
 """The ``glimpse`` command, the one way to start Glimpse: no arguments (or only the window's options, such as
 ``--open FILE``) opens the window, ``self-test`` checks this install, anything else is the engine's command line
-(``glimpse ask``, ``glimpse models``...). ``python -m app`` runs the same function; ``python -m engine`` is the
+(``glimpse ask``, ``glimpse models``...). ``python -m glimpse.app`` runs the same function; ``python -m glimpse.engine`` is the
 engine's half alone (``engine.cli_main``, what this hands the engine's commands to), which Glimpse's helper
 processes run (``engine.system.self_command``).
 
@@ -65,7 +65,7 @@ def opens_the_window(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """What ``glimpse`` runs, and ``python -m app`` and the bundle's executable too: the one way in. ``argv``
+    """What ``glimpse`` runs, and ``python -m glimpse.app`` and the bundle's executable too: the one way in. ``argv``
     excludes the program name."""
     args = sys.argv[1:] if argv is None else list(argv)
     log_file = setup_logging()

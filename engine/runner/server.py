@@ -1,7 +1,7 @@
 """The runner process: owns one loaded :class:`~engine.runtime.model.Model` and answers requests over a pipe.
 
 Started by :class:`engine.runner.client.RunnerProcess` as ``glimpse _runner`` (the frozen app) or
-``python -m engine _runner`` (engine.system.self_command), so it runs the same code and native libraries as the
+``python -m glimpse.engine _runner`` (engine.system.self_command), so it runs the same code and native libraries as the
 window or command that started it. Everything native (onnxruntime's session, llama.cpp's context) lives here, so a
 kernel that crashes or hangs takes only this process with it.
 

@@ -1,4 +1,4 @@
-"""Starting and closing: first run opens the model manager, closing mid-work joins every thread, `python -m app`
+"""Starting and closing: first run opens the model manager, closing mid-work joins every thread, `python -m glimpse.app`
 and ``app.main.main`` open the window."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_closing_during_a_download(qtbot: QtBot, settings: Settings, tmp_path: P
 
 
 def test_python_dash_m_app_starts(tmp_path: Path) -> None:
-    """``python -m app`` opens the window and keeps running until it is closed (here: terminated). In a child
+    """``python -m glimpse.app`` opens the window and keeps running until it is closed (here: terminated). In a child
     process: once ``QApplication.exec`` has returned, this process's later event loops would not run."""
     env = {"QT_QPA_PLATFORM": "offscreen", "GLIMPSE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
