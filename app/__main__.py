@@ -1,4 +1,5 @@
-"""``python -m glimpse.app`` is ``glimpse``: the same function (app.launcher.main), for a checkout without the entry point."""
+"""``python -m glimpse.app`` is ``glimpse``: the same function (glimpse.app.launcher.main), for a checkout without the
+entry point."""
 
 import sys
 

@@ -1,8 +1,8 @@
 """The ``glimpse`` command, the one way to start Glimpse: no arguments (or only the window's options, such as
 ``--open FILE``) opens the window, ``self-test`` checks this install, anything else is the engine's command line
-(``glimpse ask``, ``glimpse models``...). ``python -m glimpse.app`` runs the same function; ``python -m glimpse.engine`` is the
-engine's half alone (``engine.cli_main``, what this hands the engine's commands to), which Glimpse's helper
-processes run (``engine.system.self_command``).
+(``glimpse ask``, ``glimpse models``...). ``python -m glimpse.app`` runs the same function;
+``python -m glimpse.engine`` is the engine's half alone (``engine.cli_main``, what this hands the engine's commands
+to), which Glimpse's helper processes run (``engine.system.self_command``).
 
 It also makes a frozen, windowed build safe to run: with no terminal, ``sys.stdout`` and ``sys.stderr`` are None,
 and the first print would crash the app; they are pointed at the log file instead. And before any native library

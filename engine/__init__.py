@@ -4,16 +4,16 @@ The engine's public API is ``__all__``: the names the app (and any other program
 here. Anything else is the engine's own business and may change; ``tests/engine/test_layers.py`` fails when the app
 imports an engine module directly. ::
 
-    from engine import load_model
+    from glimpse.engine import load_model
     with load_model("fastvlm-0.5b") as model:          # or a model folder
         answer = model.ask("photo.jpg", "What is this?")
         chat = model.conversation("screen.png")          # follow-ups reuse the cached image
         for piece in chat.stream("What does the error say?"):
             ...                                          # str pieces, then the final Answer
 
-Each name is imported from its module on first use: every ``import engine.<module>`` runs this file first, and the
-runtime alone loads onnxruntime and llama.cpp, which the CLI's start-up, the converter and the model manager never
-need.
+Each name is imported from its module on first use: every ``import glimpse.engine.<module>`` runs this file first,
+and the runtime alone loads onnxruntime and llama.cpp, which the CLI's start-up, the converter and the model manager
+never need.
 """
 
 from __future__ import annotations
