@@ -1,7 +1,8 @@
-"""``python -m app`` is ``glimpse``: the same function (app.launcher.main), for a checkout without the entry point."""
+"""``python -m glimpse.app`` is ``glimpse``: the same function (glimpse.app.launcher.main), for a checkout without the
+entry point."""
 
 import sys
 
-from app.launcher import main
+from glimpse.app.launcher import main
 
 sys.exit(main())

@@ -16,15 +16,15 @@ import numpy.typing as npt
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QAction
 
-from app.export import conversation_markdown, conversation_text, write_file
-from app.prompts import compose
-from app.settings import Settings
-from app.sources import Sources
-from app.speech import Speaker
-from app.widgets.chat_panel import ChatPanel
-from app.widgets.presets import PresetBar
-from app.widgets.status_line import StatusLine
-from app.worker import AskRequest, ModelWorker, PrepareRequest, Reply
+from glimpse.app.export import conversation_markdown, conversation_text, write_file
+from glimpse.app.prompts import compose
+from glimpse.app.settings import Settings
+from glimpse.app.sources import Sources
+from glimpse.app.speech import Speaker
+from glimpse.app.widgets.chat_panel import ChatPanel
+from glimpse.app.widgets.presets import PresetBar
+from glimpse.app.widgets.status_line import StatusLine
+from glimpse.app.worker import AskRequest, ModelWorker, PrepareRequest, Reply
 
 U8Array = npt.NDArray[np.uint8]
 TILES_GRID = (2, 2)  # "small text": the whole picture, then a 2x2 grid of tiles

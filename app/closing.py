@@ -14,7 +14,7 @@ import time
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QProgressDialog, QWidget
 
-from app.worker import GENERATING, LOADING, READING, WATCHING
+from glimpse.app.worker import GENERATING, LOADING, READING, WATCHING
 
 GRACE_S = 3.0  # how long closing waits for cancelled work before it shows the dialog
 MODEL_THREAD = "glimpse model worker"

@@ -9,7 +9,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import durable
+from glimpse.engine import durable
 
 LAST_SUBTITLE_S = 4.0
 

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from PySide6.QtGui import QImage
 
-from engine import load_image
+from glimpse.engine import load_image
 
 U8Array = npt.NDArray[np.uint8]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.qtcompat import emit
-from app.threads import spawn
-from engine import Cancelled, GlimpseError, Progress, ProgressFn
+from glimpse.app.qtcompat import emit
+from glimpse.app.threads import spawn
+from glimpse.engine import Cancelled, GlimpseError, Progress, ProgressFn
 
 log = logging.getLogger(__name__)
 

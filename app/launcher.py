@@ -1,8 +1,8 @@
 """The ``glimpse`` command, the one way to start Glimpse: no arguments (or only the window's options, such as
 ``--open FILE``) opens the window, ``self-test`` checks this install, anything else is the engine's command line
-(``glimpse ask``, ``glimpse models``...). ``python -m app`` runs the same function; ``python -m engine`` is the
-engine's half alone (``engine.cli_main``, what this hands the engine's commands to), which Glimpse's helper
-processes run (``engine.system.self_command``).
+(``glimpse ask``, ``glimpse models``...). ``python -m glimpse.app`` runs the same function;
+``python -m glimpse.engine`` is the engine's half alone (``engine.cli_main``, what this hands the engine's commands
+to), which Glimpse's helper processes run (``engine.system.self_command``).
 
 It also makes a frozen, windowed build safe to run: with no terminal, ``sys.stdout`` and ``sys.stderr`` are None,
 and the first print would crash the app; they are pointed at the log file instead. And before any native library
@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from app import platform_check
-from app.cpu_baseline import baseline_message, missing_features
-from engine import user_folder
+from glimpse.app import platform_check
+from glimpse.app.cpu_baseline import baseline_message, missing_features
+from glimpse.engine import user_folder
 
 
 def log_dir() -> Path:
@@ -65,7 +65,7 @@ def opens_the_window(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """What ``glimpse`` runs, and ``python -m app`` and the bundle's executable too: the one way in. ``argv``
+    """What ``glimpse`` runs, and ``python -m glimpse.app`` and the bundle's executable too: the one way in. ``argv``
     excludes the program name."""
     args = sys.argv[1:] if argv is None else list(argv)
     log_file = setup_logging()
@@ -82,18 +82,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # Start-up: each command loads only its own half; the window's modules take about 3 s to import (-X importtime),
         # the CLI about 1 s, and `glimpse ask` never needs Qt.
-        from app.main import main as gui  # noqa: PLC0415
+        from glimpse.app.main import main as gui  # noqa: PLC0415
 
         return gui(args)
     if args[0] == "self-test":
-        from app.selftest import main as selftest  # noqa: PLC0415
+        from glimpse.app.selftest import main as selftest  # noqa: PLC0415
 
         return selftest(args[1:])
     if args[0] == "caption":
-        from app.capture.headless import install_if_needed  # noqa: PLC0415
+        from glimpse.app.capture.headless import install_if_needed  # noqa: PLC0415
 
         install_if_needed()  # the packaged app has no OpenCV: capture through QtMultimedia instead
-    from engine import cli_main as cli  # noqa: PLC0415
+    from glimpse.engine import cli_main as cli  # noqa: PLC0415
 
     return cli(args)
 

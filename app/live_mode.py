@@ -9,15 +9,15 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtGui import QAction
 
-from app.export import CaptionEntry
-from app.settings import Settings
-from app.sources import Sources
-from app.speech import Speaker
-from app.widgets.caption_panel import CaptionPanel
-from app.widgets.presets import PresetBar
-from app.widgets.status_line import StatusLine
-from app.worker import LiveRequest, ModelWorker, Reply
-from engine import Caption
+from glimpse.app.export import CaptionEntry
+from glimpse.app.settings import Settings
+from glimpse.app.sources import Sources
+from glimpse.app.speech import Speaker
+from glimpse.app.widgets.caption_panel import CaptionPanel
+from glimpse.app.widgets.presets import PresetBar
+from glimpse.app.widgets.status_line import StatusLine
+from glimpse.app.worker import LiveRequest, ModelWorker, Reply
+from glimpse.engine import Caption
 
 RATE_WINDOW_S = 60.0
 

@@ -11,9 +11,9 @@ from PySide6.QtCore import QCoreApplication, QLoggingCategory
 from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication
 
-from app import paths, platform_check
-from app.lifecycle import catch_signals, close_on_signals
-from engine import __version__
+from glimpse.app import paths, platform_check
+from glimpse.app.lifecycle import catch_signals, close_on_signals
+from glimpse.engine import __version__
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Start-up: app.capture.headless and `glimpse caption` import this module for its Qt set-up; the window's modules
     # (about 3 s to import: onnxruntime, llama.cpp, Qt Multimedia) load only when a window opens.
-    from app.settings import Settings  # noqa: PLC0415
-    from app.window import MainWindow  # noqa: PLC0415
+    from glimpse.app.settings import Settings  # noqa: PLC0415
+    from glimpse.app.window import MainWindow  # noqa: PLC0415
 
     settings = Settings.at(args.settings) if args.settings else Settings.user()
     if args.model:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import assets_root
+from glimpse.engine import assets_root
 
 
 def asset(name: str) -> Path | None:

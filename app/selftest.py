@@ -19,12 +19,12 @@ from PIL import Image
 from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import QEventLoop, QTimer
 
-from app.main import make_app
-from app.settings import Settings
-from app.sources import Sources
-from app.speech import Speaker
-from app.window import MainWindow
-from engine import SelfTestReport, Store, run_engine_selftest
+from glimpse.app.main import make_app
+from glimpse.app.settings import Settings
+from glimpse.app.sources import Sources
+from glimpse.app.speech import Speaker
+from glimpse.app.window import MainWindow
+from glimpse.engine import SelfTestReport, Store, run_engine_selftest
 
 _MODEL_NAME = "selftest-tiny"
 

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from PySide6.QtCore import QByteArray, QSettings
 
-from app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
-from engine import DEVICES, GlimpseError, check_folder, durable
+from glimpse.app.prompts import DEFAULT_LENGTH, DEFAULT_PRESETS, LENGTHS, Preset, presets_from_json, presets_to_json
+from glimpse.engine import DEVICES, GlimpseError, check_folder, durable
 
 T = TypeVar("T")
 

@@ -18,17 +18,17 @@ import numpy.typing as npt
 from PySide6.QtCore import QObject, QRect, Signal
 from PySide6.QtGui import QGuiApplication, QImage
 
-from app.capture.cameras import Camera, find_device, multimedia_problem
-from app.capture.feed import FrameFeed
-from app.capture.live import LiveSource
-from app.capture.screen import LiveScreen, ScreenCapture
-from app.images import from_qimage, is_video, read_image_file
-from app.jobs import Job
-from app.qtcompat import emit
-from engine import CaptureError, FrameSource
+from glimpse.app.capture.cameras import Camera, find_device, multimedia_problem
+from glimpse.app.capture.feed import FrameFeed
+from glimpse.app.capture.live import LiveSource
+from glimpse.app.capture.screen import LiveScreen, ScreenCapture
+from glimpse.app.images import from_qimage, is_video, read_image_file
+from glimpse.app.jobs import Job
+from glimpse.app.qtcompat import emit
+from glimpse.engine import CaptureError, FrameSource
 
 if TYPE_CHECKING:
-    from app.capture.media import MediaThread
+    from glimpse.app.capture.media import MediaThread
 
 U8Array = npt.NDArray[np.uint8]
 
@@ -82,7 +82,7 @@ class Sources(QObject):
         """The thread cameras and videos live on (QtMultimedia is imported only when one is first used)."""
         if self._media_thread is None:
             # Optional and slow to load: Qt Multimedia is imported only when a camera or video is first used.
-            from app.capture.media import MediaThread  # noqa: PLC0415
+            from glimpse.app.capture.media import MediaThread  # noqa: PLC0415
 
             self._media_thread = MediaThread()
         return self._media_thread

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import Progress, human_bytes
+from glimpse.engine import Progress, human_bytes
 
 
 def duration(seconds: float) -> str:

@@ -18,29 +18,29 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QIcon, QScreen
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
-from app import closing, paths, shortcuts
-from app import threads as app_threads
-from app.ask_mode import AskAboutPicture
-from app.capture.cameras import Camera, list_cameras, multimedia_problem, with_camera_permission
-from app.capture.screen import screen_label, unavailable_reason
-from app.export import captions_markdown, captions_srt, captions_text, write_file
-from app.images import IMAGE_FILTER, VIDEO_FILTER, VIDEO_SUFFIXES, to_qimage
-from app.jobs import describe_error
-from app.live_mode import LiveCaptions
-from app.settings import Settings
-from app.sources import Sources
-from app.speech import Speaker
-from app.widgets.caption_panel import CaptionPanel
-from app.widgets.chat_panel import ChatPanel
-from app.widgets.message_bar import MessageBar
-from app.widgets.model_manager import ModelManager
-from app.widgets.settings_dialog import SettingsDialog
-from app.widgets.shortcuts_dialog import ShortcutsDialog
-from app.widgets.source_view import SourceView
-from app.widgets.status_line import StatusLine
-from app.widgets.toolbar import TILES, MainToolbar
-from app.worker import ModelWorker
-from engine import DownloadOptions, GlimpseError, Store
+from glimpse.app import closing, paths, shortcuts
+from glimpse.app import threads as app_threads
+from glimpse.app.ask_mode import AskAboutPicture
+from glimpse.app.capture.cameras import Camera, list_cameras, multimedia_problem, with_camera_permission
+from glimpse.app.capture.screen import screen_label, unavailable_reason
+from glimpse.app.export import captions_markdown, captions_srt, captions_text, write_file
+from glimpse.app.images import IMAGE_FILTER, VIDEO_FILTER, VIDEO_SUFFIXES, to_qimage
+from glimpse.app.jobs import describe_error
+from glimpse.app.live_mode import LiveCaptions
+from glimpse.app.settings import Settings
+from glimpse.app.sources import Sources
+from glimpse.app.speech import Speaker
+from glimpse.app.widgets.caption_panel import CaptionPanel
+from glimpse.app.widgets.chat_panel import ChatPanel
+from glimpse.app.widgets.message_bar import MessageBar
+from glimpse.app.widgets.model_manager import ModelManager
+from glimpse.app.widgets.settings_dialog import SettingsDialog
+from glimpse.app.widgets.shortcuts_dialog import ShortcutsDialog
+from glimpse.app.widgets.source_view import SourceView
+from glimpse.app.widgets.status_line import StatusLine
+from glimpse.app.widgets.toolbar import TILES, MainToolbar
+from glimpse.app.worker import ModelWorker
+from glimpse.engine import DownloadOptions, GlimpseError, Store
 
 log = logging.getLogger(__name__)
 U8Array = npt.NDArray[np.uint8]

@@ -28,10 +28,10 @@ import numpy as np
 import numpy.typing as npt
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from app.jobs import describe_error
-from app.qtcompat import emit
-from app.threads import new_qthread
-from engine import (
+from glimpse.app.jobs import describe_error
+from glimpse.app.qtcompat import emit
+from glimpse.app.threads import new_qthread
+from glimpse.engine import (
     Answer,
     Cancelled,
     Frame,
@@ -44,7 +44,7 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from engine import Conversation, Model, RunnerConversation
+    from glimpse.engine import Conversation, Model, RunnerConversation
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Worker(QObject):
             model: Model | RunnerModel
             if os.environ.get("GLIMPSE_RUNNER", "1") == "0":
                 # Only here does the window's process load the runtimes (onnxruntime, llama.cpp) itself.
-                from engine import load_model  # noqa: PLC0415
+                from glimpse.engine import load_model  # noqa: PLC0415
 
                 model = load_model(name_or_path, threads=threads or None, cancel=cancel, status=self._tuning_status,
                                    device=device)

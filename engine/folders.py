@@ -14,7 +14,7 @@ from typing import Literal
 
 import platformdirs
 
-from engine.errors import FolderError
+from glimpse.engine.errors import FolderError
 
 APP_NAME = "Glimpse"
 UserFolder = Literal["data", "cache", "logs", "config"]

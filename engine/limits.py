@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.errors import GlimpseError
+from glimpse.engine.errors import GlimpseError
 
 MAX_DEPTH = 64  # tokenizer.json, the deepest file Glimpse reads, nests 6 levels
 MAX_INT_DIGITS = 30  # 2**64 has 20 digits; nothing in a model file is larger

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.errors import GlimpseError
+from glimpse.engine.errors import GlimpseError
 
 # Letters, digits, '.', '_' and '-', starting with a letter, digit or '_'; no dot-only names. Every file name
 # Glimpse and Apple's checkpoints use fits (model-00001-of-00004.safetensors, tokenizer_config.json, LICENSE_MODEL).

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.errors import Cancelled
+from glimpse.engine.errors import Cancelled
 
 
 @dataclass(frozen=True)

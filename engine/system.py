@@ -36,4 +36,4 @@ def self_command(entry: str, *args: str) -> list[str]:
     the bundle or the Debian package alike."""
     if getattr(sys, "frozen", False):
         return [sys.executable, entry, *args]
-    return [sys.executable, "-m", "engine", entry, *args]
+    return [sys.executable, "-m", "glimpse.engine", entry, *args]

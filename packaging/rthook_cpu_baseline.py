@@ -4,7 +4,7 @@
 # runtime hooks run before PyInstaller's.
 import sys
 
-from app.cpu_baseline import baseline_message, missing_features
+from glimpse.app.cpu_baseline import baseline_message, missing_features
 
 
 def _refuse_an_unsupported_cpu() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.convert import convert_checkpoint
-from engine.convert.synthetic import CheckpointSpec, write_checkpoint
-from engine.runtime import canary, vision
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from glimpse.engine.runtime import canary, vision
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Session-wide too, not only per test: module-scoped fixtures load models before the per-test fixture runs, and

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, write_checkpoint
 
 LICENSE_TEXT = "TEST MODEL LICENCE\nResearch use only. This text stands in for Apple's LICENSE file.\n"
 REPO = "apple/FastVLM-0.5B"

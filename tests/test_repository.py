@@ -3,6 +3,7 @@ describe the present (history lives in CHANGELOG.md and git, not in tracker numb
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -10,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = REPO / "packaging" / "system-packages.txt"
@@ -193,3 +199,66 @@ def test_no_issue_or_session_numbers_in_docs_or_code() -> None:
         for number, line in enumerate(text.splitlines(), 1):
             found += [f"{path.relative_to(REPO)}:{number}: {hit}" for hit in history_citations(line)]
     assert not found, "describe the present state (history goes to CHANGELOG.md):\n" + "\n".join(found)
+
+
+# -- one name in site-packages: the folders engine/, app/, assets/ are imported as glimpse.engine, glimpse.app... ----
+
+# The examples below are the bare forms on purpose: namespace-rewrite: skip-file
+FOLDERS = ("engine", "app", "assets")  # pyproject.toml's package-dir maps glimpse.<folder> to each
+IMPORTING = ["engine", "app", "assets", "tests", "tools", "packaging"]
+
+
+def bare_imports(source: str, where: str) -> list[str]:
+    """Imports of ``engine``, ``app`` or ``assets`` by the folder's name instead of ``glimpse.<folder>``: import
+    statements anywhere (functions, ``if TYPE_CHECKING:``) and ``importlib.import_module``/``__import__`` of a
+    constant. In a checkout they would load a second copy of a module, beside the installed name's."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and (
+                    (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                    or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))):
+            names = [node.args[0].value]
+        found += [f"{where}:{node.lineno}: {name}" for name in names if name.split(".")[0] in FOLDERS]
+    return found
+
+
+def _python_sources() -> list[Path]:
+    files: list[Path] = []
+    for name in IMPORTING:
+        files += [p for p in sorted((REPO / name).rglob("*")) if p.suffix in (".py", ".spec") and p.is_file()
+                  and not SKIPPED_DIRS & set(p.relative_to(REPO).parts)]
+    return files
+
+
+def test_the_bare_import_check_finds_each_form() -> None:
+    source = ("import sys, engine\nimport app.window as w\nfrom assets import x\nfrom . import sibling\n"
+              "from glimpse.engine import load_model\nfrom glimpse import app\nimport tools.bench_llama\n\n"
+              "def late():\n    from engine.cli import main\n    importlib.import_module('engine.runner.server')\n"
+              "    return __import__('app'), importlib.import_module('glimpse.app.main')\n")
+    assert bare_imports(source, "x.py") == ["x.py:1: engine", "x.py:2: app.window", "x.py:3: assets",
+                                            "x.py:10: engine.cli", "x.py:11: engine.runner.server", "x.py:12: app"]
+
+
+def test_no_source_imports_the_folders_by_their_bare_names() -> None:
+    files = _python_sources()
+    assert REPO / "engine" / "cli" / "__init__.py" in files and REPO / "packaging" / "glimpse.spec" in files
+    found = [hit for path in files for hit in bare_imports(path.read_text(encoding="utf-8"),
+                                                           str(path.relative_to(REPO)))]
+    assert not found, ("import these as glimpse.engine, glimpse.app, glimpse.assets "
+                       "(python tools/namespace_rewrite.py rewrites them):\n" + "\n".join(found))
+
+
+def test_the_wheel_lists_every_package_folder() -> None:
+    """pyproject.toml lists the packages (find cannot add the glimpse. prefix): each folder with an __init__.py."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {f"glimpse.{name}": name for name in FOLDERS}
+    folders = {".".join(("glimpse", *p.parent.relative_to(REPO).parts))
+               for name in FOLDERS for p in (REPO / name).rglob("__init__.py")
+               if not SKIPPED_DIRS & set(p.relative_to(REPO).parts)}
+    assert sorted(setuptools["packages"]) == sorted(folders)

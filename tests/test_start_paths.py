@@ -1,5 +1,5 @@
-"""One way to start Glimpse: ``glimpse`` (app.launcher.main). ``python -m app`` runs the same function;
-``python -m engine`` is the engine's half that it hands commands to. The version is written once."""
+"""One way to start Glimpse: ``glimpse`` (glimpse.app.launcher.main). ``python -m glimpse.app`` runs the same
+function; ``python -m glimpse.engine`` is the engine's half that it hands commands to. The version is written once."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from app.launcher import WINDOW_OPTIONS, opens_the_window
-from app.main import _parse
-from engine.version import __version__
+from glimpse.app.launcher import WINDOW_OPTIONS, opens_the_window
+from glimpse.app.main import _parse
+from glimpse.engine.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +31,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_glimpse_python_m_app_and_the_bundle_run_the_launcher() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert scripts == {"glimpse": "app.launcher:main"}
+    assert scripts == {"glimpse": "glimpse.app.launcher:main"}
     tree = ast.parse((ROOT / "app" / "__main__.py").read_text(encoding="utf-8"))
     assert [(n.module, [a.name for a in n.names]) for n in tree.body if isinstance(n, ast.ImportFrom)] == [
-        ("app.launcher", ["main"])]
+        ("glimpse.app.launcher", ["main"])]
     assert '"app" / "launcher.py"' in (ROOT / "packaging" / "glimpse.spec").read_text(encoding="utf-8")
 
 
@@ -54,8 +54,8 @@ def test_the_window_options_are_the_windows(option: str) -> None:
 
 
 def test_python_m_app_is_glimpse_and_python_m_engine_its_engine_half(tmp_path: Path) -> None:
-    """A command given to ``python -m app`` reaches the engine's command line, as ``glimpse``'s does."""
-    for entry in ("app", "engine"):
+    """A command given to ``python -m glimpse.app`` reaches the engine's command line, as ``glimpse``'s does."""
+    for entry in ("glimpse.app", "glimpse.engine"):
         result = _run("-m", entry, "--version")
         assert result.returncode == 0 and result.stdout.strip() == f"glimpse {__version__}", result.stderr
 
@@ -64,7 +64,7 @@ def test_the_version_is_written_once() -> None:
     """pyproject.toml reads it from engine/version.py; the installed metadata and build_deb.py agree."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "engine.version.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "glimpse.engine.version.__version__"}
     assert metadata.version("glimpse") == __version__
     spec = importlib.util.spec_from_file_location("build_deb", ROOT / "packaging" / "build_deb.py")
     assert spec is not None and spec.loader is not None

@@ -2,8 +2,9 @@
 
 The wheel is built from the project's files (as `pip install .`, pipx or a distro would), installed with pip into
 a new venv that has no pip and no packages of its own; the venv sees this interpreter's site-packages (the
-dependencies) through a .pth line, which Python appends after the venv's own site-packages, so `engine` and
-`assets` must come from the wheel. No network: the build runs without isolation and the install with --no-index.
+dependencies) through a .pth line, which Python appends after the venv's own site-packages, so `glimpse.engine` and
+`glimpse.assets` must come from the wheel. No network: the build runs without isolation and the install with
+--no-index. The wheel adds one name to site-packages, `glimpse`, never the repository's generic folder names.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from engine.convert import convert_checkpoint
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,16 +62,26 @@ def test_wheel_in_a_fresh_venv_converts_like_the_source_tree(tiny_checkpoint: Pa
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], tmp_path, env)
 
-    where = json.loads(_run([str(python), "-c", "import json, engine, assets, engine.convert.vision_int8 as v, "
-                             "engine.folders as f; "
+    with zipfile.ZipFile(wheel) as archive:
+        in_wheel = {name.split("/")[0] for name in archive.namelist()}
+    assert in_wheel == {"glimpse", next(n for n in in_wheel if n.endswith(".dist-info"))}, in_wheel
+    top_level = {p.name for p in site.iterdir()} - {"dependencies.pth", "__pycache__"}
+    assert "glimpse" in top_level and not top_level & {"engine", "app", "assets"}, sorted(top_level)
+    assert not (site / "glimpse" / "__init__.py").exists()  # a namespace package (pyproject.toml)
+
+    where = json.loads(_run([str(python), "-c", "import json; from glimpse import assets, engine; "
+                             "import glimpse.engine.convert.vision_int8 as v; import glimpse.engine.folders as f; "
                              "print(json.dumps([engine.__file__, assets.__file__, str(f.assets_root()), "
                              "len(v.calibration_images()), len(v.heldout_images())]))"], tmp_path, env))
     for path in where[:3]:
         assert Path(path).resolve().is_relative_to(site.resolve()), path
     assert where[3:] == [12, 6]
 
+    script = venv / ("Scripts/glimpse.exe" if os.name == "nt" else "bin/glimpse")
+    assert _run([str(script), "--version"], tmp_path, env).strip() == f"glimpse {__version__}"
+
     installed = tmp_path / "from-wheel"
-    out = _run([str(python), "-m", "engine", "convert", str(tiny_checkpoint), str(installed), "--quant", "f16",
+    out = _run([str(python), "-m", "glimpse.engine", "convert", str(tiny_checkpoint), str(installed), "--quant", "f16",
                 "-q"], tmp_path, env)
     wheel_vision = json.loads((installed / "model.json").read_text(encoding="utf-8"))["vision"]
     assert f"Vision encoder: {wheel_vision['precision_reason']}" in out

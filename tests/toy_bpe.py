@@ -10,7 +10,7 @@ import itertools
 import re
 from pathlib import Path
 
-from engine.convert.synthetic import bytes_to_unicode
+from glimpse.engine.convert.synthetic import bytes_to_unicode
 
 N_MERGES = 300
 MERGES_MODULE = Path(__file__).resolve().parent.parent / "engine" / "convert" / "toy_merges.py"

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 
 QWEN2_05B = LlmSpec(hidden=896, layers=24, heads=14, kv_heads=2, ffn=4864, vocab_rows=151936, tied=True)
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[dict[str, object]] = []
     for i in range(args.runs):
         out = work / f"out-{i}"
-        seconds, peak = _run_measured([sys.executable, "-m", "engine", "convert", str(src), str(out), "--quant",
+        seconds, peak = _run_measured([sys.executable, "-m", "glimpse.engine", "convert", str(src), str(out), "--quant",
                                        args.quant, "--vision-weights", args.vision_weights, "--vision-precision",
                                        args.vision_precision, "--force", "-q"])
         times.append(seconds)

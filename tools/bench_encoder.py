@@ -29,8 +29,8 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.runtime.tuning import cpu_fingerprint
-from engine.runtime.vision import flush_denormals, session_options
+from glimpse.engine.runtime.tuning import cpu_fingerprint
+from glimpse.engine.runtime.vision import flush_denormals, session_options
 
 GEMM = (4096, 1536, 384)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cli.selftest import cpu_kernels
-from engine.runtime.llm import LanguageModel
+from glimpse.engine.cli.selftest import cpu_kernels
+from glimpse.engine.runtime.llm import LanguageModel
 
 
 def one_run(lm: LanguageModel, rows: np.ndarray, decode: int) -> tuple[float, float]:

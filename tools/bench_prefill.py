@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.convert import answer_gate as ag
-from engine.runtime.llm import LanguageModel
-from engine.runtime.preprocess import preprocess
-from engine.runtime.prompt import first_turn
-from engine.runtime.tuning import cpu_fingerprint
-from engine.runtime.tuning_measure import sample_image
-from engine.runtime.vision import VisionEncoder, flush_denormals
+from glimpse.engine.convert import answer_gate as ag
+from glimpse.engine.runtime.llm import LanguageModel
+from glimpse.engine.runtime.preprocess import preprocess
+from glimpse.engine.runtime.prompt import first_turn
+from glimpse.engine.runtime.tuning import cpu_fingerprint
+from glimpse.engine.runtime.tuning_measure import sample_image
+from glimpse.engine.runtime.vision import VisionEncoder, flush_denormals
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import psutil
 
-from engine.runner import RunnerModel, faults
-from engine.runtime.model import load_model
-from engine.runtime.tuning import cpu_fingerprint
-from engine.runtime.tuning_measure import sample_image
-from engine.runtime.types import Answer, Restart
-from engine.runtime.vision import flush_denormals
+from glimpse.engine.runner import RunnerModel, faults
+from glimpse.engine.runtime.model import load_model
+from glimpse.engine.runtime.tuning import cpu_fingerprint
+from glimpse.engine.runtime.tuning_measure import sample_image
+from glimpse.engine.runtime.types import Answer, Restart
+from glimpse.engine.runtime.vision import flush_denormals
 
 QUESTION = "Describe the image in detail."
 

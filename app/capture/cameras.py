@@ -43,7 +43,7 @@ def list_cameras() -> tuple[list[Camera], str]:
     # Optional: Qt Multimedia (app.capture.media imports it) is loaded only once multimedia_problem() says it can be.
     from PySide6.QtMultimedia import QMediaDevices  # noqa: PLC0415
 
-    from app.capture.media import device_id  # noqa: PLC0415
+    from glimpse.app.capture.media import device_id  # noqa: PLC0415
 
     return [Camera(device.description() or f"Camera {position + 1}", device_id(device))
             for position, device in enumerate(QMediaDevices.videoInputs())], ""
@@ -53,7 +53,7 @@ def find_device(camera: Camera) -> QCameraDevice | None:
     """The device behind ``camera`` now, or None when it is no longer connected."""
     from PySide6.QtMultimedia import QMediaDevices  # noqa: PLC0415
 
-    from app.capture.media import device_id  # noqa: PLC0415
+    from glimpse.app.capture.media import device_id  # noqa: PLC0415
 
     if not camera.device_id:
         device = QMediaDevices.defaultVideoInput()

@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from app.jobs import describe_error
-from app.qtcompat import emit
-from app.threads import spawn
-from engine import Frame, FrameSource, LatestFrame, SlotSource
+from glimpse.app.jobs import describe_error
+from glimpse.app.qtcompat import emit
+from glimpse.app.threads import spawn
+from glimpse.engine import Frame, FrameSource, LatestFrame, SlotSource
 
 _POLL_S = 0.1  # how long a take() may wait, so stopping never waits long
 

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import CaptureBackend, CaptureError, FrameSource, use_capture_backend
+from glimpse.engine import CaptureBackend, CaptureError, FrameSource, use_capture_backend
 
 if TYPE_CHECKING:
-    from app.capture.media import MediaThread
+    from glimpse.app.capture.media import MediaThread
 
 
 def install_if_needed() -> bool:
@@ -39,14 +39,14 @@ def _media_thread() -> MediaThread:
     # Qt is loaded only when a camera or video is opened: `glimpse caption` on the screen or on files never needs it.
     from PySide6.QtGui import QGuiApplication  # noqa: PLC0415
 
-    from app.capture.cameras import multimedia_problem  # noqa: PLC0415
-    from app.main import quiet_multimedia_logs  # noqa: PLC0415
+    from glimpse.app.capture.cameras import multimedia_problem  # noqa: PLC0415
+    from glimpse.app.main import quiet_multimedia_logs  # noqa: PLC0415
 
     quiet_multimedia_logs()  # before QtMultimedia loads: it reports missing optional libraries as it does
     problem = multimedia_problem()
     if problem:
         raise CaptureError(problem)
-    from app.capture.media import MediaThread  # noqa: PLC0415
+    from glimpse.app.capture.media import MediaThread  # noqa: PLC0415
 
     if QGuiApplication.instance() is None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

@@ -14,9 +14,9 @@ from typing import Protocol
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage
 
-from app.images import from_qimage
-from app.qtcompat import emit
-from engine import CaptureError, Frame
+from glimpse.app.images import from_qimage
+from glimpse.app.qtcompat import emit
+from glimpse.engine import CaptureError, Frame
 
 
 class _VideoFrame(Protocol):  # QtMultimedia's QVideoFrame, without importing QtMultimedia (see app.capture.cameras)

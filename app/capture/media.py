@@ -25,9 +25,9 @@ from PySide6.QtMultimedia import (
     QVideoSink,
 )
 
-from app.capture.live import LiveSource
-from app.qtcompat import emit
-from app.threads import new_qthread
+from glimpse.app.capture.live import LiveSource
+from glimpse.app.qtcompat import emit
+from glimpse.app.threads import new_qthread
 
 NO_BACKEND = ("Cameras and videos cannot be used here: Qt Multimedia's FFmpeg plugin did not load. Reinstall "
               "Glimpse; screenshots, pasted and opened images still work.")

@@ -14,7 +14,7 @@ from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QWidget
 
-from app.qtcompat import emit
+from glimpse.app.qtcompat import emit
 
 MIN_SIDE = 4  # logical pixels: anything smaller is a click, not a drag
 

@@ -13,10 +13,10 @@ from PySide6.QtCore import QObject, QPoint, QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QGuiApplication, QImage, QPainter, QPixmap, QScreen
 from PySide6.QtWidgets import QApplication
 
-from app.capture.live import LiveSource
-from app.capture.region_overlay import RegionOverlay, crop
-from app.images import from_qimage
-from app.qtcompat import emit
+from glimpse.app.capture.live import LiveSource
+from glimpse.app.capture.region_overlay import RegionOverlay, crop
+from glimpse.app.images import from_qimage
+from glimpse.app.qtcompat import emit
 
 SETTLE_MS = 250  # time for the compositor to remove our own window before the grab
 HIDDEN = QColor(128, 128, 128)

@@ -17,10 +17,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.announce import announce
-from app.export import CaptionEntry
-from app.qtcompat import emit
-from app.settings import MAX_INTERVAL_S
+from glimpse.app.announce import announce
+from glimpse.app.export import CaptionEntry
+from glimpse.app.qtcompat import emit
+from glimpse.app.settings import MAX_INTERVAL_S
 
 MAX_HISTORY = 2000  # a long session keeps its newest captions; exports take what is kept
 

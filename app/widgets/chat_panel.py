@@ -15,12 +15,12 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
-from app.announce import announce
-from app.export import ChatTurn
-from app.qtcompat import emit
-from app.rich_text import markdown_document, markdown_html
-from app.widgets.transcript import Transcript
-from app.worker import Reply
+from glimpse.app.announce import announce
+from glimpse.app.export import ChatTurn
+from glimpse.app.qtcompat import emit
+from glimpse.app.rich_text import markdown_document, markdown_html
+from glimpse.app.widgets.transcript import Transcript
+from glimpse.app.worker import Reply
 
 # A streamed answer is drawn again at most this often: at 30+ tokens/s, drawing on every token would re-lay out
 # the whole transcript that many times a second, and a half-written table or list would flicker as it grows.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
 
-from app.qtcompat import emit
-from engine import CatalogEntry, catalog
+from glimpse.app.qtcompat import emit
+from glimpse.engine import CatalogEntry, catalog
 
 
 class LicensePanel(QWidget):

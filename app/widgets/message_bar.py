@@ -11,7 +11,7 @@ from collections.abc import Callable
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
 
-from app.announce import announce
+from glimpse.app.announce import announce
 
 _STYLES = {
     "error": "background:#fde2e1;color:#5c0b07;border:1px solid #e0a19d;",

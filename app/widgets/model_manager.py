@@ -25,13 +25,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.jobs import Job, JobFn
-from app.qtcompat import emit
-from app.settings import Settings
-from app.units import progress_line
-from app.widgets.license_panel import LicensePanel
-from app.widgets.model_table import ModelTable
-from engine import (
+from glimpse.app.jobs import Job, JobFn
+from glimpse.app.qtcompat import emit
+from glimpse.app.settings import Settings
+from glimpse.app.units import progress_line
+from glimpse.app.widgets.license_panel import LicensePanel
+from glimpse.app.widgets.model_table import ModelTable
+from glimpse.engine import (
     CatalogEntry,
     DownloadOptions,
     GlimpseError,

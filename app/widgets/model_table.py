@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
-from engine import CatalogEntry, Store, catalog, human_bytes
+from glimpse.engine import CatalogEntry, Store, catalog, human_bytes
 
 
 class ModelTable(QTableWidget):

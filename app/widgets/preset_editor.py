@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.prompts import DEFAULT_PRESETS, Preset
-from app.qtcompat import emit
+from glimpse.app.prompts import DEFAULT_PRESETS, Preset
+from glimpse.app.qtcompat import emit
 
 
 class PresetEditor(QDialog):

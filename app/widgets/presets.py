@@ -5,10 +5,10 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QToolButton, QWidget
 
-from app.prompts import LENGTHS, Preset
-from app.qtcompat import emit
-from app.settings import Settings
-from app.widgets.preset_editor import PresetEditor
+from glimpse.app.prompts import LENGTHS, Preset
+from glimpse.app.qtcompat import emit
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.preset_editor import PresetEditor
 
 
 class PresetBar(QWidget):

@@ -15,8 +15,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.settings import MAX_DELAY_S, Settings
-from engine import default_threads
+from glimpse.app.settings import MAX_DELAY_S, Settings
+from glimpse.engine import default_threads
 
 
 class SettingsDialog(QDialog):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QWidget
 
-from app.worker import GENERATING, LOADING, NO_MODEL, READING, WATCHING, Reply
+from glimpse.app.worker import GENERATING, LOADING, NO_MODEL, READING, WATCHING, Reply
 
 _STATE_TEXT = {
     NO_MODEL: "No model",

@@ -6,10 +6,10 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QComboBox, QLabel, QMenu, QToolBar, QToolButton, QWidget
 
-from app.capture.cameras import Camera
-from app.qtcompat import emit
-from app.settings import Settings
-from app.widgets.presets import PresetBar
+from glimpse.app.capture.cameras import Camera
+from glimpse.app.qtcompat import emit
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.presets import PresetBar
 
 SIZES = (0, 256, 384, 512, 768, 1024)
 TILES = -1  # the size box's "small text" entry: the model's own size plus 2x2 tiles, for questions

@@ -13,7 +13,7 @@ from PySide6.QtCore import QPoint, QUrl
 from PySide6.QtGui import QContextMenuEvent, QGuiApplication
 from PySide6.QtWidgets import QMenu, QTextBrowser, QWidget
 
-from app.rich_text import code_block_at
+from glimpse.app.rich_text import code_block_at
 
 
 class Transcript(QTextBrowser):

@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from engine.cli import models as cli_models
-from engine.cli import run as cli_run
-from engine.convert import (
+from glimpse.engine.cli import models as cli_models
+from glimpse.engine.cli import run as cli_run
+from glimpse.engine.convert import (
     DEFAULT_QUANT,
     DEFAULT_VISION_PRECISION,
     DEFAULT_VISION_WEIGHTS,
@@ -22,11 +22,11 @@ from engine.convert import (
     VISION_WEIGHTS,
     convert_checkpoint,
 )
-from engine.errors import GlimpseError
-from engine.folders import check_home, graph_cache, user_folder
-from engine.models.leftovers import reclaim
-from engine.models.model_folder import read_manifest
-from engine.version import __version__
+from glimpse.engine.errors import GlimpseError
+from glimpse.engine.folders import check_home, graph_cache, user_folder
+from glimpse.engine.models.leftovers import reclaim
+from glimpse.engine.models.model_folder import read_manifest
+from glimpse.engine.version import __version__
 
 log = logging.getLogger("glimpse")
 
@@ -34,7 +34,7 @@ log = logging.getLogger("glimpse")
 def _cmd_convert(args: argparse.Namespace) -> int:
     # Start-up: tqdm adds about 0.2 s to every `glimpse` command (python -X importtime), so only a command with a
     # progress bar loads it.
-    from engine.cli.progress import ProgressBar  # noqa: PLC0415
+    from glimpse.engine.cli.progress import ProgressBar  # noqa: PLC0415
 
     with ProgressBar(enabled=not args.quiet) as bar:
         out = convert_checkpoint(args.src, args.out, quant=args.quant, force=args.force,
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Entries for Glimpse's own helper processes (engine.system.self_command), kept out of the parser and its help:
 # a user never types them. Each maps to "module:function" taking the remaining arguments and returning an exit code.
-HIDDEN_ENTRIES: dict[str, str] = {"_runner": "engine.runner.server:main", "_canary": "engine.cli.canary:main"}
+HIDDEN_ENTRIES: dict[str, str] = {"_runner": "glimpse.engine.runner.server:main",
+                                  "_canary": "glimpse.engine.cli.canary:main"}
 
 
 def _run_hidden(entry: str, args: Sequence[str]) -> int:

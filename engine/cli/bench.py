@@ -11,12 +11,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.runner import RunnerModel
-from engine.runtime.caption import Frame, caption_stream
-from engine.runtime.model import Answer, Model
-from engine.runtime.tuning import RuntimeSettings, measured_while_busy
-from engine.runtime.tuning_measure import sample_image
-from engine.system import peak_rss_bytes
+from glimpse.engine.runner import RunnerModel
+from glimpse.engine.runtime.caption import Frame, caption_stream
+from glimpse.engine.runtime.model import Answer, Model
+from glimpse.engine.runtime.tuning import RuntimeSettings, measured_while_busy
+from glimpse.engine.runtime.tuning_measure import sample_image
+from glimpse.engine.system import peak_rss_bytes
 
 QUESTION = "Describe the image in detail."
 FOLLOW_UP = "What colours stand out?"

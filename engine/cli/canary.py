@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.convert.llm_gguf import QUANTS, write_llm_gguf
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
-from engine.runtime.canary import FAULT_MODES, cache_folder, logit_error, reference_logits, tolerance
-from engine.runtime.cpu_backends import load_cpu_backends
-from engine.runtime.gpu_backends import GpuUnavailable, load_gpu_backend, vulkan_drivers
-from engine.runtime.llm import LanguageModel
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.convert.llm_gguf import QUANTS, write_llm_gguf
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
+from glimpse.engine.runtime.canary import FAULT_MODES, cache_folder, logit_error, reference_logits, tolerance
+from glimpse.engine.runtime.cpu_backends import load_cpu_backends
+from glimpse.engine.runtime.gpu_backends import GpuUnavailable, load_gpu_backend, vulkan_drivers
+from glimpse.engine.runtime.llm import LanguageModel
 
 MODEL_VERSION = 1  # bump when the spec below changes: cached canary models are named by it
 SPEC = CheckpointSpec(vision=VisionSpec.tiny(), seed=20261206,

@@ -13,14 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.convert import DEFAULT_QUANT, QUANTS
-from engine.convert.install import import_model, pull_model
-from engine.errors import GlimpseError, LicenseNotAcceptedError
-from engine.models import catalog
-from engine.models.catalog import CatalogEntry
-from engine.models.leftovers import human_bytes, tree_size
-from engine.models.model_folder import read_manifest
-from engine.models.store import ConfirmLicense, Store
+from glimpse.engine.convert import DEFAULT_QUANT, QUANTS
+from glimpse.engine.convert.install import import_model, pull_model
+from glimpse.engine.errors import GlimpseError, LicenseNotAcceptedError
+from glimpse.engine.models import catalog
+from glimpse.engine.models.catalog import CatalogEntry
+from glimpse.engine.models.leftovers import human_bytes, tree_size
+from glimpse.engine.models.model_folder import read_manifest
+from glimpse.engine.models.store import ConfirmLicense, Store
 
 
 def _interactive() -> bool:
@@ -128,7 +128,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if partial is not None and not partial.complete:
         of = f" of {human_bytes(partial.total_bytes)}" if partial.total_bytes else ""
         print(f"Resuming the download: {human_bytes(partial.done_bytes)}{of} is already here.", file=sys.stderr)
-    from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
+    from glimpse.engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
 
     with ProgressBar(enabled=not args.quiet) as bar:
         out = pull_model(store, entry, quant=args.quant, force=args.force, keep_download=args.keep_download,
@@ -142,7 +142,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     store = Store.default()
-    from engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
+    from glimpse.engine.cli.progress import ProgressBar  # noqa: PLC0415 - tqdm's start-up cost, see engine/cli/__init__.py
 
     with ProgressBar(enabled=not args.quiet) as bar:
         out = import_model(store, args.path, name=args.name, quant=args.quant, force=args.force, progress=bar)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engine.progress import Progress
+from glimpse.engine.progress import Progress
 
 
 class ProgressBar:

@@ -10,8 +10,8 @@ import sys
 import threading
 from typing import Any
 
-from engine.errors import InputError
-from engine.runtime.types import Answer, Restart
+from glimpse.engine.errors import InputError
+from glimpse.engine.runtime.types import Answer, Restart
 
 
 def _status(text: str, done: int, total: int) -> None:
@@ -41,13 +41,13 @@ def _load(args: argparse.Namespace) -> Any:
     if getattr(args, "in_process", False) or in_process():
         # Start-up: the runtime takes 0.3-0.8 s to import (onnxruntime, llama.cpp; -X importtime); only a command
         # that loads a model in this process pays it.
-        from engine.runtime.model import load_model  # noqa: PLC0415
+        from glimpse.engine.runtime.model import load_model  # noqa: PLC0415
 
         model = load_model(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status,
                            device=args.device)
     else:
         # Start-up: as above, the client part (numpy, Pillow) only for commands that load a model.
-        from engine.runner import RunnerModel  # noqa: PLC0415
+        from glimpse.engine.runner import RunnerModel  # noqa: PLC0415
 
         model = RunnerModel(args.model, threads=args.threads, n_ctx=args.n_ctx, retune=retune, status=_status,
                             on_notice=_notice, device=args.device)
@@ -66,7 +66,7 @@ def _say_devices(model: Any, device: str) -> None:
 
 def _sizes(text: str) -> list[int]:
     # Start-up: Pillow and the preprocessing module add about 0.1 s to every `glimpse` command (-X importtime).
-    from engine.runtime.preprocess import check_size  # noqa: PLC0415
+    from glimpse.engine.runtime.preprocess import check_size  # noqa: PLC0415
 
     try:
         return [check_size(int(s)) for s in text.split(",") if s.strip()]
@@ -76,7 +76,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from engine.runtime.preprocess import check_size, load_image, parse_grid  # noqa: PLC0415 - as in _sizes
+    from glimpse.engine.runtime.preprocess import check_size, load_image, parse_grid  # noqa: PLC0415 - as in _sizes
 
     tiles = parse_grid(args.tiles) if args.tiles else None
     if args.size is not None:
@@ -113,7 +113,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    from engine.runtime.caption import caption_stream, open_source  # noqa: PLC0415 - see _load
+    from glimpse.engine.runtime.caption import caption_stream, open_source  # noqa: PLC0415 - see _load
 
     if args.count is not None and args.count < 1:
         raise InputError(f"--count must be 1 or more, not {args.count}.")
@@ -144,7 +144,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from engine.cli.bench import format_table, format_tuning, run_bench  # noqa: PLC0415 - see _load
+    from glimpse.engine.cli.bench import format_table, format_tuning, run_bench  # noqa: PLC0415 - see _load
 
     sizes = _sizes(args.sizes)
     if args.runs < 1:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.convert import convert_checkpoint
-from engine.convert.synthetic import CheckpointSpec, write_checkpoint
-from engine.models.model_folder import read_manifest
-from engine.runner import RunnerModel, faults
-from engine.runtime.canary import ENABLE_ENV
-from engine.runtime.cpu_backends import load_cpu_backends
-from engine.runtime.model import Answer, load_model
-from engine.version import __version__
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from glimpse.engine.models.model_folder import read_manifest
+from glimpse.engine.runner import RunnerModel, faults
+from glimpse.engine.runtime.canary import ENABLE_ENV
+from glimpse.engine.runtime.cpu_backends import load_cpu_backends
+from glimpse.engine.runtime.model import Answer, load_model
+from glimpse.engine.version import __version__
 
 
 @dataclass

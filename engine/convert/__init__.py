@@ -15,11 +15,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine import durable
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.errors import ConversionError, DiskFullError, GlimpseError, OutputExistsError
-from engine.models.leftovers import claim, release
-from engine.models.model_folder import (
+from glimpse.engine import durable
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.errors import ConversionError, DiskFullError, GlimpseError, OutputExistsError
+from glimpse.engine.models.leftovers import claim, release
+from glimpse.engine.models.model_folder import (
     ATTRIBUTION,
     FORMAT_VERSION,
     LICENSE_FILE,
@@ -30,10 +30,10 @@ from engine.models.model_folder import (
     VISION_FILE,
     file_entry,
 )
-from engine.progress import ProgressFn, Reporter
-from engine.runtime.preprocess import PATCH_SIZE
-from engine.runtime.prompt import TEMPLATE_ID
-from engine.version import __version__
+from glimpse.engine.progress import ProgressFn, Reporter
+from glimpse.engine.runtime.preprocess import PATCH_SIZE
+from glimpse.engine.runtime.prompt import TEMPLATE_ID
+from glimpse.engine.version import __version__
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 DEFAULT_QUANT = "q8_0"
@@ -140,9 +140,9 @@ def convert_checkpoint(
     """
     # Start-up: onnx, gguf and onnxruntime's quantizer take 0.75-1.2 s to import (-X importtime); `glimpse --help`,
     # `glimpse models` and the model manager import this module for its constants.
-    from engine.convert.llm_gguf import write_llm_gguf  # noqa: PLC0415
-    from engine.convert.vision_graph import build_vision_onnx  # noqa: PLC0415
-    from engine.convert.vision_precision import choose_vision_precision  # noqa: PLC0415
+    from glimpse.engine.convert.llm_gguf import write_llm_gguf  # noqa: PLC0415
+    from glimpse.engine.convert.vision_graph import build_vision_onnx  # noqa: PLC0415
+    from glimpse.engine.convert.vision_precision import choose_vision_precision  # noqa: PLC0415
 
     src, out = Path(src), Path(out)
     if quant not in QUANTS:

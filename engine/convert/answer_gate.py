@@ -27,14 +27,14 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from engine.convert.vision_int8 import embed
-from engine.errors import ConversionError
-from engine.runtime.canary import choose_kernels
-from engine.runtime.llm import LanguageModel
-from engine.runtime.prompt import IM_END, first_turn
+from glimpse.engine.convert.vision_int8 import embed
+from glimpse.engine.errors import ConversionError
+from glimpse.engine.runtime.canary import choose_kernels
+from glimpse.engine.runtime.llm import LanguageModel
+from glimpse.engine.runtime.prompt import IM_END, first_turn
 
 if TYPE_CHECKING:
-    from engine.runtime.llm import LanguageModel
+    from glimpse.engine.runtime.llm import LanguageModel
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -19,10 +19,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from engine.convert.safetensors_header import read_header
-from engine.errors import CheckpointError, ShapeMismatchError, UnsupportedDtypeError
-from engine.limits import bounded_float, bounded_int, json_object, load_json
-from engine.names import safe_child
+from glimpse.engine.convert.safetensors_header import read_header
+from glimpse.engine.errors import CheckpointError, ShapeMismatchError, UnsupportedDtypeError
+from glimpse.engine.limits import bounded_float, bounded_int, json_object, load_json
+from glimpse.engine.names import safe_child
 
 VISION_PREFIX = "model.vision_tower.vision_tower.model."
 PROJECTOR_PREFIX = "model.mm_projector."

@@ -12,16 +12,16 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.convert import DEFAULT_QUANT, convert_checkpoint
-from engine.errors import CheckpointError, ModelFolderError, OutputExistsError
-from engine.models import catalog
-from engine.models.catalog import CatalogEntry
-from engine.models.model_folder import is_model_folder
-from engine.models.store import ConfirmLicense, Store, already_installed, slug
-from engine.progress import ProgressFn
+from glimpse.engine.convert import DEFAULT_QUANT, convert_checkpoint
+from glimpse.engine.errors import CheckpointError, ModelFolderError, OutputExistsError
+from glimpse.engine.models import catalog
+from glimpse.engine.models.catalog import CatalogEntry
+from glimpse.engine.models.model_folder import is_model_folder
+from glimpse.engine.models.store import ConfirmLicense, Store, already_installed, slug
+from glimpse.engine.progress import ProgressFn
 
 if TYPE_CHECKING:
-    from engine.models.download import DownloadOptions
+    from glimpse.engine.models.download import DownloadOptions
 
 
 def pull_model(
@@ -42,7 +42,7 @@ def pull_model(
     failure it stays, so the next pull resumes.
     """
     # Start-up: huggingface_hub's HTTP stack takes 0.7-0.85 s to import; importing or converting never needs it.
-    from engine.models.download import download_model  # noqa: PLC0415
+    from glimpse.engine.models.download import download_model  # noqa: PLC0415
 
     out = store.model_path(entry.name)
     if is_model_folder(out) and not force:

@@ -38,11 +38,11 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType as QType
 
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.errors import CheckpointError, ConversionError, DiskFullError
-from engine.limits import load_json, read_bounded
-from engine.progress import Reporter
-from engine.runtime.llm import route_llama_logs
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.errors import CheckpointError, ConversionError, DiskFullError
+from glimpse.engine.limits import load_json, read_bounded
+from glimpse.engine.progress import Reporter
+from glimpse.engine.runtime.llm import route_llama_logs
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 ARCH = "qwen2"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import CheckpointError
-from engine.limits import parse_json
+from glimpse.engine.errors import CheckpointError
+from glimpse.engine.limits import parse_json
 
 MAX_HEADER_BYTES = 100_000_000  # the 7B shards' headers are about 30 KB
 MAX_DIMS = 8

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from engine.convert.checkpoint import INDEX_FILE, PROJECTOR_PREFIX, VISION_PREFIX
-from engine.convert.toy_merges import TOY_MERGES
+from glimpse.engine.convert.checkpoint import INDEX_FILE, PROJECTOR_PREFIX, VISION_PREFIX
+from glimpse.engine.convert.toy_merges import TOY_MERGES
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 

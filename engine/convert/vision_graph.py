@@ -41,9 +41,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
-from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
-from engine.errors import CheckpointError, ConversionError, ShapeMismatchError
-from engine.progress import Reporter
+from glimpse.engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from glimpse.engine.errors import CheckpointError, ConversionError, ShapeMismatchError
+from glimpse.engine.progress import Reporter
 
 F32 = npt.NDArray[np.float32]
 

@@ -46,12 +46,12 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, Te
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import QuantType
 
-from engine.errors import ConversionError
-from engine.folders import assets_root
-from engine.progress import Reporter
-from engine.runtime.preprocess import preprocess
-from engine.runtime.vision import session_options
-from engine.system import default_threads
+from glimpse.engine.errors import ConversionError
+from glimpse.engine.folders import assets_root
+from glimpse.engine.progress import Reporter
+from glimpse.engine.runtime.preprocess import preprocess
+from glimpse.engine.runtime.vision import session_options
+from glimpse.engine.system import default_threads
 
 log = logging.getLogger("glimpse")
 

@@ -32,11 +32,11 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from engine.convert import answer_gate as ag
-from engine.convert import vision_int8 as vi
-from engine.errors import Cancelled, ConversionError
-from engine.folders import assets_root
-from engine.progress import Reporter
+from glimpse.engine.convert import answer_gate as ag
+from glimpse.engine.convert import vision_int8 as vi
+from glimpse.engine.errors import Cancelled, ConversionError
+from glimpse.engine.folders import assets_root
+from glimpse.engine.progress import Reporter
 
 log = logging.getLogger("glimpse")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.errors import ModelNotFoundError
+from glimpse.engine.errors import ModelNotFoundError
 
 LICENSE_ID = "apple-amlr"
 LICENSE_NAME = "Apple Machine Learning Research Model License"

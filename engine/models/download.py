@@ -52,14 +52,14 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils._headers import build_hf_headers
 
-from engine import durable
-from engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
-from engine.limits import load_json
-from engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
-from engine.models.leftovers import claim, human_bytes, release
-from engine.names import is_plain_name, safe_child
-from engine.progress import Progress, ProgressFn, check_cancel
-from engine.version import __version__
+from glimpse.engine import durable
+from glimpse.engine.errors import DiskFullError, DownloadError, GlimpseError, OfflineError
+from glimpse.engine.limits import load_json
+from glimpse.engine.models.catalog import INDEX_FILE, LICENSE_FILE, SINGLE_WEIGHTS, CatalogEntry, CatalogFile
+from glimpse.engine.models.leftovers import claim, human_bytes, release
+from glimpse.engine.names import is_plain_name, safe_child
+from glimpse.engine.progress import Progress, ProgressFn, check_cancel
+from glimpse.engine.version import __version__
 
 STATE_FILE = ".glimpse-download.json"
 LOCK_FILE = ".glimpse-download.lock"

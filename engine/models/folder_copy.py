@@ -20,9 +20,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import ModelFolderError
-from engine.models.model_folder import MANIFEST, MAX_MANIFEST_BYTES, ModelManifest, read_manifest, sha256_file, verify
-from engine.progress import Progress, ProgressFn, check_cancel
+from glimpse.engine.errors import ModelFolderError
+from glimpse.engine.models.model_folder import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ModelManifest,
+    read_manifest,
+    sha256_file,
+    verify,
+)
+from glimpse.engine.progress import Progress, ProgressFn, check_cancel
 
 _CHUNK = 1 << 26  # between progress reports and cancel checks
 _IMPORT_GUI = "Import an intact copy of the model folder, or download the model in the model manager."

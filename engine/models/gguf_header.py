@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
+from glimpse.engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
 
 MAGIC = b"GGUF"
 MAX_HEADER_BYTES = 256 << 20  # a 152k-token vocabulary with merges is about 6 MB of header

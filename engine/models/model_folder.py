@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
-from engine.limits import load_json
-from engine.names import safe_child
-from engine.progress import check_cancel
+from glimpse.engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
+from glimpse.engine.limits import load_json
+from glimpse.engine.names import safe_child
+from glimpse.engine.progress import check_cancel
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"

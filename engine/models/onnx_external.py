@@ -17,8 +17,8 @@ import mmap
 from collections.abc import Container
 from pathlib import Path
 
-from engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
-from engine.names import is_plain_name, safe_child
+from glimpse.engine.errors import REDO_MODEL, REDO_MODEL_GUI, ModelFolderError
+from glimpse.engine.names import is_plain_name, safe_child
 
 MAX_DEPTH = 64
 

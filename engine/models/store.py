@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import durable
-from engine.errors import (
+from glimpse.engine import durable
+from glimpse.engine.errors import (
     DiskFullError,
     FolderError,
     GlimpseError,
@@ -37,17 +37,17 @@ from engine.errors import (
     ModelNotFoundError,
     OutputExistsError,
 )
-from engine.folders import check_folder, graph_cache, user_folder
-from engine.models import catalog
-from engine.models.catalog import CatalogEntry
-from engine.models.folder_copy import copy_model_folder
-from engine.models.leftovers import Reclaimed, WorkEntry, claim, reclaim, release, tree_size, working_entries
-from engine.models.model_folder import VISION_FILE, is_model_folder, read_manifest, recorded_file, verify
-from engine.models.vision_cache import drop_cached
-from engine.progress import ProgressFn
+from glimpse.engine.folders import check_folder, graph_cache, user_folder
+from glimpse.engine.models import catalog
+from glimpse.engine.models.catalog import CatalogEntry
+from glimpse.engine.models.folder_copy import copy_model_folder
+from glimpse.engine.models.leftovers import Reclaimed, WorkEntry, claim, reclaim, release, tree_size, working_entries
+from glimpse.engine.models.model_folder import VISION_FILE, is_model_folder, read_manifest, recorded_file, verify
+from glimpse.engine.models.vision_cache import drop_cached
+from glimpse.engine.progress import ProgressFn
 
 if TYPE_CHECKING:
-    from engine.models.download import DownloadOptions
+    from glimpse.engine.models.download import DownloadOptions
 
 log = logging.getLogger(__name__)
 LICENSES_FILE = "licenses.json"
@@ -161,7 +161,7 @@ class Store:
     def downloads(self) -> list[PartialDownload]:
         # Start-up: huggingface_hub's HTTP stack takes 0.7-0.85 s to import; listing, removing and loading installed
         # models never need it.
-        from engine.models.download import bytes_on_disk, local_copy_complete  # noqa: PLC0415
+        from glimpse.engine.models.download import bytes_on_disk, local_copy_complete  # noqa: PLC0415
 
         out = []
         for path in _visible_dirs(self.downloads_dir):
@@ -296,7 +296,7 @@ class Store:
         """Ask once per licence: fetch the text, show it through ``confirm``, record a yes, raise on a no."""
         if self.license_accepted(entry.license_id):
             return
-        from engine.models.download import fetch_license  # noqa: PLC0415
+        from glimpse.engine.models.download import fetch_license  # noqa: PLC0415
 
         text = fetch_license(entry, self.download_path(entry.name), options=options, cancel=cancel)
         if confirm is None or not confirm(entry, text):

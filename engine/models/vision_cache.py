@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.folders import graph_cache
+from glimpse.engine.folders import graph_cache
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

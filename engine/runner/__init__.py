@@ -2,6 +2,6 @@
 window: :class:`RunnerModel` on the caller's side (engine.runner.client), the process itself in
 engine.runner.server, their wire format in engine.runner.protocol, injected faults in engine.runner.faults."""
 
-from engine.runner.client import RunnerError, RunnerModel
+from glimpse.engine.runner.client import RunnerError, RunnerModel
 
 __all__ = ["RunnerError", "RunnerModel"]

@@ -37,16 +37,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from engine import errors
-from engine.errors import Cancelled, GlimpseError, InputError
-from engine.models.model_folder import ModelManifest, read_manifest
-from engine.runner.protocol import PeerGone, ProtocolError, read_message, write_message
-from engine.runtime.preprocess import ImageInput, check_size, load_image
-from engine.runtime.types import Answer, ImageRows, Restart, Timings
-from engine.system import self_command
+from glimpse.engine import errors
+from glimpse.engine.errors import Cancelled, GlimpseError, InputError
+from glimpse.engine.models.model_folder import ModelManifest, read_manifest
+from glimpse.engine.runner.protocol import PeerGone, ProtocolError, read_message, write_message
+from glimpse.engine.runtime.preprocess import ImageInput, check_size, load_image
+from glimpse.engine.runtime.types import Answer, ImageRows, Restart, Timings
+from glimpse.engine.system import self_command
 
 if TYPE_CHECKING:
-    from engine.runtime.tuning import RuntimeSettings, StatusFn
+    from glimpse.engine.runtime.tuning import RuntimeSettings, StatusFn
 
 log = logging.getLogger("glimpse.runner")
 
@@ -434,7 +434,7 @@ class RunnerModel:
     @property
     def settings(self) -> RuntimeSettings:
         # The window's process never imports the runtimes (tuning imports onnxruntime): only this property does.
-        from engine.runtime.tuning import RuntimeSettings  # noqa: PLC0415
+        from glimpse.engine.runtime.tuning import RuntimeSettings  # noqa: PLC0415
 
         return RuntimeSettings(**self._info.get("settings", {}))
 

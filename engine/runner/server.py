@@ -1,7 +1,7 @@
 """The runner process: owns one loaded :class:`~engine.runtime.model.Model` and answers requests over a pipe.
 
 Started by :class:`engine.runner.client.RunnerProcess` as ``glimpse _runner`` (the frozen app) or
-``python -m engine _runner`` (engine.system.self_command), so it runs the same code and native libraries as the
+``python -m glimpse.engine _runner`` (engine.system.self_command), so it runs the same code and native libraries as the
 window or command that started it. Everything native (onnxruntime's session, llama.cpp's context) lives here, so a
 kernel that crashes or hangs takes only this process with it.
 
@@ -30,17 +30,17 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from engine.errors import Cancelled, GlimpseError, InputError
-from engine.models.model_folder import LLM_FILE, read_manifest
-from engine.runner import faults
-from engine.runner.protocol import PeerGone, ProtocolError, read_message, write_message
-from engine.runtime.canary import choose_kernels, step_down
-from engine.runtime.conversation import Conversation
-from engine.runtime.model import Model, load_model, resolve_model
-from engine.runtime.tuning import StatusFn
-from engine.runtime.types import Answer, ImageRows
-from engine.runtime.vision import flush_denormals
-from engine.system import peak_rss_bytes
+from glimpse.engine.errors import Cancelled, GlimpseError, InputError
+from glimpse.engine.models.model_folder import LLM_FILE, read_manifest
+from glimpse.engine.runner import faults
+from glimpse.engine.runner.protocol import PeerGone, ProtocolError, read_message, write_message
+from glimpse.engine.runtime.canary import choose_kernels, step_down
+from glimpse.engine.runtime.conversation import Conversation
+from glimpse.engine.runtime.model import Model, load_model, resolve_model
+from glimpse.engine.runtime.tuning import StatusFn
+from glimpse.engine.runtime.types import Answer, ImageRows
+from glimpse.engine.runtime.vision import flush_denormals
+from glimpse.engine.system import peak_rss_bytes
 
 log = logging.getLogger("glimpse.runner")
 

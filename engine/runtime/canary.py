@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine import durable
-from engine.errors import GlimpseError
-from engine.models.gguf_header import read_header
-from engine.runtime.cpu_backends import (
+from glimpse.engine import durable
+from glimpse.engine.errors import GlimpseError
+from glimpse.engine.models.gguf_header import read_header
+from glimpse.engine.runtime.cpu_backends import (
     best_variant,
     generic_variant,
     llama_lib_dir,
@@ -52,7 +52,7 @@ from engine.runtime.cpu_backends import (
     variant_files,
     variant_scores,
 )
-from engine.runtime.gpu_backends import (
+from glimpse.engine.runtime.gpu_backends import (
     DEVICES,
     NO_VULKAN_BACKEND,
     NO_VULKAN_HINT,
@@ -60,8 +60,8 @@ from engine.runtime.gpu_backends import (
     driver_identity,
     vulkan_library,
 )
-from engine.runtime.tuning import StatusFn, cpu_fingerprint, tuning_dir
-from engine.system import self_command
+from glimpse.engine.runtime.tuning import StatusFn, cpu_fingerprint, tuning_dir
+from glimpse.engine.system import self_command
 
 log = logging.getLogger("glimpse")
 

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageGrab
 
-from engine.errors import CaptureError, InputError
-from engine.runtime.types import Answer, Restart
+from glimpse.engine.errors import CaptureError, InputError
+from glimpse.engine.runtime.types import Answer, Restart
 
 U8Array = npt.NDArray[np.uint8]
 

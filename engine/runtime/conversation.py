@@ -24,11 +24,11 @@ from typing import Protocol
 
 from PIL import Image
 
-from engine.errors import Cancelled, ContextFullError, InputError
-from engine.runtime import prompt
-from engine.runtime.llm import LanguageModel, image_marker
-from engine.runtime.sampling import Sampler
-from engine.runtime.types import Answer, ImageRows, SamplingOptions, Timings
+from glimpse.engine.errors import Cancelled, ContextFullError, InputError
+from glimpse.engine.runtime import prompt
+from glimpse.engine.runtime.llm import LanguageModel, image_marker
+from glimpse.engine.runtime.sampling import Sampler
+from glimpse.engine.runtime.types import Answer, ImageRows, SamplingOptions, Timings
 
 
 class ImageModel(Protocol):

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import GlimpseError
+from glimpse.engine.errors import GlimpseError
 
 
 class CpuBackendError(GlimpseError):

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import GlimpseError
-from engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
+from glimpse.engine.errors import GlimpseError
+from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
 
 DEVICES = ("auto", "cpu", "gpu")  # what a user chooses: --device, Settings
 # Environment variables that change which Vulkan devices and drivers llama.cpp sees or how it computes: part of

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
-from engine.models.gguf_header import GgufHeader, read_header, tensor_bytes
-from engine.runtime.canary import choose_kernels
-from engine.runtime.cpu_backends import load_cpu_backends
-from engine.runtime.gpu_backends import layers_that_fit, load_gpu_backend
-from engine.system import default_threads
+from glimpse.engine.errors import REDO_MODEL_GUI, ContextFullError, InferenceError, ModelFolderError
+from glimpse.engine.models.gguf_header import GgufHeader, read_header, tensor_bytes
+from glimpse.engine.runtime.canary import choose_kernels
+from glimpse.engine.runtime.cpu_backends import load_cpu_backends
+from glimpse.engine.runtime.gpu_backends import layers_that_fit, load_gpu_backend
+from glimpse.engine.system import default_threads
 
 if TYPE_CHECKING:
     import llama_cpp

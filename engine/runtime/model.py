@@ -20,23 +20,23 @@ from typing import Any
 
 import numpy as np
 
-from engine import durable
-from engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
-from engine.models.gguf_header import check_gguf_file
-from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
-from engine.models.onnx_external import check_onnx_file
-from engine.models.store import Store
-from engine.progress import check_cancel
-from engine.runtime.canary import GPU_RUNG, KernelChoice, apply_kernels, choose_kernels
-from engine.runtime.conversation import Conversation
-from engine.runtime.gpu_backends import DEVICES, GpuUnavailable
-from engine.runtime.llm import LanguageModel
-from engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
-from engine.runtime.prompt import ENDOFTEXT, IM_END
-from engine.runtime.tuning import DEFAULTS, RuntimeSettings, StatusFn, tuning_enabled
-from engine.runtime.tuning_measure import settings_for
-from engine.runtime.types import Answer, F32Array, ImageRows, Timings
-from engine.runtime.vision import VisionEncoder
+from glimpse.engine import durable
+from glimpse.engine.errors import REDO_MODEL_GUI, Cancelled, InputError, ModelFolderError
+from glimpse.engine.models.gguf_header import check_gguf_file
+from glimpse.engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest, verify
+from glimpse.engine.models.onnx_external import check_onnx_file
+from glimpse.engine.models.store import Store
+from glimpse.engine.progress import check_cancel
+from glimpse.engine.runtime.canary import GPU_RUNG, KernelChoice, apply_kernels, choose_kernels
+from glimpse.engine.runtime.conversation import Conversation
+from glimpse.engine.runtime.gpu_backends import DEVICES, GpuUnavailable
+from glimpse.engine.runtime.llm import LanguageModel
+from glimpse.engine.runtime.preprocess import ImageInput, check_size, load_image, preprocess, tile_views
+from glimpse.engine.runtime.prompt import ENDOFTEXT, IM_END
+from glimpse.engine.runtime.tuning import DEFAULTS, RuntimeSettings, StatusFn, tuning_enabled
+from glimpse.engine.runtime.tuning_measure import settings_for
+from glimpse.engine.runtime.types import Answer, F32Array, ImageRows, Timings
+from glimpse.engine.runtime.vision import VisionEncoder
 
 log = logging.getLogger("glimpse")
 

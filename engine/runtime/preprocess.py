@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import GlimpseError, ImageError, InputError
+from glimpse.engine.errors import GlimpseError, ImageError, InputError
 
 MIN_SIDE = 16
 MAX_PIXELS = 100_000_000

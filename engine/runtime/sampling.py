@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engine.runtime.types import SamplingOptions
+from glimpse.engine.runtime.types import SamplingOptions
 
 _CANDIDATES = 1024  # top-p is computed over the most likely tokens first; the full sort is a rare fallback
 

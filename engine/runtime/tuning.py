@@ -30,10 +30,10 @@ from typing import Any
 import onnxruntime as ort
 import psutil
 
-from engine import durable
-from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest
-from engine.runtime.vision import cache_dir
-from engine.system import default_threads
+from glimpse.engine import durable
+from glimpse.engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest
+from glimpse.engine.runtime.vision import cache_dir
+from glimpse.engine.system import default_threads
 
 log = logging.getLogger("glimpse")
 

@@ -32,14 +32,14 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 
-from engine.errors import ModelFolderError
-from engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest
-from engine.runtime import tuning
-from engine.runtime.llm import LanguageModel
-from engine.runtime.preprocess import preprocess
-from engine.runtime.tuning import DEFAULTS, VISION_LEVELS, RuntimeSettings, StatusFn, load_average
-from engine.runtime.vision import VisionEncoder
-from engine.system import default_threads
+from glimpse.engine.errors import ModelFolderError
+from glimpse.engine.models.model_folder import LLM_FILE, VISION_FILE, ModelManifest
+from glimpse.engine.runtime import tuning
+from glimpse.engine.runtime.llm import LanguageModel
+from glimpse.engine.runtime.preprocess import preprocess
+from glimpse.engine.runtime.tuning import DEFAULTS, VISION_LEVELS, RuntimeSettings, StatusFn, load_average
+from glimpse.engine.runtime.vision import VisionEncoder
+from glimpse.engine.system import default_threads
 
 PROBE_SIZE = 512
 PROBE_ROWS = 256

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import InputError
+from glimpse.engine.errors import InputError
 
 F32Array = npt.NDArray[np.float32]
 

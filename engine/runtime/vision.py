@@ -31,13 +31,13 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from engine import durable
-from engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
-from engine.folders import graph_cache
-from engine.models.model_folder import recorded_file
-from engine.models.vision_cache import cached_graph_name
-from engine.runtime.preprocess import PATCH_SIZE
-from engine.system import default_threads
+from glimpse.engine import durable
+from glimpse.engine.errors import REDO_MODEL, REDO_MODEL_GUI, InputError, ModelFolderError
+from glimpse.engine.folders import graph_cache
+from glimpse.engine.models.model_folder import recorded_file
+from glimpse.engine.models.vision_cache import cached_graph_name
+from glimpse.engine.runtime.preprocess import PATCH_SIZE
+from glimpse.engine.system import default_threads
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"

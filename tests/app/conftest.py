@@ -14,10 +14,10 @@ import pytest
 from PySide6.QtCore import QStandardPaths
 from pytestqt.qtbot import QtBot
 
-from app import threads as app_threads
-from app.settings import Settings
-from app.window import MainWindow
-from engine.models.store import Store
+from glimpse.app import threads as app_threads
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.engine.models.store import Store
 
 
 def _left_running(before: set[threading.Thread]) -> list[threading.Thread]:

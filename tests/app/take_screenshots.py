@@ -25,13 +25,13 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QLabel
 
-from app.images import from_qimage
-from app.main import make_app
-from app.settings import Settings
-from app.window import MainWindow
-from engine.convert import convert_checkpoint
-from engine.convert.synthetic import CheckpointSpec, write_checkpoint
-from engine.models.store import Store
+from glimpse.app.images import from_qimage
+from glimpse.app.main import make_app
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, write_checkpoint
+from glimpse.engine.models.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))

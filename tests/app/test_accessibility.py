@@ -15,15 +15,15 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QAbstractScrollArea, QApplication, QComboBox, QLineEdit, QPushButton, QVBoxLayout, QWidget
 from pytestqt.qtbot import QtBot
 
-from app import announce as announce_module
-from app.announce import MAX_SPOKEN, announcement
-from app.export import CaptionEntry
-from app.settings import Settings
-from app.widgets.caption_panel import CaptionPanel
-from app.widgets.chat_panel import ChatPanel
-from app.window import MainWindow
-from app.worker import Reply
-from engine.models.store import Store
+from glimpse.app import announce as announce_module
+from glimpse.app.announce import MAX_SPOKEN, announcement
+from glimpse.app.export import CaptionEntry
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.caption_panel import CaptionPanel
+from glimpse.app.widgets.chat_panel import ChatPanel
+from glimpse.app.window import MainWindow
+from glimpse.app.worker import Reply
+from glimpse.engine.models.store import Store
 
 Role = QAccessible.Role
 CONTROLS = {Role.PushButton, Role.CheckBox, Role.RadioButton, Role.ComboBox, Role.EditableText, Role.SpinBox,

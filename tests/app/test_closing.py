@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app import closing
-from app import threads as app_threads
-from app import worker as app_worker
-from app.settings import Settings
-from app.widgets import model_manager
-from app.window import MainWindow
-from engine.errors import ModelFolderError
-from engine.models.store import Store
-from engine.progress import check_cancel
+from glimpse.app import closing
+from glimpse.app import threads as app_threads
+from glimpse.app import worker as app_worker
+from glimpse.app.settings import Settings
+from glimpse.app.widgets import model_manager
+from glimpse.app.window import MainWindow
+from glimpse.engine.errors import ModelFolderError
+from glimpse.engine.models.store import Store
+from glimpse.engine.progress import check_cancel
 from tests.damaged import healthy_model
 
 

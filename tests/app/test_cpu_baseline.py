@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app import cpu_baseline
+from glimpse.app import cpu_baseline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,9 +87,9 @@ def test_real_cpuid_agrees_with_the_kernel() -> None:
 
 def test_the_launcher_refuses_before_loading_native_libraries(tmp_path: Path) -> None:
     script = ("import sys\n"
-              "import app.cpu_baseline as c\n"
+              "import glimpse.app.cpu_baseline as c\n"
               "c.missing_features = lambda: ['SSE4.2', 'POPCNT']\n"
-              "from app.launcher import main\n"
+              "from glimpse.app.launcher import main\n"
               "code = main(['self-test'])\n"
               "native = sorted(m for m in ('numpy', 'PySide6', 'onnxruntime', 'llama_cpp') if m in sys.modules)\n"
               "print('loaded', native)\n"

@@ -9,10 +9,10 @@ import pytest
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
-from app.settings import Settings
-from app.widgets.model_manager import ModelManager
-from app.window import MainWindow
-from engine.models.store import Store
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.model_manager import ModelManager
+from glimpse.app.window import MainWindow
+from glimpse.engine.models.store import Store
 from tests.damaged import DAMAGE, healthy_model
 
 # One of each family: unparsable, wrong shape, missing key, wrong type, infinite number, missing file, link.

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.settings import Settings
-from app.widgets.settings_dialog import SettingsDialog
-from app.widgets.status_line import StatusLine
-from app.window import MainWindow
-from engine.runtime.gpu_backends import NO_VULKAN_BACKEND
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.settings_dialog import SettingsDialog
+from glimpse.app.widgets.status_line import StatusLine
+from glimpse.app.window import MainWindow
+from glimpse.engine.runtime.gpu_backends import NO_VULKAN_BACKEND
 
 
 def test_the_device_is_kept_and_checked(tmp_path: Path) -> None:

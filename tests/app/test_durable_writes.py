@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.export import write_file
-from app.settings import Settings
+from glimpse.app.export import write_file
+from glimpse.app.settings import Settings
 from tests.durability import SyncLog, needs_proc
 
 pytestmark = needs_proc

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.jobs import Job, describe_error
-from app.window import MainWindow
-from engine.convert.install import import_model, pull_model
-from engine.errors import (
+from glimpse.app.jobs import Job, describe_error
+from glimpse.app.window import MainWindow
+from glimpse.engine.convert.install import import_model, pull_model
+from glimpse.engine.errors import (
     ContextFullError,
     DiskFullError,
     DownloadError,
@@ -33,12 +33,12 @@ from engine.errors import (
     OfflineError,
     OutputExistsError,
 )
-from engine.models import catalog
-from engine.models.download import DownloadOptions, _translate, check_disk_space, download_model
-from engine.models.store import Store
-from engine.runtime.llm import check_gguf
-from engine.runtime.model import load_model
-from engine.runtime.preprocess import load_image
+from glimpse.engine.models import catalog
+from glimpse.engine.models.download import DownloadOptions, _translate, check_disk_space, download_model
+from glimpse.engine.models.store import Store
+from glimpse.engine.runtime.llm import check_gguf
+from glimpse.engine.runtime.model import load_model
+from glimpse.engine.runtime.preprocess import load_image
 from tests.fakehub import dead_endpoint
 
 # A flag (--force), a glimpse command (lower case: the app's name in prose is capitalised), a quoted command,

@@ -17,15 +17,15 @@ from PySide6.QtMultimedia import QMediaDevices
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-import app.window
-from app.capture import screen
-from app.capture.cameras import Camera, find_device, list_cameras
-from app.capture.feed import FrameFeed
-from app.settings import Settings
-from app.window import MainWindow
-from engine.models.store import Store
-from engine.runtime.caption import Frame
-from engine.runtime.model import Model
+from glimpse.app import window as app_window
+from glimpse.app.capture import screen
+from glimpse.app.capture.cameras import Camera, find_device, list_cameras
+from glimpse.app.capture.feed import FrameFeed
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.engine.models.store import Store
+from glimpse.engine.runtime.caption import Frame
+from glimpse.engine.runtime.model import Model
 
 
 def test_no_camera(qtbot: QtBot, window: MainWindow) -> None:
@@ -153,7 +153,7 @@ def test_asking_without_a_picture_says_what_to_do(window: MainWindow) -> None:
 
 
 def test_wayland_offers_paste(window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.window, "unavailable_reason", lambda: "Wayland says no.")
+    monkeypatch.setattr(app_window, "unavailable_reason", lambda: "Wayland says no.")
     window.take_screenshot("region")
     assert window.messages.text() == "Wayland says no."
     assert window.messages._action.text() == "Paste an image"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.export import (
+from glimpse.app.export import (
     CaptionEntry,
     ChatTurn,
     captions_markdown,
@@ -21,8 +21,8 @@ from app.export import (
     srt_time,
     write_file,
 )
-from app.settings import Settings
-from app.speech import Speaker
+from glimpse.app.settings import Settings
+from glimpse.app.speech import Speaker
 
 
 def test_srt_times_follow_the_frames() -> None:

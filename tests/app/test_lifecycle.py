@@ -1,4 +1,4 @@
-"""Starting and closing: first run opens the model manager, closing mid-work joins every thread, `python -m app`
+"""Starting and closing: first run opens the model manager, closing mid-work joins every thread, `python -m glimpse.app`
 and ``app.main.main`` open the window."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app import threads as app_threads
-from app.settings import Settings
-from app.window import MainWindow
-from engine.models.download import DownloadOptions
-from engine.models.store import Store
+from glimpse.app import threads as app_threads
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.engine.models.download import DownloadOptions
+from glimpse.engine.models.store import Store
 from tests.app.conftest import write_video
 from tests.fakehub import REPO, FakeHub, make_repo
 
@@ -72,11 +72,12 @@ def test_closing_during_a_download(qtbot: QtBot, settings: Settings, tmp_path: P
 
 
 def test_python_dash_m_app_starts(tmp_path: Path) -> None:
-    """``python -m app`` opens the window and keeps running until it is closed (here: terminated). In a child
+    """``python -m glimpse.app`` opens the window and keeps running until it is closed (here: terminated). In a child
     process: once ``QApplication.exec`` has returned, this process's later event loops would not run."""
     env = {"QT_QPA_PLATFORM": "offscreen", "GLIMPSE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    process = subprocess.Popen([sys.executable, "-m", "app", "--settings", str(tmp_path / "s.ini"), "--mode", "ask"],
+    process = subprocess.Popen([sys.executable, "-m", "glimpse.app", "--settings", str(tmp_path / "s.ini"),
+                                "--mode", "ask"],
                                env=env,
                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

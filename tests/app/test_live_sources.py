@@ -20,15 +20,15 @@ from PySide6.QtMultimedia import QMediaDevices
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from app import window as window_module
-from app.capture import screen
-from app.capture.cameras import Camera
-from app.capture.feed import FrameFeed
-from app.capture.live import LiveSource
-from app.capture.media import MediaSource, MediaThread, choose_format
-from app.sources import Sources
-from app.window import MainWindow
-from engine.errors import CaptureError
+from glimpse.app import window as window_module
+from glimpse.app.capture import screen
+from glimpse.app.capture.cameras import Camera
+from glimpse.app.capture.feed import FrameFeed
+from glimpse.app.capture.live import LiveSource
+from glimpse.app.capture.media import MediaSource, MediaThread, choose_format
+from glimpse.app.sources import Sources
+from glimpse.app.window import MainWindow
+from glimpse.engine.errors import CaptureError
 from tests.app.conftest import write_video
 from tests.app.test_region_overlay import drag, patterned_shot
 
@@ -277,7 +277,7 @@ def test_command_line_captions_without_opencv_use_qt_multimedia(tmp_path: Path, 
     """The packaged app has no OpenCV: `glimpse caption --source VIDEO` then captures through QtMultimedia."""
     video = write_video(tmp_path / "clip.avi", frames=24, fps=12)
     script = ("import sys; sys.modules['cv2'] = None  # as in the bundle\n"
-              "from app.launcher import main\n"
+              "from glimpse.app.launcher import main\n"
               f"sys.exit(main(['caption', {str(tiny_model_dir)!r}, '--source', {str(video)!r}, '--count', '2', "
               "'--size', '256', '--threads', '1', '--jsonl']))\n")
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -289,7 +289,7 @@ def test_command_line_captions_without_opencv_use_qt_multimedia(tmp_path: Path, 
     assert "needs OpenCV" not in done.stderr
 
     # Without the launcher's backend, the same command says what is missing instead of failing to import.
-    script = script.replace("from app.launcher import main", "from engine.cli import main")
+    script = script.replace("from glimpse.app.launcher import main", "from glimpse.engine.cli import main")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
                           check=False)
     assert done.returncode != 0 and "needs OpenCV" in done.stderr and "Traceback" not in done.stderr

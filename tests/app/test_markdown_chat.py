@@ -9,11 +9,11 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication, QImage, QTextCursor, QTextDocument, QTextFormat
 from pytestqt.qtbot import QtBot
 
-from app.export import CaptionEntry, ChatTurn, conversation_markdown
-from app.rich_text import CODE_BACKGROUND, code_block_at, markdown_document, markdown_html
-from app.widgets.caption_panel import CaptionPanel
-from app.widgets.chat_panel import RENDER_INTERVAL_MS, ChatPanel
-from app.worker import Reply
+from glimpse.app.export import CaptionEntry, ChatTurn, conversation_markdown
+from glimpse.app.rich_text import CODE_BACKGROUND, code_block_at, markdown_document, markdown_html
+from glimpse.app.widgets.caption_panel import CaptionPanel
+from glimpse.app.widgets.chat_panel import RENDER_INTERVAL_MS, ChatPanel
+from glimpse.app.worker import Reply
 
 ANSWER = """The picture shows **a red car** and *two* trees.
 

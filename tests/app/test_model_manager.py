@@ -13,11 +13,11 @@ import pytest
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
-from app.settings import Settings
-from app.widgets.model_manager import OFFLINE, ModelManager
-from engine.models.download import DownloadOptions
-from engine.models.store import Store
-from engine.progress import Progress
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.model_manager import OFFLINE, ModelManager
+from glimpse.engine.models.download import DownloadOptions
+from glimpse.engine.models.store import Store
+from glimpse.engine.progress import Progress
 from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, dead_endpoint, make_repo
 
 

@@ -16,8 +16,8 @@ from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QWidget
 from pytestqt.qtbot import QtBot
 
-from app import platform_check as pc
-from app.lifecycle import close_on_signals
+from glimpse.app import platform_check as pc
+from glimpse.app.lifecycle import close_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 LDD_OUTPUT = """\
@@ -127,8 +127,8 @@ def _namespaces_work() -> bool:
 def _start_without(libs: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
     environ.update(PYTHONPATH=str(ROOT), GLIMPSE_HOME=str(tmp_path / "home"), **env)
-    return subprocess.run([str(ROOT / "tests" / "gui" / "without-libs"), *libs, "--", sys.executable, "-m", "app"],
-                          capture_output=True, text=True, env=environ, timeout=120, check=False)
+    return subprocess.run([str(ROOT / "tests" / "gui" / "without-libs"), *libs, "--", sys.executable, "-m",
+                           "glimpse.app"], capture_output=True, text=True, env=environ, timeout=120, check=False)
 
 
 @pytest.mark.skipif(not _namespaces_work(), reason="hiding system libraries needs mount namespaces (root in CI)")
@@ -148,7 +148,8 @@ def test_a_machine_without_the_xcb_libraries_gets_the_one_sentence_fix(tmp_path:
 def test_no_display_is_one_sentence_too(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY", "DISPLAY")}
     environ.update(PYTHONPATH=str(ROOT), GLIMPSE_HOME=str(tmp_path / "home"))
-    result = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True, env=environ, timeout=120,
+    result = subprocess.run([sys.executable, "-m", "glimpse.app"], capture_output=True, text=True, env=environ,
+                            timeout=120,
                             check=False)
     if not sys.platform.startswith("linux"):
         pytest.skip("the check is for Linux")
@@ -189,7 +190,7 @@ def test_the_launcher_checks_before_qtgui_is_imported(tmp_path: Path) -> None:
         pytest.skip("the check is for Linux")
     environ = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY", "DISPLAY")}
     environ.update(PYTHONPATH=str(ROOT), GLIMPSE_HOME=str(tmp_path / "home"))
-    code = ("import sys; from app.launcher import main; rc = main([]); "
+    code = ("import sys; from glimpse.app.launcher import main; rc = main([]); "
             "print(sorted(m for m in sys.modules if m.startswith(('PySide6.QtGui', 'app.main')))); sys.exit(rc)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120,
                             check=False)

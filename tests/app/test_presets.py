@@ -7,9 +7,9 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from app.prompts import DEFAULT_PRESETS, Preset, compose, presets_from_json, presets_to_json
-from app.settings import Settings
-from app.widgets.presets import PresetBar
+from glimpse.app.prompts import DEFAULT_PRESETS, Preset, compose, presets_from_json, presets_to_json
+from glimpse.app.settings import Settings
+from glimpse.app.widgets.presets import PresetBar
 
 
 def test_defaults_cover_the_product_list(settings: Settings) -> None:

@@ -14,8 +14,8 @@ import PySide6
 from packaging.version import Version
 from PySide6.QtCore import QObject, Signal
 
-from app import qtcompat
-from engine.internals import EMIT_REFCOUNT_BUG
+from glimpse.app import qtcompat
+from glimpse.engine.internals import EMIT_REFCOUNT_BUG
 
 EMITS = 400
 

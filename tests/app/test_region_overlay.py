@@ -9,10 +9,10 @@ from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from app.capture import screen
-from app.capture.region_overlay import RegionOverlay, crop, to_physical
-from app.images import from_qimage, to_qimage
-from app.window import MainWindow
+from glimpse.app.capture import screen
+from glimpse.app.capture.region_overlay import RegionOverlay, crop, to_physical
+from glimpse.app.images import from_qimage, to_qimage
+from glimpse.app.window import MainWindow
 
 
 def patterned_shot(width: int, height: int, ratio: float) -> tuple[QPixmap, np.ndarray]:

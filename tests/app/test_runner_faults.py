@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.settings import Settings
-from app.window import MainWindow
-from app.worker import NO_MODEL, Reply
-from engine.models.store import Store
-from engine.runner import faults
+from glimpse.app.settings import Settings
+from glimpse.app.window import MainWindow
+from glimpse.app.worker import NO_MODEL, Reply
+from glimpse.engine.models.store import Store
+from glimpse.engine.runner import faults
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,9 +56,9 @@ def test_the_model_runs_outside_the_window(model_store: Store, tmp_path: Path) -
         import json, os, sys, psutil
         from pathlib import Path
         from PySide6.QtWidgets import QApplication
-        from app.settings import Settings
-        from app.window import MainWindow
-        from engine.models.store import Store
+        from glimpse.app.settings import Settings
+        from glimpse.app.window import MainWindow
+        from glimpse.engine.models.store import Store
         app = QApplication([])
         settings = Settings.at(sys.argv[1])
         settings.model, settings.threads = "tiny", 1

@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.launcher", *args], capture_output=True, text=True, cwd=REPO,
-                          check=False, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, "-m", "glimpse.app.launcher", *args], capture_output=True, text=True,
+                          cwd=REPO, check=False, timeout=600, env={**os.environ, **(env or {})})
 
 
 def test_self_test_passes_and_reports() -> None:
@@ -35,7 +35,7 @@ def test_launcher_passes_other_commands_to_the_engine_cli(tmp_path: Path) -> Non
 def test_launcher_survives_without_stdout(tmp_path: Path) -> None:
     # A windowed build has no terminal: sys.stdout and sys.stderr are None. Printing must not crash.
     code = ("import sys; sys.stdout = None; sys.stderr = None\n"
-            "from app.launcher import main\n"
+            "from glimpse.app.launcher import main\n"
             "raise SystemExit(main(['models', 'list']))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, timeout=120,
                             env={**os.environ, "GLIMPSE_HOME": str(tmp_path)})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from glimpse.app.settings import Settings
 
 GOOD = "[General]\ninterval=2.5\nthreads=3\nmode=ask\n"
 

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.prompts import Preset
-from app.settings import Settings
+from glimpse.app.prompts import Preset
+from glimpse.app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 _WRITER = """
 import sys
-from app.settings import Settings
+from glimpse.app.settings import Settings
 
 path, role, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for i in range(rounds):

@@ -14,13 +14,13 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-from app import ask_mode
-from app.images import to_qimage
-from app.widgets.chat_panel import ChatPanel
-from app.widgets.toolbar import TILES, MainToolbar
-from app.window import MainWindow
-from app.worker import Reply
-from engine.runtime.model import Model
+from glimpse.app import ask_mode
+from glimpse.app.images import to_qimage
+from glimpse.app.widgets.chat_panel import ChatPanel
+from glimpse.app.widgets.toolbar import TILES, MainToolbar
+from glimpse.app.window import MainWindow
+from glimpse.app.worker import Reply
+from glimpse.engine.runtime.model import Model
 from tests.app.conftest import write_video
 
 

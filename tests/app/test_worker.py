@@ -11,10 +11,10 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from app.worker import IDLE, AskRequest, LiveRequest, ModelWorker, PrepareRequest, Reply
-from engine.runtime.caption import open_video
-from engine.runtime.conversation import Conversation
-from engine.runtime.model import Model
+from glimpse.app.worker import IDLE, AskRequest, LiveRequest, ModelWorker, PrepareRequest, Reply
+from glimpse.engine.runtime.caption import open_video
+from glimpse.engine.runtime.conversation import Conversation
+from glimpse.engine.runtime.model import Model
 
 
 @pytest.fixture

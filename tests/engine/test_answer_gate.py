@@ -19,20 +19,20 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-import engine.convert.answer_gate as ag
-import engine.convert.vision_int8 as vi
-import engine.convert.vision_precision as vp
-from engine import cli
-from engine.cli.selftest import SelfTestReport, run_engine_selftest
-from engine.convert import convert_checkpoint
-from engine.convert.synthetic import CheckpointSpec, VisionSpec, write_checkpoint
-from engine.errors import Cancelled, ConversionError
-from engine.models.model_folder import read_manifest, sha256_file, verify
-from engine.models.store import Store
-from engine.progress import Progress, Reporter
-from engine.runtime.llm import LanguageModel
-from engine.runtime.preprocess import preprocess
-from engine.runtime.vision import VisionEncoder
+import glimpse.engine.convert.answer_gate as ag
+import glimpse.engine.convert.vision_int8 as vi
+import glimpse.engine.convert.vision_precision as vp
+from glimpse.engine import cli
+from glimpse.engine.cli.selftest import SelfTestReport, run_engine_selftest
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, VisionSpec, write_checkpoint
+from glimpse.engine.errors import Cancelled, ConversionError
+from glimpse.engine.models.model_folder import read_manifest, sha256_file, verify
+from glimpse.engine.models.store import Store
+from glimpse.engine.progress import Progress, Reporter
+from glimpse.engine.runtime.llm import LanguageModel
+from glimpse.engine.runtime.preprocess import preprocess
+from glimpse.engine.runtime.vision import VisionEncoder
 
 SIZE = 256
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import engine
+from glimpse import engine
 
 
 @pytest.mark.parametrize("name", engine.__all__)
@@ -23,21 +23,23 @@ def test_unknown_name() -> None:
 
 
 def test_importing_engine_loads_no_runtime() -> None:
-    code = "import sys, engine; assert 'onnxruntime' not in sys.modules and 'llama_cpp' not in sys.modules"
+    code = ("import sys; from glimpse import engine; "
+            "assert 'onnxruntime' not in sys.modules and 'llama_cpp' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_importing_engine_loads_nothing_but_the_version() -> None:
     """The window's and the CLI's start-up: the front door costs nothing until a name is used."""
-    code = "import sys, engine; print(sorted(m for m in sys.modules if m.startswith('engine')))"
+    code = ("import sys; from glimpse import engine; "
+            "print(sorted(m for m in sys.modules if m.startswith('glimpse.engine')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    assert out.strip() == "['engine', 'engine.version']"
+    assert out.strip() == "['glimpse.engine', 'glimpse.engine.version']"
 
 
 def test_the_lazy_table_and_the_type_checking_imports_agree() -> None:
     """What type checkers and PyInstaller's analysis read (the TYPE_CHECKING imports) is what runs (``_PUBLIC``)."""
     source = Path(engine.__file__)
-    modules = {".".join(p.relative_to(source.parent.parent).with_suffix("").parts) for p in
+    modules = {".".join(("glimpse", *p.relative_to(source.parent.parent).with_suffix("").parts)) for p in
                source.parent.rglob("*.py")}
     tree = ast.parse(source.read_text(encoding="utf-8"))
     (block,) = [n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING"]
@@ -52,8 +54,8 @@ def test_the_lazy_table_and_the_type_checking_imports_agree() -> None:
 
 
 def test_a_public_name_is_the_object_its_module_defines() -> None:
-    from engine.models.store import Store  # noqa: PLC0415
-    from engine.runtime.caption import caption_stream  # noqa: PLC0415
+    from glimpse.engine.models.store import Store  # noqa: PLC0415
+    from glimpse.engine.runtime.caption import caption_stream  # noqa: PLC0415
 
     assert engine.Store is Store and engine.caption_stream is caption_stream
-    assert engine.catalog.__name__ == "engine.models.catalog"
+    assert engine.catalog.__name__ == "glimpse.engine.models.catalog"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.convert import convert_checkpoint
+from glimpse.engine.convert import convert_checkpoint
 from tools import bench_encoder, bench_prefill
 
 

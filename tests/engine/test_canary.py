@@ -13,13 +13,13 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.cli import HIDDEN_ENTRIES
-from engine.cli import canary as child
-from engine.cli.bench import format_table
-from engine.runtime import canary
-from engine.runtime import llm as llm_module
-from engine.runtime import model as model_module
-from engine.runtime.canary import (
+from glimpse.engine.cli import HIDDEN_ENTRIES
+from glimpse.engine.cli import canary as child
+from glimpse.engine.cli.bench import format_table
+from glimpse.engine.runtime import canary
+from glimpse.engine.runtime import llm as llm_module
+from glimpse.engine.runtime import model as model_module
+from glimpse.engine.runtime.canary import (
     TOLERANCE,
     KernelCanaryError,
     KernelChoice,
@@ -31,8 +31,8 @@ from engine.runtime.canary import (
     rungs,
     tolerance,
 )
-from engine.runtime.gpu_backends import NO_VULKAN_BACKEND, GpuBackend, GpuDevice, GpuUnavailable
-from engine.runtime.model import load_model
+from glimpse.engine.runtime.gpu_backends import NO_VULKAN_BACKEND, GpuBackend, GpuDevice, GpuUnavailable
+from glimpse.engine.runtime.model import load_model
 
 # f16 never reaches AMX or repacked kernels, so its as-built rung passes on every CPU: the injected faults are the only
 # failures these tests see.
@@ -261,7 +261,7 @@ def test_bench_names_the_rung() -> None:
 def test_the_bundle_carries_every_hidden_entry() -> None:
     # Hidden entries are imported by name, which PyInstaller cannot see: the spec must list each module.
     spec = (Path(__file__).resolve().parents[2] / "packaging" / "glimpse.spec").read_text(encoding="utf-8")
-    assert HIDDEN_ENTRIES["_canary"] == "engine.cli.canary:main"
+    assert HIDDEN_ENTRIES["_canary"] == "glimpse.engine.cli.canary:main"
     for target in HIDDEN_ENTRIES.values():
         assert f'"{target.partition(":")[0]}"' in spec, target
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.errors import CaptureError, InputError
-from engine.runtime.caption import (
+from glimpse.engine.errors import CaptureError, InputError
+from glimpse.engine.runtime.caption import (
     BRIEF_SUFFIX,
     Frame,
     LatestFrame,
@@ -27,7 +27,7 @@ from engine.runtime.caption import (
     open_video,
     thumbnail,
 )
-from engine.runtime.model import Model, load_model
+from glimpse.engine.runtime.model import Model, load_model
 
 REPO = Path(__file__).resolve().parents[2]
 SCENES = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
@@ -144,7 +144,7 @@ def test_sources_fail_with_sentences(tmp_path: Path) -> None:
 
 
 def _glimpse(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "glimpse.engine", *args], capture_output=True, text=True, cwd=REPO,
                           check=False, timeout=300)
 
 

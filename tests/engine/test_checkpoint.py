@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.convert.synthetic import CheckpointSpec, to_bf16_bits, write_checkpoint, write_safetensors
-from engine.errors import CheckpointError, ShapeMismatchError, UnsupportedDtypeError
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.convert.synthetic import CheckpointSpec, to_bf16_bits, write_checkpoint, write_safetensors
+from glimpse.engine.errors import CheckpointError, ShapeMismatchError, UnsupportedDtypeError
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-import engine.convert as convert_mod
-from engine.convert import convert_checkpoint, llm_gguf
-from engine.errors import Cancelled, ConversionError, DiskFullError, ModelFolderError, OutputExistsError
-from engine.models.model_folder import ATTRIBUTION, read_manifest, sha256_file, verify
-from engine.progress import Progress
+import glimpse.engine.convert as convert_mod
+from glimpse.engine.convert import convert_checkpoint, llm_gguf
+from glimpse.engine.errors import Cancelled, ConversionError, DiskFullError, ModelFolderError, OutputExistsError
+from glimpse.engine.models.model_folder import ATTRIBUTION, read_manifest, sha256_file, verify
+from glimpse.engine.progress import Progress
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,7 +128,7 @@ def test_verify_catches_corruption(converted: Path, tmp_path: Path) -> None:
 
 
 def _glimpse(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "glimpse.engine", *args], capture_output=True, text=True, cwd=REPO,
                           check=False, timeout=300)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.runtime import cpu_backends
-from engine.runtime.cpu_backends import CpuBackendError, load_cpu_backends, mapped_variant, variant_files
-from engine.runtime.llm import LanguageModel
+from glimpse.engine.runtime import cpu_backends
+from glimpse.engine.runtime.cpu_backends import CpuBackendError, load_cpu_backends, mapped_variant, variant_files
+from glimpse.engine.runtime.llm import LanguageModel
 
 LINUX = sys.platform.startswith("linux")
 

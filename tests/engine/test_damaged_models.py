@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import durable
-from engine.errors import Cancelled, GlimpseError, ModelFolderError
-from engine.models import model_folder
-from engine.models.model_folder import read_manifest, verify
-from engine.models.store import Store
-from engine.runtime import model
+from glimpse.engine import durable
+from glimpse.engine.errors import Cancelled, GlimpseError, ModelFolderError
+from glimpse.engine.models import model_folder
+from glimpse.engine.models.model_folder import read_manifest, verify
+from glimpse.engine.models.store import Store
+from glimpse.engine.runtime import model
 from tests.damaged import DAMAGE, healthy_model
 
 

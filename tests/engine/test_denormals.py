@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from engine.runner import RunnerModel
-from engine.runtime.model import load_model
-from engine.runtime.vision import flush_denormals, session_options
+from glimpse.engine.runner import RunnerModel
+from glimpse.engine.runtime.model import load_model
+from glimpse.engine.runtime.vision import flush_denormals, session_options
 
 ROOT = Path(__file__).resolve().parents[2]
 

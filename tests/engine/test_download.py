@@ -11,10 +11,10 @@ from pathlib import Path
 import filelock
 import pytest
 
-from engine.errors import Cancelled, DiskFullError, DownloadError, OfflineError
-from engine.models import catalog, download
-from engine.models.catalog import CatalogFile
-from engine.models.download import (
+from glimpse.engine.errors import Cancelled, DiskFullError, DownloadError, OfflineError
+from glimpse.engine.models import catalog, download
+from glimpse.engine.models.catalog import CatalogFile
+from glimpse.engine.models.download import (
     STATE_FILE,
     DownloadOptions,
     download_model,
@@ -22,7 +22,7 @@ from engine.models.download import (
     local_copy_complete,
     read_state,
 )
-from engine.progress import Progress
+from glimpse.engine.progress import Progress
 from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, dead_endpoint, make_repo
 
 WEIGHTS = "model.safetensors"

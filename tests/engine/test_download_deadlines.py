@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import DownloadError
-from engine.models import catalog, download
-from engine.models.download import DownloadOptions, download_model
-from engine.progress import Progress
+from glimpse.engine.errors import DownloadError
+from glimpse.engine.models import catalog, download
+from glimpse.engine.models.download import DownloadOptions, download_model
+from glimpse.engine.progress import Progress
 from tests.fakehub import REPO, FakeHub, make_repo
 
 WEIGHTS = "model.safetensors"
@@ -140,8 +140,8 @@ def test_the_stall_message_names_a_mirror(hub: FakeHub, tmp_path: Path) -> None:
 
 
 def test_a_stall_is_shown_as_one_by_the_terminal_and_the_window(capsys: pytest.CaptureFixture[str]) -> None:
-    from app.units import progress_line  # noqa: PLC0415 (the window's wording, checked here beside the engine's)
-    from engine.cli.progress import ProgressBar  # noqa: PLC0415
+    from glimpse.app.units import progress_line  # noqa: PLC0415 (the window's wording, checked here beside the engine's)
+    from glimpse.engine.cli.progress import ProgressBar  # noqa: PLC0415
 
     note = "no data from huggingface.co for 15 s, retrying (1/3)"
     moving = Progress("download fastvlm-0.5b", 500_000, 1_000_000, "B", 250_000.0)

@@ -11,12 +11,12 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from engine import durable
-from engine.convert import convert_checkpoint
-from engine.convert.install import import_model
-from engine.models import catalog
-from engine.models.download import STATE_FILE, DownloadOptions, download_model
-from engine.models.store import Store
+from glimpse.engine import durable
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.install import import_model
+from glimpse.engine.models import catalog
+from glimpse.engine.models.download import STATE_FILE, DownloadOptions, download_model
+from glimpse.engine.models.store import Store
 from tests.durability import SyncLog, needs_proc
 from tests.fakehub import REPO, FakeHub, make_repo
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from app.launcher import log_dir
-from engine.cli import main
-from engine.errors import FolderError
-from engine.folders import assets_root, user_folder
-from engine.models.store import Store, home
-from engine.runtime.vision import cache_dir
+from glimpse.app.launcher import log_dir
+from glimpse.engine.cli import main
+from glimpse.engine.errors import FolderError
+from glimpse.engine.folders import assets_root, user_folder
+from glimpse.engine.models.store import Store, home
+from glimpse.engine.runtime.vision import cache_dir
 
 
 def test_glimpse_home_holds_every_user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

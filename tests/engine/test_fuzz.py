@@ -29,16 +29,16 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
-from engine.convert.checkpoint import LlmGeometry
-from engine.convert.llm_gguf import read_vocab
-from engine.convert.safetensors_header import read_header
-from engine.errors import CheckpointError, GlimpseError
-from engine.limits import parse_json
-from engine.models.gguf_header import check_gguf_file
-from engine.models.model_folder import MANIFEST, read_manifest, verify
-from engine.models.onnx_external import check_onnx_file
-from engine.names import safe_child
-from engine.runtime.preprocess import load_image
+from glimpse.engine.convert.checkpoint import LlmGeometry
+from glimpse.engine.convert.llm_gguf import read_vocab
+from glimpse.engine.convert.safetensors_header import read_header
+from glimpse.engine.errors import CheckpointError, GlimpseError
+from glimpse.engine.limits import parse_json
+from glimpse.engine.models.gguf_header import check_gguf_file
+from glimpse.engine.models.model_folder import MANIFEST, read_manifest, verify
+from glimpse.engine.models.onnx_external import check_onnx_file
+from glimpse.engine.names import safe_child
+from glimpse.engine.runtime.preprocess import load_image
 from tests.engine.test_native_checks import LLM, _data_size, _good_kvs, _good_tensors, gguf_bytes
 
 _LONG = os.environ.get("GLIMPSE_FUZZ", "").lower() == "long"

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.models.gguf_header import read_header, tensor_bytes
-from engine.runtime import gpu_backends
-from engine.runtime.cpu_backends import core_library, llama_lib_dir
-from engine.runtime.gpu_backends import GpuUnavailable, driver_identity, layers_that_fit, load_gpu_backend
-from engine.runtime.llm import GPU_RESERVE_BYTES, gpu_plan
+from glimpse.engine.models.gguf_header import read_header, tensor_bytes
+from glimpse.engine.runtime import gpu_backends
+from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir
+from glimpse.engine.runtime.gpu_backends import GpuUnavailable, driver_identity, layers_that_fit, load_gpu_backend
+from glimpse.engine.runtime.llm import GPU_RESERVE_BYTES, gpu_plan
 
 REPO = Path(__file__).resolve().parents[2]
 MB = 1 << 20
@@ -118,7 +118,7 @@ def _without_vulkan_loader(*args: str) -> subprocess.CompletedProcess[str]:
     """`glimpse ARGS` as on a machine with no Vulkan loader (libvulkan.so.1 hidden from the dynamic linker)."""
     env = {**os.environ, "GLIMPSE_RUNNER": "1"}
     return subprocess.run([str(REPO / "tests/gui/without-libs"), "libvulkan.so.1", "--", sys.executable, "-m",
-                           "engine", *args], capture_output=True, text=True, cwd=REPO, env=env, check=False,
+                           "glimpse.engine", *args], capture_output=True, text=True, cwd=REPO, env=env, check=False,
                           timeout=300)
 
 

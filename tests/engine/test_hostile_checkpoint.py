@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.convert.llm_gguf import read_vocab
-from engine.convert.synthetic import write_safetensors
-from engine.errors import CheckpointError, GlimpseError
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.convert.llm_gguf import read_vocab
+from glimpse.engine.convert.synthetic import write_safetensors
+from glimpse.engine.errors import CheckpointError, GlimpseError
 
 SHARD_1 = "model-00001-of-00002.safetensors"
 SHARD_2 = "model-00002-of-00002.safetensors"

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import DownloadError
-from engine.models import catalog
-from engine.models.catalog import INDEX_FILE
-from engine.models.download import STATE_FILE, DownloadOptions, bytes_on_disk, download_model, local_copy_complete
+from glimpse.engine.errors import DownloadError
+from glimpse.engine.models import catalog
+from glimpse.engine.models.catalog import INDEX_FILE
+from glimpse.engine.models.download import (
+    STATE_FILE,
+    DownloadOptions,
+    bytes_on_disk,
+    download_model,
+    local_copy_complete,
+)
 from tests.fakehub import FakeHub, make_repo
 
 ENTRY = catalog.lookup("fastvlm-1.5b")  # index optional: the layout a mirror decides

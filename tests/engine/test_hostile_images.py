@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import engine.runtime.preprocess as pp
-from engine.errors import ImageError
-from engine.runtime.preprocess import FORMATS, canvas_budget, letterbox, load_image, preprocess, tile_views, to_pixels
+import glimpse.engine.runtime.preprocess as pp
+from glimpse.engine.errors import ImageError
+from glimpse.engine.runtime.preprocess import (
+    FORMATS,
+    canvas_budget,
+    letterbox,
+    load_image,
+    preprocess,
+    tile_views,
+    to_pixels,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +103,7 @@ def test_a_few_kb_strip_does_not_ask_for_a_square_canvas(tmp_path: Path) -> None
     path = tmp_path / "strip.png"
     _png_strip(path, 120_000, 800)  # 96 megapixels, under the 100 MP limit; its square would be 43 GB
     assert path.stat().st_size < 20_000
-    code = (f"from engine.runtime.preprocess import preprocess, tile_views\n"
+    code = (f"from glimpse.engine.runtime.preprocess import preprocess, tile_views\n"
             f"px = preprocess({str(path)!r}, 256)\n"
             f"views = tile_views({str(path)!r}, (2, 2), 256)\n"
             "print(px.shape, len(views), float(px.max()))\n")

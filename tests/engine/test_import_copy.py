@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from engine.convert.install import import_model
-from engine.errors import Cancelled, ModelFolderError, OutputExistsError
-from engine.models.model_folder import verify
-from engine.models.store import Store
-from engine.progress import Progress
+from glimpse.engine.convert.install import import_model
+from glimpse.engine.errors import Cancelled, ModelFolderError, OutputExistsError
+from glimpse.engine.models.model_folder import verify
+from glimpse.engine.models.store import Store
+from glimpse.engine.progress import Progress
 from tests.damaged import healthy_model
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="links and FIFOs need POSIX")

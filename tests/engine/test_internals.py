@@ -23,10 +23,10 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from engine.internals import INTERNALS, TESTED, Internal
-from engine.runtime import gpu_backends
-from engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
-from engine.runtime.llm import LanguageModel
+from glimpse.engine.internals import INTERNALS, TESTED, Internal
+from glimpse.engine.runtime import gpu_backends
+from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
+from glimpse.engine.runtime.llm import LanguageModel
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -160,7 +160,8 @@ def _private_imports() -> Iterator[tuple[str, str]]:
     for folder in ("engine", "app"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if (isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith(("engine", "app"))
+                if (isinstance(node, ast.ImportFrom) and node.module
+                        and not node.module.startswith(("glimpse.engine", "glimpse.app"))
                         and any(p.startswith("_") and not p.startswith("__") for p in node.module.split("."))):
                     for alias in node.names:
                         yield str(path.relative_to(ROOT)), f"{node.module}:{alias.name}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "engine"
+NAMESPACE = "glimpse"
 DOC = ROOT / "docs" / "architecture.md"
 FRONT_DOOR = "engine"  # the node of engine/__init__.py and engine/__main__.py
 BASE = "base"  # the node of the modules directly in engine/
@@ -28,8 +29,9 @@ GRAPH_HEADING = "### The import graph"
 # -- reading the source -----------------------------------------------------------------------------------------------
 
 def module_name(path: Path, package: Path) -> str:
+    """The installed name: engine/runtime/llm.py is ``glimpse.engine.runtime.llm`` (pyproject.toml's package-dir)."""
     parts = path.relative_to(package.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join((NAMESPACE, *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 def modules(package: Path) -> dict[str, Path]:
@@ -74,9 +76,10 @@ def imported_modules(name: str, path: Path, known: Iterable[str], *, typing_too:
                 found.add(sub if sub in known else base)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             # A module imported by name at run time: the front door's lazy table, the CLI's hidden entries
-            # ("engine.x.y" or "engine.x.y:function"). The bare package name is a command line's, not an import.
+            # ("glimpse.engine.x.y" or "glimpse.engine.x.y:function"). The package's own name is a command line's
+            # (python -m glimpse.engine), not an import.
             named = node.value.partition(":")[0]
-            if "." in named and named in known:
+            if "." in named.removeprefix(f"{NAMESPACE}.") and named in known:
                 found.add(named)
     return {m for m in found if m in known} - {name}
 
@@ -87,9 +90,9 @@ def module_graph(package: Path, *, typing_too: bool = False) -> dict[str, set[st
 
 
 def node_of(module: str, path: Path) -> str:
-    """``engine.runtime.llm`` -> ``runtime``; ``engine.errors`` -> ``base``; ``engine``, ``engine.__main__`` ->
-    ``engine`` (the front door)."""
-    parts = module.split(".")
+    """``glimpse.engine.runtime.llm`` -> ``runtime``; ``glimpse.engine.errors`` -> ``base``; ``glimpse.engine``,
+    ``glimpse.engine.__main__`` -> ``engine`` (the front door)."""
+    parts = module.removeprefix(f"{NAMESPACE}.").split(".")
     if len(parts) == 1 or parts[1] == "__main__":
         return FRONT_DOOR
     return parts[1] if len(parts) > 2 or path.name == "__init__.py" else BASE
@@ -232,13 +235,14 @@ base
 """
 
 _CLEAN = {
-    "__init__.py": "from engine.runtime.a import run\n",
+    "__init__.py": "from glimpse.engine.runtime.a import run\n",
     "errors.py": "",
     "runtime/__init__.py": "",
-    "runtime/a.py": "from engine import errors\nfrom engine.models.b import B\n\ndef run():\n    return B\n",
+    "runtime/a.py": "from glimpse.engine import errors\nfrom glimpse.engine.models.b import B\n\n"
+                    "def run():\n    return B\n",
     "models/__init__.py": "",
-    "models/b.py": "from typing import TYPE_CHECKING\n\nfrom engine.errors import X\n\n"
-                   "if TYPE_CHECKING:\n    from engine.runtime.a import run\n\nB = 1\n",
+    "models/b.py": "from typing import TYPE_CHECKING\n\nfrom glimpse.engine.errors import X\n\n"
+                   "if TYPE_CHECKING:\n    from glimpse.engine.runtime.a import run\n\nB = 1\n",
 }
 
 
@@ -249,7 +253,7 @@ def test_the_checker_passes_a_tree_that_matches(tmp_path: Path) -> None:
 def test_the_checker_finds_an_injected_cycle(tmp_path: Path) -> None:
     """A function-level import from models back up to runtime: a cycle, an unlisted edge and an upward one."""
     files = dict(_CLEAN)
-    files["models/b.py"] += "\n\ndef late():\n    from engine.runtime import a\n\n    return a\n"
+    files["models/b.py"] += "\n\ndef late():\n    from glimpse.engine.runtime import a\n\n    return a\n"
     found = problems(_tree(tmp_path, files), _DOC)
     assert "import cycle between models , runtime" in found
     assert "models imports runtime, an edge docs/architecture.md does not list" in found
@@ -257,7 +261,7 @@ def test_the_checker_finds_an_injected_cycle(tmp_path: Path) -> None:
 
 def test_the_checker_finds_an_unlisted_edge(tmp_path: Path) -> None:
     files = dict(_CLEAN)
-    files["__init__.py"] += "from engine.models.b import B\n"
+    files["__init__.py"] += "from glimpse.engine.models.b import B\n"
     assert problems(_tree(tmp_path, files), _DOC) == [
         "engine imports models, an edge docs/architecture.md does not list"]
 
@@ -270,7 +274,7 @@ def test_the_checker_finds_a_listed_edge_the_source_lacks_and_an_upward_one(tmp_
 
 
 def test_the_checker_finds_a_folder_the_document_lacks(tmp_path: Path) -> None:
-    files = {**_CLEAN, "runner/__init__.py": "from engine.runtime import a\n"}
+    files = {**_CLEAN, "runner/__init__.py": "from glimpse.engine.runtime import a\n"}
     found = problems(_tree(tmp_path, files), _DOC)
     assert "runner is not a layer in docs/architecture.md" in found
     assert "runner imports runtime, an edge docs/architecture.md does not list" in found
@@ -278,8 +282,9 @@ def test_the_checker_finds_a_folder_the_document_lacks(tmp_path: Path) -> None:
 
 def test_typing_only_imports_are_left_out_of_the_graph_but_not_out_of_the_pairs(tmp_path: Path) -> None:
     package = _tree(tmp_path, _CLEAN)
-    assert "engine.runtime.a" not in module_graph(package)["engine.models.b"]
-    assert mutual_pairs(module_graph(package, typing_too=True)) == [("engine.models.b", "engine.runtime.a")]
+    assert "glimpse.engine.runtime.a" not in module_graph(package)["glimpse.engine.models.b"]
+    assert mutual_pairs(module_graph(package, typing_too=True)) == [
+        ("glimpse.engine.models.b", "glimpse.engine.runtime.a")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -294,20 +299,20 @@ def imports_past_the_front_door(app: Path, public: set[str]) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 found += [f"{where}:{node.lineno}: import {a.name}" for a in node.names
-                          if a.name.startswith("engine.")]
+                          if a.name.startswith("glimpse.engine.")]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module \
-                    and node.module.split(".")[0] == "engine":
+                    and (node.module + ".").startswith("glimpse.engine."):
                 names = [a.name for a in node.names]
-                if node.module != "engine":
+                if node.module != "glimpse.engine":
                     found.append(f"{where}:{node.lineno}: from {node.module} import {', '.join(names)}")
                 elif set(names) - public:
-                    found.append(f"{where}:{node.lineno}: from engine import {', '.join(sorted(set(names) - public))}"
-                                 " (not in engine.__all__)")
+                    found.append(f"{where}:{node.lineno}: from glimpse.engine import "
+                                 f"{', '.join(sorted(set(names) - public))} (not in engine.__all__)")
     return found
 
 
 def test_the_app_uses_only_the_engines_declared_names() -> None:
-    import engine  # noqa: PLC0415 (the test reads what the package declares)
+    from glimpse import engine  # noqa: PLC0415 (the test reads what the package declares)
 
     found = imports_past_the_front_door(ROOT / "app", set(engine.__all__))
     assert not found, "the app imports past the engine's front door (engine/__init__.py's __all__):\n" + "\n".join(
@@ -317,16 +322,18 @@ def test_the_app_uses_only_the_engines_declared_names() -> None:
 def test_the_front_door_check_finds_an_import_past_it(tmp_path: Path) -> None:
     app = tmp_path / "app"
     app.mkdir()
-    (app / "ok.py").write_text("import engine\nfrom engine import Store, load_model\n", encoding="utf-8")
+    (app / "ok.py").write_text("from glimpse import engine\nfrom glimpse.engine import Store, load_model\n",
+                               encoding="utf-8")
     assert imports_past_the_front_door(app, {"Store", "load_model"}) == []
-    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport engine.cli\nfrom engine import Secret\n"
-                                "from engine.models.store import Store\n\nif TYPE_CHECKING:\n"
-                                "    from engine.runtime.model import Model\n\n\ndef late():\n"
-                                "    from engine.runtime import caption\n", encoding="utf-8")
+    (app / "bad.py").write_text("from typing import TYPE_CHECKING\n\nimport glimpse.engine.cli\n"
+                                "from glimpse.engine import Secret\n"
+                                "from glimpse.engine.models.store import Store\n\nif TYPE_CHECKING:\n"
+                                "    from glimpse.engine.runtime.model import Model\n\n\ndef late():\n"
+                                "    from glimpse.engine.runtime import caption\n", encoding="utf-8")
     assert imports_past_the_front_door(app, {"Store", "load_model"}) == [
-        "app/bad.py:3: import engine.cli",
-        "app/bad.py:4: from engine import Secret (not in engine.__all__)",
-        "app/bad.py:5: from engine.models.store import Store",
-        "app/bad.py:8: from engine.runtime.model import Model",
-        "app/bad.py:12: from engine.runtime import caption",
+        "app/bad.py:3: import glimpse.engine.cli",
+        "app/bad.py:4: from glimpse.engine import Secret (not in engine.__all__)",
+        "app/bad.py:5: from glimpse.engine.models.store import Store",
+        "app/bad.py:8: from glimpse.engine.runtime.model import Model",
+        "app/bad.py:12: from glimpse.engine.runtime import caption",
     ]

@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.cli import main
-from engine.models.leftovers import OWNER_FILE, Owner, claim, process_alive, read_owner, reclaim
-from engine.models.store import Store
-from engine.runtime.vision import cache_dir
+from glimpse.engine.cli import main
+from glimpse.engine.models.leftovers import OWNER_FILE, Owner, claim, process_alive, read_owner, reclaim
+from glimpse.engine.models.store import Store
+from glimpse.engine.runtime.vision import cache_dir
 from tests.fakehub import REPO, FakeHub, make_repo
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="links and kill -9 need POSIX")
@@ -133,7 +133,7 @@ BLOCKER = textwrap.dedent("""
             time.sleep(600)  # killed here, mid-way
             return real_result
         setattr(target, name, blocked)
-    from engine.cli import main
+    from glimpse.engine.cli import main
     sys.exit(main(sys.argv[4:]))
 """)
 
@@ -183,7 +183,7 @@ def hidden(folder: Path) -> list[Path]:
 def test_a_killed_import_is_reclaimed_by_the_next_command(glimpse_home: Path, tiny_model_dir: Path,
                                                           run_blocked: Callable[..., subprocess.Popen[bytes]],
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    proc = run_blocked("engine.models.folder_copy", "_copy_regular", "models", "import", str(tiny_model_dir),
+    proc = run_blocked("glimpse.engine.models.folder_copy", "_copy_regular", "models", "import", str(tiny_model_dir),
                        "--name", "mine", "-q")
     models = glimpse_home / "models"
     [work] = hidden(models)
@@ -208,7 +208,7 @@ def test_a_killed_conversion_is_reclaimed_by_the_next_command(glimpse_home: Path
                                                               run_blocked: Callable[..., subprocess.Popen[bytes]],
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = glimpse_home / "models" / "converted"
-    proc = run_blocked("engine.convert.vision_graph", "build_vision_onnx", "convert", str(tiny_checkpoint),
+    proc = run_blocked("glimpse.engine.convert.vision_graph", "build_vision_onnx", "convert", str(tiny_checkpoint),
                        str(out_dir), "-q")
     [work] = hidden(out_dir.parent)
     assert work.name == f".converted.partial-{proc.pid}" and read_owner(work) is not None
@@ -226,7 +226,7 @@ def test_a_killed_pull_keeps_its_download_and_reclaims_its_conversion(
     with FakeHub({REPO: repo}) as hub:
         env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0"}
         # Killed while converting: the conversion's folder goes, the finished download stays.
-        proc = run_blocked("engine.convert.vision_graph", "build_vision_onnx", "models", "pull", "fastvlm-0.5b",
+        proc = run_blocked("glimpse.engine.convert.vision_graph", "build_vision_onnx", "models", "pull", "fastvlm-0.5b",
                            "--accept-license", "-q", env=env)
         [work] = hidden(glimpse_home / "models")
         assert read_owner(work) is not None

@@ -26,13 +26,20 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from engine.convert import llm_gguf
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.convert.llm_gguf import write_llm_gguf
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
-from engine.errors import Cancelled, ContextFullError, ConversionError, DiskFullError, InferenceError, ModelFolderError
-from engine.progress import Progress, Reporter
-from engine.runtime.llm import LanguageModel, check_gguf, image_marker
+from glimpse.engine.convert import llm_gguf
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.convert.llm_gguf import write_llm_gguf
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
+from glimpse.engine.errors import (
+    Cancelled,
+    ContextFullError,
+    ConversionError,
+    DiskFullError,
+    InferenceError,
+    ModelFolderError,
+)
+from glimpse.engine.progress import Progress, Reporter
+from glimpse.engine.runtime.llm import LanguageModel, check_gguf, image_marker
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VARIANTS = ("tied", "untied")

@@ -13,14 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.convert import convert_checkpoint
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
-from engine.errors import Cancelled, ContextFullError, ImageError, InputError, ModelFolderError, ModelNotFoundError
-from engine.models.model_folder import file_entry
-from engine.runtime import conversation
-from engine.runtime.model import Answer, Model, load_model
-from engine.runtime.preprocess import tile_views
-from engine.runtime.prompt import SYSTEM_PROMPT, first_turn, next_turn, render
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
+from glimpse.engine.errors import (
+    Cancelled,
+    ContextFullError,
+    ImageError,
+    InputError,
+    ModelFolderError,
+    ModelNotFoundError,
+)
+from glimpse.engine.models.model_folder import file_entry
+from glimpse.engine.runtime import conversation
+from glimpse.engine.runtime.model import Answer, Model, load_model
+from glimpse.engine.runtime.preprocess import tile_views
+from glimpse.engine.runtime.prompt import SYSTEM_PROMPT, first_turn, next_turn, render
 
 SIZE = 256  # 16 image rows with the 64x downsampling
 

@@ -14,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.errors import ModelFolderError
-from engine.models.gguf_header import check_against_manifest, check_gguf_file, expected_tensors, parse
-from engine.models.model_folder import LLM_FILE, MANIFEST, VISION_FILE, file_entry, verify
-from engine.models.onnx_external import check_onnx_file, external_locations
-from engine.runtime.llm import check_gguf
-from engine.runtime.model import load_model
+from glimpse.engine.errors import ModelFolderError
+from glimpse.engine.models.gguf_header import check_against_manifest, check_gguf_file, expected_tensors, parse
+from glimpse.engine.models.model_folder import LLM_FILE, MANIFEST, VISION_FILE, file_entry, verify
+from glimpse.engine.models.onnx_external import check_onnx_file, external_locations
+from glimpse.engine.runtime.llm import check_gguf
+from glimpse.engine.runtime.model import load_model
 
 # -- a small independent GGUF writer (the format, not the gguf package) -----------------------------------------------
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
-QT_ROOTS = {"PySide6", "PyQt5", "PyQt6", "PySide2", "shiboken6", "app"}
+QT_ROOTS = {"PySide6", "PyQt5", "PyQt6", "PySide2", "shiboken6"}
+APP = "glimpse.app"
 
 
 def test_engine_sources_never_import_qt_or_app() -> None:
@@ -19,14 +20,15 @@ def test_engine_sources_never_import_qt_or_app() -> None:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            offenders += [f"{path.relative_to(ENGINE.parent)}: {n}" for n in names if n.split(".")[0] in QT_ROOTS]
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            offenders += [f"{path.relative_to(ENGINE.parent)}: {n}" for n in names
+                          if n.split(".")[0] in QT_ROOTS or f"{n}.".startswith(f"{APP}.")]
     assert offenders == []
 
 
 def test_engine_imports_with_qt_blocked() -> None:
     """Import every engine module in a fresh interpreter where importing Qt raises."""
-    modules = sorted("engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
+    modules = sorted("glimpse.engine." + ".".join(p.relative_to(ENGINE).with_suffix("").parts)
                      for p in ENGINE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
     code = (
         "import sys, importlib\n"

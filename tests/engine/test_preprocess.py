@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.errors import ImageError, InputError
-from engine.runtime.preprocess import check_size, load_image, pad_to_square, preprocess, to_pixels
+from glimpse.engine.errors import ImageError, InputError
+from glimpse.engine.runtime.preprocess import check_size, load_image, pad_to_square, preprocess, to_pixels
 
 RED = (255, 0, 0)
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.runtime import prompt
-from engine.runtime.conversation import Conversation
-from engine.runtime.llm import image_marker
-from engine.runtime.model import Model, load_model
+from glimpse.engine.runtime import prompt
+from glimpse.engine.runtime.conversation import Conversation
+from glimpse.engine.runtime.llm import image_marker
+from glimpse.engine.runtime.model import Model, load_model
 
 SIZE = 256
 PLACEHOLDER = "<image>"

@@ -19,11 +19,11 @@ import psutil
 import pytest
 from PIL import Image
 
-from engine.errors import Cancelled, GlimpseError, ModelFolderError
-from engine.runner import RunnerError, RunnerModel, faults
-from engine.runner.protocol import PeerGone, ProtocolError, encode, read_message, write_message
-from engine.runtime.model import load_model
-from engine.runtime.types import Answer, Restart
+from glimpse.engine.errors import Cancelled, GlimpseError, ModelFolderError
+from glimpse.engine.runner import RunnerError, RunnerModel, faults
+from glimpse.engine.runner.protocol import PeerGone, ProtocolError, encode, read_message, write_message
+from glimpse.engine.runtime.model import load_model
+from glimpse.engine.runtime.types import Answer, Restart
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "What is in this picture?"
@@ -231,7 +231,7 @@ def test_a_runner_killed_between_questions_is_restarted_with_the_conversation(
 def test_the_runner_does_not_outlive_its_parent(tiny_model_dir: Path, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, sys
-        from engine.runner import RunnerModel
+        from glimpse.engine.runner import RunnerModel
         model = RunnerModel({str(tiny_model_dir)!r}, n_ctx=1024, threads=1)
         print(model.pid, flush=True)
         os.kill(os.getpid(), 9)  # the window crashing or killed: no cleanup runs
@@ -250,9 +250,9 @@ def test_the_runner_does_not_outlive_its_parent(tiny_model_dir: Path, tmp_path: 
 
 def _ask(model: Path, photo: Path, fault: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, faults.ENV: fault}
-    return subprocess.run([sys.executable, "-m", "engine", "ask", str(model), str(photo), QUESTION, "--size", "256",
-                           "--max-tokens", "6", "--n-ctx", "1024"], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=300, check=False)
+    return subprocess.run([sys.executable, "-m", "glimpse.engine", "ask", str(model), str(photo), QUESTION,
+                           "--size", "256", "--max-tokens", "6", "--n-ctx", "1024"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300, check=False)
 
 
 def test_glimpse_ask_answers_after_a_crash_or_ends_with_a_sentence(tiny_model_dir: Path, tmp_path: Path,
@@ -275,9 +275,10 @@ def test_glimpse_caption_captions_through_a_crash_or_ends_with_a_sentence(tiny_m
     video = write_video(tmp_path / "scenes.avi")
 
     def caption(fault: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "engine", "caption", str(tiny_model_dir), "--source", str(video),
-                               "--count", "2", "--jsonl", "--size", "256", "--n-ctx", "1024"], capture_output=True,
-                              text=True, cwd=REPO, env={**os.environ, faults.ENV: fault}, timeout=300, check=False)
+        return subprocess.run([sys.executable, "-m", "glimpse.engine", "caption", str(tiny_model_dir), "--source",
+                               str(video), "--count", "2", "--jsonl", "--size", "256", "--n-ctx", "1024"],
+                              capture_output=True, text=True, cwd=REPO, env={**os.environ, faults.ENV: fault},
+                              timeout=300, check=False)
 
     once = caption("segv@answer#1")
     assert once.returncode == 0, once.stderr

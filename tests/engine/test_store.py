@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.cli import models as cli_models
-from engine.convert import convert_checkpoint
-from engine.convert.install import import_model, pull_model
-from engine.errors import (
+from glimpse.engine.cli import main
+from glimpse.engine.cli import models as cli_models
+from glimpse.engine.convert import convert_checkpoint
+from glimpse.engine.convert.install import import_model, pull_model
+from glimpse.engine.errors import (
     CheckpointError,
     GlimpseError,
     LicenseNotAcceptedError,
@@ -23,11 +23,11 @@ from engine.errors import (
     ModelNotFoundError,
     OutputExistsError,
 )
-from engine.models import catalog, download
-from engine.models.download import DownloadOptions, read_state
-from engine.models.model_folder import is_model_folder, verify
-from engine.models.store import Store, home, normalize_name
-from engine.runtime.vision import VisionEncoder, cache_dir
+from glimpse.engine.models import catalog, download
+from glimpse.engine.models.download import DownloadOptions, read_state
+from glimpse.engine.models.model_folder import is_model_folder, verify
+from glimpse.engine.models.store import Store, home, normalize_name
+from glimpse.engine.runtime.vision import VisionEncoder, cache_dir
 from tests.fakehub import LICENSE_TEXT, REPO, FakeHub, make_repo
 
 

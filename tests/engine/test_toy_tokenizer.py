@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.convert.synthetic import SPECIAL_TOKENS, write_tokenizer
-from engine.convert.toy_merges import TOY_MERGES
+from glimpse.engine.convert.synthetic import SPECIAL_TOKENS, write_tokenizer
+from glimpse.engine.convert.toy_merges import TOY_MERGES
 from tests.toy_bpe import N_MERGES, merges_module, train_toy_bpe
 
 

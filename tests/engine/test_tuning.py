@@ -15,13 +15,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engine.cli import main
-from engine.cli.bench import format_tuning
-from engine.models.model_folder import read_manifest
-from engine.runtime import tuning, tuning_measure
-from engine.runtime.model import load_model
-from engine.runtime.tuning import DEFAULTS, RuntimeSettings, settings_from_dict
-from engine.runtime.tuning_measure import settings_for
+from glimpse.engine.cli import main
+from glimpse.engine.cli.bench import format_tuning
+from glimpse.engine.models.model_folder import read_manifest
+from glimpse.engine.runtime import tuning, tuning_measure
+from glimpse.engine.runtime.model import load_model
+from glimpse.engine.runtime.tuning import DEFAULTS, RuntimeSettings, settings_from_dict
+from glimpse.engine.runtime.tuning_measure import settings_for
 
 IMAGE = (np.random.default_rng(3).random((96, 128, 3)) * 255).astype(np.uint8)
 

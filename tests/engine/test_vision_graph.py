@@ -22,12 +22,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engine.convert import synthetic, vision_graph
-from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
-from engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, VisionGeometry, build_vision_onnx
-from engine.errors import Cancelled, CheckpointError, ConversionError, ShapeMismatchError
-from engine.progress import Progress, Reporter
+from glimpse.engine.convert import synthetic, vision_graph
+from glimpse.engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
+from glimpse.engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, VisionGeometry, build_vision_onnx
+from glimpse.engine.errors import Cancelled, CheckpointError, ConversionError, ShapeMismatchError
+from glimpse.engine.progress import Progress, Reporter
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REL_TOL = 1e-4  # graph vs timm, float32 throughout (measured: 2e-7 tiny, 4e-7 full)

@@ -17,16 +17,16 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-import engine.convert.vision_int8 as vi
-from engine import cli
-from engine.convert import convert_checkpoint, estimate_output_bytes
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, build_vision_onnx
-from engine.errors import ConversionError
-from engine.folders import assets_root
-from engine.models.model_folder import sha256_file
-from engine.runtime.preprocess import preprocess
-from engine.runtime.vision import VisionEncoder, cache_dir
+import glimpse.engine.convert.vision_int8 as vi
+from glimpse.engine import cli
+from glimpse.engine.convert import convert_checkpoint, estimate_output_bytes
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.convert.vision_graph import INPUT_NAME, OUTPUT_NAME, build_vision_onnx
+from glimpse.engine.errors import ConversionError
+from glimpse.engine.folders import assets_root
+from glimpse.engine.models.model_folder import sha256_file
+from glimpse.engine.runtime.preprocess import preprocess
+from glimpse.engine.runtime.vision import VisionEncoder, cache_dir
 
 SIZE = 256  # the smallest supported side keeps calibration and the gate fast on the tiny tower
 

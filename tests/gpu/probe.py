@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from engine.runtime.model import load_model
+from glimpse.engine.runtime.model import load_model
 
 
 def main(argv: list[str]) -> int:

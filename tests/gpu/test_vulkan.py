@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.runtime.canary import logit_error, tolerance
-from engine.runtime.gpu_backends import vulkan_library
+from glimpse.engine.runtime.canary import logit_error, tolerance
+from glimpse.engine.runtime.gpu_backends import vulkan_library
 
 REPO = Path(__file__).resolve().parents[2]
 LAVAPIPE = sorted(Path("/usr/share/vulkan/icd.d").glob("lvp_icd*.json"))
@@ -55,8 +55,8 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _glimpse(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          check=False, timeout=600)
+    return subprocess.run([sys.executable, "-m", "glimpse.engine", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, check=False, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cli.bench import FOLLOW_UP, QUESTION
-from engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
-from engine.runtime.preprocess import preprocess
-from engine.runtime.prompt import first_turn, next_turn
-from engine.runtime.tuning_measure import sample_image
-from engine.system import peak_rss_bytes
+from glimpse.engine.cli.bench import FOLLOW_UP, QUESTION
+from glimpse.engine.convert.checkpoint import PROJECTOR_PREFIX, VISION_PREFIX, Checkpoint
+from glimpse.engine.runtime.preprocess import preprocess
+from glimpse.engine.runtime.prompt import first_turn, next_turn
+from glimpse.engine.runtime.tuning_measure import sample_image
+from glimpse.engine.system import peak_rss_bytes
 
 THREADS = 2
 DECODE_STEPS = 16
@@ -339,7 +339,7 @@ def worker(kind: str, args: argparse.Namespace, size: int | None = None, check: 
 
 def glimpse_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     """``glimpse bench`` on the converted model in its own process, in the result format of the baselines."""
-    cmd = [args.glimpse_python, "-m", "engine", "bench", str(args.converted), "--sizes",
+    cmd = [args.glimpse_python, "-m", "glimpse.engine", "bench", str(args.converted), "--sizes",
            ",".join(map(str, args.sizes)), "--runs", str(args.runs), "--json"]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     sizes = {r["size"]: {"encode_ms": r["encode_ms"], "prefill_ms": r["prefill_ms"], "ttft_ms": r["ttft_ms"],
@@ -410,7 +410,7 @@ def main() -> int:
         report = {"threads": THREADS, "runs": args.runs, "decode_steps": DECODE_STEPS, "sizes": args.sizes,
                   "checkpoint": str(args.checkpoint), "converted": str(args.converted), "baselines": {}}
         if args.compare:
-            from engine.runtime.tuning import cpu_fingerprint
+            from glimpse.engine.runtime.tuning import cpu_fingerprint
 
             cpu = cpu_fingerprint()
             report["cpu"] = {"name": cpu["cpu"], "class": cpu["class"], "features": cpu["features"]}

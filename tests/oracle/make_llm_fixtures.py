@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from engine.convert.checkpoint import Checkpoint, LlmGeometry
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
+from glimpse.engine.convert.checkpoint import Checkpoint, LlmGeometry
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, write_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

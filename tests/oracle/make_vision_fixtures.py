@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
+from glimpse.engine.convert.synthetic import CheckpointSpec, LlmSpec, VisionSpec, write_checkpoint
 
 VISION_PREFIX = "model.vision_tower.vision_tower.model."
 PROJECTOR_PREFIX = "model.mm_projector."
