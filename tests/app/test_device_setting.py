@@ -12,6 +12,7 @@ from glimpse.app.settings import Settings
 from glimpse.app.widgets.settings_dialog import SettingsDialog
 from glimpse.app.widgets.status_line import StatusLine
 from glimpse.app.window import MainWindow
+from glimpse.engine import Store
 from glimpse.engine.runtime.gpu_backends import NO_VULKAN_BACKEND
 
 
@@ -59,3 +60,22 @@ def test_the_window_shows_the_loaded_models_devices(qtbot: QtBot, window: MainWi
     window.settings.device = "gpu"
     window.use_model(window.settings.model)
     assert seen and seen[-1][2] == "gpu"
+
+
+def test_a_gpu_asked_for_and_not_there_is_one_sentence(qtbot: QtBot, settings: Settings, model_store: Store,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU llama.cpp can use here: a build without Vulkan (CI's source install), or one whose only Vulkan device is
+    # a software driver that llama.cpp leaves out. Settings > Device "GPU" then ends the load with the sentence and
+    # the window's own advice, and the window stays usable.
+    for name in ("GGML_VK_VISIBLE_DEVICES", "VK_DRIVER_FILES", "VK_ICD_FILENAMES"):
+        monkeypatch.delenv(name, raising=False)
+    settings.model, settings.threads, settings.device = "tiny", 1, "gpu"
+    window = MainWindow(settings, store=model_store, speech_engine="mock")
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.worker.model_failed, timeout=60_000) as failed:
+        window.show()
+    message = str(failed.args[0])
+    assert "so the GPU is not used" in message and "Settings > Device" in message, message
+    assert "--device" not in message and "Traceback" not in message
+    assert window.status.devices.text() == ""
+    window.close()

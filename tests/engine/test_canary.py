@@ -364,6 +364,7 @@ def test_a_build_without_vulkan_costs_no_process(home: Path, monkeypatch: pytest
     with pytest.raises(GpuUnavailable) as err:
         prove_kernels("f16", threads=1, device="gpu")
     assert err.value.message == NO_VULKAN_BACKEND and "GGML_VULKAN=on" in err.value.hint
+    assert "Settings > Device" in err.value.gui_hint and "GGML" not in err.value.gui_hint  # the window's own advice
 
 
 def test_a_gpu_that_stopped_steps_down_to_the_cpu() -> None:
