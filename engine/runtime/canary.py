@@ -381,12 +381,15 @@ def prove_kernels(weight_type: str, *, threads: int | None = None, status: Statu
         log.info("Kernel canary, %s: %s", rung.name, failure)
         if rung.device == "gpu" and device == "gpu":
             hint = report.get("hint")
+            no_backend = report.get("reason") == NO_VULKAN_BACKEND
             raise GpuUnavailable(_gpu_sentence(failure, report),
                                  hint if isinstance(hint, str) and hint else
                                  "Install or update your GPU's Vulkan driver, or let the CPU answer (--device cpu or "
                                  "auto).",
-                                 gui_hint="Choose Automatic or CPU under Settings > Device, or install or update your "
-                                          "GPU's Vulkan driver.")
+                                 gui_hint="Choose Automatic or CPU under Settings > Device. "
+                                 + ("The packaged Glimpse has a Vulkan backend; the README's \"Using the GPU\" says "
+                                    "how to add one to this install." if no_backend else
+                                    "Or install or update your GPU's Vulkan driver."))
         failures.append((rung.name, _gpu_sentence(failure, report) if rung.device == "gpu" else failure))
     tried = "; ".join(f"{name}: {why}" for name, why in failures)
     raise KernelCanaryError(
