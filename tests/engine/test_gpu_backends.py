@@ -139,6 +139,10 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_without_a_vulkan_loader_auto_answers_on_the_cpu_and_gpu_says_why(tiny_model_dir: Path, photo: Path) -> None:
     if not _can_hide_libraries():
         pytest.skip("no mount namespaces here (needs root or unprivileged user namespaces)")
+    if _vulkan_registered():
+        # A llama.cpp built here with -DGGML_VULKAN=on links the loader into libllama itself: it cannot start without
+        # one, as built. The portable build (and the bundle) load the backend only where the loader is.
+        pytest.skip("this llama.cpp has the Vulkan backend linked in: it needs the loader to start at all")
     auto = _without_vulkan_loader("ask", str(tiny_model_dir), str(photo), "What is this?", "--size", "256",
                                   "--max-tokens", "4", "--device", "auto")
     assert auto.returncode == 0, auto.stderr
