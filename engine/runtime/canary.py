@@ -69,6 +69,10 @@ FORMAT = 2  # 2: rungs name their device
 SUBDIR = "kernels"
 ENTRY = "_canary"
 TIMEOUT_S = 60.0  # a canary takes 1-3 s (building its model the first time, a few more); a hang is anything longer
+# The GPU rung's process also builds the Vulkan backend's compute pipelines on first use (the driver compiles every
+# shader; 8-13 s on lavapipe on 2 cores), and a slow GPU driver with a cold shader cache takes longer: a verdict of
+# "hung" there would keep the GPU off until its driver changes, so it gets more time.
+GPU_TIMEOUT_S = 180.0
 MAX_FILE_BYTES = 64 * 1024
 FAULT_ENV = "GLIMPSE_FAULT_CANARY"
 FAULT_MODES = ("crash", "illegal", "wrong", "hang")
@@ -367,7 +371,8 @@ def prove_kernels(weight_type: str, *, threads: int | None = None, status: Statu
             failure, report = "no Vulkan backend", {"unavailable": True, "reason": NO_VULKAN_BACKEND,
                                                     "hint": NO_VULKAN_HINT}
         else:
-            failure, report = run_rung(rung, weight_type, threads=threads, timeout_s=timeout_s,
+            failure, report = run_rung(rung, weight_type, threads=threads,
+                                       timeout_s=max(timeout_s, GPU_TIMEOUT_S) if rung.device == "gpu" else timeout_s,
                                        fault=fault_for(rung, chain))
         report["canary_seconds"] = round(time.perf_counter() - t, 2)
         if failure is None:

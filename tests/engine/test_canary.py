@@ -416,3 +416,16 @@ def test_a_gpu_without_room_for_a_layer_says_so(home: Path, tiny_model_dir: Path
         assert model.llm.gpu_layers == 0 and model.devices == "LLM: CPU, vision: CPU"
         assert model.gpu_not_used == ("The GPU (Tiny GPU) has too little free memory for any of the model's layers, "
                                       "so the GPU is not used.")
+
+
+def test_the_gpu_rung_has_time_to_build_its_pipelines(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    timeouts: dict[str, float] = {}
+
+    def fake(rung: Rung, wt: str, **kw: Any) -> tuple[str | None, dict[str, Any]]:
+        timeouts[rung.name] = kw["timeout_s"]
+        return ("hung", {}) if rung.device == "gpu" else (None, {"ok": True})
+
+    monkeypatch.setattr(canary, "run_rung", fake)
+    monkeypatch.setattr(canary, "vulkan_library", lambda lib_dir=None: Path("/opt/libggml-vulkan.so"))
+    prove_kernels("f16", threads=1, timeout_s=20, device="auto")
+    assert timeouts == {"the GPU": canary.GPU_TIMEOUT_S, "as built": 20}
