@@ -22,6 +22,7 @@ import ctypes
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from glimpse.engine.errors import GlimpseError
 
@@ -62,6 +63,33 @@ def core_library(folder: Path) -> Path:
     if versioned and (folder / versioned).exists():
         return folder / versioned
     return folder / core
+
+
+def bind(lib: ctypes.CDLL, name: str, args: list[Any], res: Any) -> Any:
+    """``lib``'s C function ``name`` with its argument and result types set (AttributeError when it is missing)."""
+    fn = getattr(lib, name)
+    fn.argtypes = args
+    fn.restype = res
+    return fn
+
+
+@dataclass(frozen=True)
+class Ggml:
+    """ggml's core library (the one libllama links) and the backend registry functions the engine calls:
+    ``load(path)`` (ggml_backend_load) and ``reg_by_name(name)`` (ggml_backend_reg_by_name), each returning a
+    registry handle or None."""
+
+    lib: ctypes.CDLL
+    load: Any
+    reg_by_name: Any
+
+
+def open_ggml(folder: Path) -> Ggml:
+    """:class:`Ggml` for the llama.cpp libraries in ``folder``; OSError or AttributeError when the library or one of
+    its functions is missing (engine/internals.py pins them)."""
+    lib = ctypes.CDLL(str(core_library(folder)))
+    return Ggml(lib, bind(lib, "ggml_backend_load", [ctypes.c_char_p], ctypes.c_void_p),
+                bind(lib, "ggml_backend_reg_by_name", [ctypes.c_char_p], ctypes.c_void_p))
 
 
 def variant_files(lib_dir: Path) -> tuple[str, ...]:
@@ -177,16 +205,11 @@ def load_cpu_backends(lib_dir: Path | None = None, *, variant: str | None = None
         raise CpuBackendError(f"llama.cpp's CPU kernels {variant} are not in {folder}.",
                               "Reinstall Glimpse: the installation is incomplete.")
     try:
-        ggml = ctypes.CDLL(str(core_library(folder)))
-        load_one = ggml.ggml_backend_load
-        by_name = ggml.ggml_backend_reg_by_name
+        ggml = open_ggml(folder)
     except (OSError, AttributeError) as e:
         raise CpuBackendError(f"llama.cpp's core library could not be opened in {folder} ({e}).",
                               "Reinstall Glimpse (or llama-cpp-python): the installation is incomplete.") from e
-    load_one.argtypes = [ctypes.c_char_p]
-    load_one.restype = ctypes.c_void_p
-    by_name.argtypes = [ctypes.c_char_p]
-    by_name.restype = ctypes.c_void_p
+    load_one, by_name = ggml.load, ggml.reg_by_name
     if not by_name(b"CPU"):  # nothing registered it yet (a second registration would double the CPU device)
         # ggml's own load_all_from_path would also load every other backend in the folder (the Vulkan one: a GPU
         # that llama.cpp then offloads large batches to, even with no layer on it), so the best variant is picked

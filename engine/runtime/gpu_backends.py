@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from glimpse.engine.errors import GlimpseError
-from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
+from glimpse.engine.runtime.cpu_backends import bind, llama_lib_dir, load_cpu_backends, open_ggml
 
 DEVICES = ("auto", "cpu", "gpu")  # what a user chooses: --device, Settings
 # Environment variables that change which Vulkan devices and drivers llama.cpp sees or how it computes: part of
@@ -94,13 +94,6 @@ def vulkan_library(lib_dir: Path | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
-def _bind(lib: ctypes.CDLL, name: str, args: list[Any], res: Any) -> Any:
-    fn = getattr(lib, name)
-    fn.argtypes = args
-    fn.restype = res
-    return fn
-
-
 class _DevProps(ctypes.Structure):
     # struct ggml_backend_dev_props (ggml-backend.h); only the fields before ``caps`` are read
     _fields_ = [("name", ctypes.c_char_p), ("description", ctypes.c_char_p), ("memory_free", ctypes.c_size_t),
@@ -109,9 +102,9 @@ class _DevProps(ctypes.Structure):
 
 
 def _devices(ggml: ctypes.CDLL, reg: int) -> tuple[GpuDevice, ...]:
-    count = _bind(ggml, "ggml_backend_reg_dev_count", [ctypes.c_void_p], ctypes.c_size_t)
-    get = _bind(ggml, "ggml_backend_reg_dev_get", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p)
-    props = _bind(ggml, "ggml_backend_dev_get_props", [ctypes.c_void_p, ctypes.POINTER(_DevProps)], None)
+    count = bind(ggml, "ggml_backend_reg_dev_count", [ctypes.c_void_p], ctypes.c_size_t)
+    get = bind(ggml, "ggml_backend_reg_dev_get", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p)
+    props = bind(ggml, "ggml_backend_dev_get_props", [ctypes.c_void_p, ctypes.POINTER(_DevProps)], None)
     found = []
     for i in range(int(count(reg))):
         dev = get(reg, i)
@@ -135,14 +128,12 @@ def load_gpu_backend(lib_dir: Path | None = None) -> GpuBackend:
     folder = lib_dir if lib_dir is not None else llama_lib_dir()
     load_cpu_backends(folder)
     try:
-        ggml = ctypes.CDLL(str(core_library(folder)))
-        by_name = _bind(ggml, "ggml_backend_reg_by_name", [ctypes.c_char_p], ctypes.c_void_p)
-        load = _bind(ggml, "ggml_backend_load", [ctypes.c_char_p], ctypes.c_void_p)
+        ggml = open_ggml(folder)
     except (OSError, AttributeError) as e:
         raise GpuUnavailable(f"llama.cpp's core library could not be opened in {folder} ({e}), so the GPU is not "
                              "used.", "Reinstall Glimpse: the installation is incomplete.") from e
     library = vulkan_library(folder)
-    reg = by_name(b"Vulkan")
+    reg = ggml.reg_by_name(b"Vulkan")
     linked = bool(reg)
     if not linked:
         if library is None:
@@ -156,11 +147,11 @@ def load_gpu_backend(lib_dir: Path | None = None) -> GpuBackend:
                 "Install it with your GPU's driver: on Debian and Ubuntu `sudo apt install libvulkan1 "
                 "mesa-vulkan-drivers` (Intel and AMD) or the nvidia-driver package; on Windows, your GPU vendor's "
                 "driver.") from e
-        reg = load(str(library).encode())
+        reg = ggml.load(str(library).encode())
         if not reg:
             raise GpuUnavailable("llama.cpp's Vulkan backend could not be loaded, so the GPU is not used.",
                                  "Update your GPU's driver; the log names what failed.")
-    devices = _devices(ggml, reg)
+    devices = _devices(ggml.lib, reg)
     if not devices:
         raise GpuUnavailable("Vulkan found no GPU that llama.cpp can use, so the GPU is not used.", INSTALL_LINUX)
     _loaded.append(GpuBackend("Vulkan", None if linked else library, devices))
@@ -291,12 +282,12 @@ def vulkan_drivers() -> dict[str, str]:
         vk = ctypes.CDLL(loader_name())
     except OSError:
         return {}
-    create = _bind(vk, "vkCreateInstance", [ctypes.POINTER(_InstanceInfo), ctypes.c_void_p,
+    create = bind(vk, "vkCreateInstance", [ctypes.POINTER(_InstanceInfo), ctypes.c_void_p,
                                               ctypes.POINTER(ctypes.c_void_p)], ctypes.c_int)
-    destroy = _bind(vk, "vkDestroyInstance", [ctypes.c_void_p, ctypes.c_void_p], None)
-    enum = _bind(vk, "vkEnumeratePhysicalDevices", [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32),
+    destroy = bind(vk, "vkDestroyInstance", [ctypes.c_void_p, ctypes.c_void_p], None)
+    enum = bind(vk, "vkEnumeratePhysicalDevices", [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32),
                                                     ctypes.POINTER(ctypes.c_void_p)], ctypes.c_int)
-    props2 = _bind(vk, "vkGetPhysicalDeviceProperties2", [ctypes.c_void_p, ctypes.POINTER(_Props2)], None)
+    props2 = bind(vk, "vkGetPhysicalDeviceProperties2", [ctypes.c_void_p, ctypes.POINTER(_Props2)], None)
     app = _AppInfo(_VK_STRUCTURE_TYPE_APPLICATION_INFO, None, b"Glimpse", 1, b"Glimpse", 1, _VK_API_VERSION_1_2)
     info = _InstanceInfo(_VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, None, 0, ctypes.pointer(app), 0, None, 0, None)
     instance = ctypes.c_void_p()

@@ -122,19 +122,29 @@ def _model_params(*, extra_bufts: bool) -> Iterator[None]:
 GPU_RESERVE_BYTES = 512 * 1024 * 1024  # the driver's own use and what else runs on the GPU (a desktop, a browser)
 
 
+def block_count(header: GgufHeader) -> int:
+    """The model's repeating layers (``<arch>.block_count``)."""
+    arch = str(header.values.get("general.architecture", "qwen2"))
+    return int(header.values.get(f"{arch}.block_count", 0))
+
+
 def gpu_plan(header: GgufHeader, *, n_ctx: int, n_batch: int, kv_bytes_per_value: int, free_bytes: int) -> int:
     """``n_gpu_layers`` for a Qwen2 GGUF on a device with ``free_bytes`` free: each repeating layer's weights and
     its share of the KV cache (``n_ctx`` positions), then the output layer (its norm and the output matrix, which a
     tied model copies from the token embeddings); the token embeddings themselves stay on the CPU. Held back: a fixed
     reserve plus the compute buffer's largest piece, the logits of one batch."""
     arch = str(header.values.get("general.architecture", "qwen2"))
-    n_layer = int(header.values.get(f"{arch}.block_count", 0))
+    n_layer = block_count(header)
     heads = int(header.values.get(f"{arch}.attention.head_count", 1))
     kv_heads = int(header.values.get(f"{arch}.attention.head_count_kv", heads))
     hidden = int(header.values.get(f"{arch}.embedding_length", 0))
     kv = 2 * n_ctx * kv_heads * (hidden // max(heads, 1)) * kv_bytes_per_value
     sizes = {t.name: tensor_bytes(t) for t in header.tensors}
-    layers = [kv + sum(b for name, b in sizes.items() if name.startswith(f"blk.{i}.")) for i in range(n_layer)]
+    layers = [kv] * n_layer
+    for name, size in sizes.items():
+        block, _, rest = name.removeprefix("blk.").partition(".")
+        if name.startswith("blk.") and rest and block.isdigit() and int(block) < n_layer:
+            layers[int(block)] += size
     output = sizes.get("output.weight", sizes.get("token_embd.weight", 0)) + sizes.get("output_norm.weight", 0)
     vocab = next((t.dims[1] for t in header.tensors if t.name == "token_embd.weight" and len(t.dims) > 1), 0)
     reserve = GPU_RESERVE_BYTES + n_batch * vocab * 4
@@ -195,7 +205,7 @@ class LanguageModel:
             if gpu_layers is None:
                 gpu_layers = gpu_plan(header, n_ctx=n_ctx, n_batch=n_batch, kv_bytes_per_value=2 if kv == 1 else 1,
                                       free_bytes=device.memory_free)
-        n_layer = int(header.values.get(f"{header.values.get('general.architecture', 'qwen2')}.block_count", 0))
+        n_layer = block_count(header)
         self.gpu_layers = n_layer + 1 if gpu_layers is not None and gpu_layers < 0 else int(gpu_layers or 0)
         self.n_layers = n_layer + 1  # what gpu_layers counts: the repeating layers and the output layer
         try:

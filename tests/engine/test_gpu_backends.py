@@ -4,7 +4,6 @@ runs on Mesa's software driver in tests/gpu/."""
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
@@ -18,7 +17,7 @@ from PIL import Image
 
 from glimpse.engine.models.gguf_header import read_header, tensor_bytes
 from glimpse.engine.runtime import gpu_backends
-from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir
+from glimpse.engine.runtime.cpu_backends import llama_lib_dir, open_ggml
 from glimpse.engine.runtime.gpu_backends import GpuUnavailable, driver_identity, layers_that_fit, load_gpu_backend
 from glimpse.engine.runtime.llm import GPU_RESERVE_BYTES, gpu_plan
 
@@ -94,7 +93,7 @@ def test_the_driver_identity_changes_with_a_driver(tmp_path: Path, monkeypatch: 
 def test_a_folder_without_the_vulkan_backend_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpu_backends, "_loaded", [])
     monkeypatch.setattr(gpu_backends, "load_cpu_backends", lambda folder: None)
-    monkeypatch.setattr(gpu_backends, "core_library", lambda folder: Path(_ggml_core()))
+    monkeypatch.setattr(gpu_backends, "open_ggml", lambda folder: open_ggml(llama_lib_dir()))
     monkeypatch.setattr(gpu_backends, "vulkan_library", lambda folder=None: None)
     if _vulkan_registered():
         pytest.skip("this llama.cpp has the Vulkan backend linked in")
@@ -103,15 +102,8 @@ def test_a_folder_without_the_vulkan_backend_is_one_sentence(tmp_path: Path, mon
     assert err.value.message == gpu_backends.NO_VULKAN_BACKEND and "GGML_VULKAN=on" in err.value.hint
 
 
-def _ggml_core() -> str:
-    return str(core_library(llama_lib_dir()))
-
-
 def _vulkan_registered() -> bool:
-    ggml = ctypes.CDLL(_ggml_core())
-    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
-    return bool(ggml.ggml_backend_reg_by_name(b"Vulkan"))
+    return bool(open_ggml(llama_lib_dir()).reg_by_name(b"Vulkan"))
 
 
 def _without_vulkan_loader(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from packaging.version import Version
 
 from glimpse.engine.internals import INTERNALS, TESTED, Internal
 from glimpse.engine.runtime import gpu_backends
-from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends
+from glimpse.engine.runtime.cpu_backends import core_library, llama_lib_dir, load_cpu_backends, open_ggml
 from glimpse.engine.runtime.llm import LanguageModel
 
 if sys.version_info >= (3, 11):
@@ -88,12 +88,10 @@ def test_the_device_properties_layout_reads_the_cpu_device() -> None:
     # gpu_backends._DevProps mirrors struct ggml_backend_dev_props: read through it, the CPU backend's own device
     # must come out as ggml describes it (its name, the CPU type, the machine's memory).
     load_cpu_backends()
-    ggml = ctypes.CDLL(str(core_library(llama_lib_dir())))
-    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
-    reg = ggml.ggml_backend_reg_by_name(b"CPU")
+    ggml = open_ggml(llama_lib_dir())
+    reg = ggml.reg_by_name(b"CPU")
     assert reg, "ggml has no CPU backend registered after load_cpu_backends"
-    (cpu,) = gpu_backends._devices(ggml, reg)
+    (cpu,) = gpu_backends._devices(ggml.lib, reg)
     assert cpu.name == "CPU" and cpu.kind == "CPU" and cpu.description, cpu
     assert 0 < cpu.memory_free <= cpu.memory_total < 1 << 50, cpu
 
