@@ -200,7 +200,8 @@ class Settings:
 
     @property
     def device(self) -> str:
-        """Where the language model runs: "auto" (the GPU where its check passed, else the CPU), "cpu" or "gpu"."""
+        """Where the model runs: "auto" (a GPU where its check passed, else the CPU), "cpu" or "gpu" (required for
+        the language model; the vision encoder uses one where its check passed)."""
         return self._get("device", "auto", _one_of(DEVICES), "device")
 
     @device.setter

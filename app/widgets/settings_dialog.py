@@ -29,9 +29,11 @@ class SettingsDialog(QDialog):
                             ("GPU (Vulkan)", "gpu")):
             self.device.addItem(text, value)
         self.device.setCurrentIndex(max(0, self.device.findData(settings.device)))
-        self.device.setToolTip("Where the language model runs. Automatic uses the GPU once a short check has shown "
-                               "that it computes correctly with its driver, and the CPU otherwise; the picture "
-                               "reader always runs on the CPU. Takes effect when the model is next loaded.")
+        self.device.setToolTip("Where the model runs. Automatic uses the GPU once a short check has shown that it "
+                               "computes what the CPU computes with its driver, and the CPU otherwise; GPU requires "
+                               "it for the language model. The picture reader uses the GPU where the installed "
+                               "onnxruntime has a provider for it that passes the same kind of check. Takes effect "
+                               "when the model is next loaded.")
         self.threads = QSpinBox()
         self.threads.setRange(0, 256)
         self.threads.setSpecialValueText(f"Automatic ({default_threads()})")

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Entries for Glimpse's own helper processes (engine.system.self_command), kept out of the parser and its help:
 # a user never types them. Each maps to "module:function" taking the remaining arguments and returning an exit code.
 HIDDEN_ENTRIES: dict[str, str] = {"_runner": "glimpse.engine.runner.server:main",
-                                  "_canary": "glimpse.engine.cli.canary:main"}
+                                  "_canary": "glimpse.engine.cli.canary:main",
+                                  "_vision_canary": "glimpse.engine.cli.vision_canary:main"}
 
 
 def _run_hidden(entry: str, args: Sequence[str]) -> int:

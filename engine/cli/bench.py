@@ -145,6 +145,7 @@ def run_bench(model: Model | RunnerModel, sizes: list[int], runs: int, captions:
         "devices": model.devices,
         "gpu_driver": model.gpu_driver or None,
         "gpu_not_used": model.gpu_not_used or None,
+        "vision_check": model.vision_check or None,
         "sizes": results,
         "captions": caption_result,
         # The model's memory is where it runs: the runner process, or this one.
@@ -166,6 +167,7 @@ def format_table(report: dict[str, object]) -> str:
         f"devices: {report['devices']}" + (f"; GPU driver: {report['gpu_driver']}" if report.get("gpu_driver") else "")
         + (f" ({report['gpu_not_used']})" if report.get("gpu_not_used") else "") if report.get("devices") else "",
         f"llama.cpp kernels: {report['kernels']}" if report.get("kernels") else "",
+        f"vision provider: {report['vision_check']}" if report.get("vision_check") else "",
         "| size | image tokens | encode ms | prefill ms | TTFT ms | read-ahead TTFT ms | follow-up TTFT ms | "
         "decode tok/s |",
         "|---|---|---|---|---|---|---|---|",

@@ -458,6 +458,11 @@ class RunnerModel:
         return str(self._info.get("gpu_driver", ""))
 
     @property
+    def vision_check(self) -> str:
+        """How the vision encoder's GPU provider passed its check, "" on the CPU."""
+        return str(self._info.get("vision_check", ""))
+
+    @property
     def gpu_not_used(self) -> str:
         """Why the GPU was tried and is not used, one sentence ("" when it is used or was not asked for)."""
         return str(self._info.get("gpu_not_used", ""))

@@ -40,6 +40,7 @@ from glimpse.engine.runtime.model import Model, load_model, resolve_model
 from glimpse.engine.runtime.tuning import StatusFn
 from glimpse.engine.runtime.types import Answer, ImageRows
 from glimpse.engine.runtime.vision import flush_denormals
+from glimpse.engine.runtime.vision_providers import choose_vision
 from glimpse.engine.system import peak_rss_bytes
 
 log = logging.getLogger("glimpse.runner")
@@ -199,7 +200,8 @@ class Server:
                         "threads": model.threads, "settings": asdict(model.settings),
                         "settings_text": model.settings.describe(), "tuning_report": model.tuning_report,
                         "folder": str(model.folder), "kernels": _kernels(model), "devices": model.devices,
-                        "gpu_driver": model.gpu_driver, "gpu_not_used": model.gpu_not_used, "pid": os.getpid()})
+                        "gpu_driver": model.gpu_driver, "gpu_not_used": model.gpu_not_used,
+                        "vision_check": model.vision_check, "pid": os.getpid()})
 
     def _stream(self, req: _Request) -> None:
         h, rid = req.header, req.rid
@@ -221,9 +223,9 @@ class Server:
 def _safer(model: str, level: int, why: str, status: StatusFn, device: str = "cpu") -> dict[str, Any]:
     """What a restart after a crash loads with: ``level`` rungs down the kernels' fallback chain from the one the
     canary proved (the canary missed what the real model's shapes reach); from the GPU, one rung down is the CPU, so
-    a driver that crashed costs the GPU, not the answer. The measured runtime settings stay: each was checked to
-    leave the answers unchanged, and dropping them would cost a restart the optimisation of a new vision graph
-    (about 10 s for the 0.5B model's fp32 encoder)."""
+    a driver that crashed costs the GPU, not the answer; and the vision encoder on the CPU. The measured runtime
+    settings stay: each was checked to leave the answers unchanged, and dropping them would cost a restart the
+    optimisation of a new vision graph (about 10 s for the 0.5B model's fp32 encoder)."""
     if level < 1:
         return {}
     options: dict[str, Any] = {"retune": False}
@@ -231,6 +233,12 @@ def _safer(model: str, level: int, why: str, status: StatusFn, device: str = "cp
     proven = choose_kernels(folder / LLM_FILE, read_manifest(folder).quant, status=status, device=device)
     if proven.proven:  # with GLIMPSE_CANARY=0 the user chose to run the kernels as built
         options["kernels"] = step_down(proven, level, why or "it stopped")
+    # The vision encoder's GPU provider goes too: which native part stopped the process is not known, and the CPU's
+    # encoder is the one that has been seen to work with every model.
+    vision = choose_vision(folder, device, status=status)
+    if vision.on_gpu:
+        options["vision"] = vision.on_cpu(f"The model's process stopped ({why or 'it stopped'}) while the vision "
+                                          f"encoder ran on {vision.label}, so it runs on the CPU.")
     return options
 
 

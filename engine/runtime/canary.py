@@ -242,12 +242,17 @@ def cache_folder() -> Path:
     return tuning_dir().parent / SUBDIR
 
 
+def key_digest(key: dict[str, Any]) -> str:
+    """A short, stable name for a cache key (the kernels' and the vision providers' verdicts)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _cache_path(weight_type: str, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_folder() / f"{weight_type}-{digest}.json"
+    return cache_folder() / f"{weight_type}-{key_digest(key)}.json"
 
 
-def _parse_entry(data: bytes) -> dict[str, Any]:
+def parse_entry(data: bytes) -> dict[str, Any]:
+    """A cache entry's bytes as a JSON object (ValueError otherwise), for ``durable.read_state_file``."""
     raw = json.loads(data.decode("utf-8"))
     if not isinstance(raw, dict):
         raise ValueError("it is not a JSON object")
@@ -256,7 +261,7 @@ def _parse_entry(data: bytes) -> dict[str, Any]:
 
 def _read_cache(path: Path, key: dict[str, Any], chain: tuple[Rung, ...]) -> KernelChoice | None:
     # Half-written, garbage, too big or not a file: set aside as <name>.damaged, said once, proven again.
-    raw = durable.read_state_file(path, _parse_entry, what="kernel canary's cache", max_bytes=MAX_FILE_BYTES).value
+    raw = durable.read_state_file(path, parse_entry, what="kernel canary's cache", max_bytes=MAX_FILE_BYTES).value
     if raw is None or raw.get("format") != FORMAT or raw.get("key") != key:
         return None
     rung = next((r for r in chain if isinstance(raw.get("rung"), dict) and asdict(r) == raw["rung"]), None)
@@ -308,7 +313,13 @@ def run_rung(rung: Rung, weight_type: str, *, threads: int, timeout_s: float = T
         args += ["--variant", rung.variant]
     if fault is not None:
         args += ["--fault", fault]
-    cmd = self_command(ENTRY, *args)
+    return run_throwaway(self_command(ENTRY, *args), timeout_s)
+
+
+def run_throwaway(cmd: list[str], timeout_s: float) -> tuple[str | None, dict[str, Any]]:
+    """Run a check's throwaway process, which prints its report as a JSON line (``"ok": true`` when it passed):
+    (None, the report) when it passed, else (how it failed: killed by a signal, hung past ``timeout_s``, a nonzero
+    exit with its reason or last line of stderr, or the report's reason; the report or {})."""
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except OSError as e:

@@ -15,6 +15,12 @@ out at every start), the optimized graph is cached in the user cache folder, key
 records, the onnxruntime version and the CPU. Later loads take 0.7 s instead of 1.4 s and half the peak memory. An
 int8 graph starts in 0.4 s and the cache would save only 0.1 s for a second 130 MB copy, so it is not cached by
 default. The model folder is never written to; any cache problem falls back silently to the original file.
+
+On a GPU: ``provider`` names an onnxruntime execution provider (engine/runtime/vision_providers.py proves one
+before a model uses it). Nodes it does not take run on the CPU; the optimized-graph cache is not used (its layout
+choices are the CPU's). A provider that does not start leaves the encoder on the CPU (``provider`` then says
+"CPUExecutionProvider"), and one that fails while encoding hands that picture and every later one to the CPU
+(``fallback`` says why, in one sentence): a driver's error costs the GPU, not the answer.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import hashlib
 import logging
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ from glimpse.engine.models.vision_cache import cached_graph_name
 from glimpse.engine.runtime.preprocess import PATCH_SIZE
 from glimpse.engine.system import default_threads
 
+CPU_PROVIDER = "CPUExecutionProvider"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeddings"
 # "all" adds the blocked NCHWc layout and int8 QDQ fusions on x86; which is faster depends on the CPU
@@ -99,17 +107,32 @@ def _cpu_tag() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 class VisionEncoder:
     """Runs the image encoder. ``encode`` takes float32 [1, 3, S, S] and returns float32 [tokens, hidden].
 
     ``cache``: None (default) uses the optimized-graph cache for float graphs in a model folder whose model.json
     records the file's sha256; True for any graph in such a folder; False never. ``cached`` says whether this
     session came from the cache.
+
+    ``provider`` and ``provider_options``: the onnxruntime execution provider to run on (the CPU by default), and
+    ``label`` its name for sentences; ``provider`` afterwards names the one the session has, and ``fallback`` says
+    in one sentence why that is the CPU when another was asked for.
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, cache: bool | None = None,
-                 level: str = "all") -> None:
+                 level: str = "all", provider: str = CPU_PROVIDER,
+                 provider_options: Mapping[str, str] | None = None, label: str | None = None) -> None:
         self.path = Path(path)
+        self.provider = provider
+        self.provider_options = dict(provider_options or {})
+        self.label = label or provider.removesuffix("ExecutionProvider")  # for sentences: "CUDA", "OpenVINO"
+        self.fallback = ""  # why an asked-for provider is not the one running: one sentence
+        self._cache = cache
         if level not in LEVELS:
             raise ValueError(f"Unknown graph optimization level {level!r}; choose one of {', '.join(LEVELS)}.")
         self.level = level
@@ -118,7 +141,7 @@ class VisionEncoder:
         self.threads = threads or default_threads()
         self.cached = False
         try:
-            self._session: ort.InferenceSession | None = self._open(cache)
+            self._session: ort.InferenceSession | None = self._start(cache)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise ModelFolderError(f"{self.path} cannot be loaded by onnxruntime: {e}".rstrip(".") + ".",
                                    "The file is damaged; convert or download the model again.",
@@ -131,6 +154,9 @@ class VisionEncoder:
                                    gui_hint=REDO_MODEL_GUI)
         width = outputs[OUTPUT_NAME].shape[-1]
         self.hidden: int | None = width if isinstance(width, int) else None
+        if self._session.get_providers()[0] != self.provider:
+            # onnxruntime creates the session on the CPU alone when a provider does not start (no driver, no device)
+            self._fall_back(f"onnxruntime could not start {self.label}, so the vision encoder runs on the CPU.")
 
     # -- session ---------------------------------------------------------------------------------------------------
 
@@ -138,7 +164,20 @@ class VisionEncoder:
         return session_options(self.threads, level)
 
     def _create(self, model: Path, opts: ort.SessionOptions) -> ort.InferenceSession:
-        return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        providers: list[Any] = [CPU_PROVIDER]
+        if self.provider != CPU_PROVIDER:
+            providers.insert(0, (self.provider, self.provider_options))
+        return ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+
+    def _start(self, use_cache: bool | None) -> ort.InferenceSession:
+        """The first session: on the provider (without the CPU's optimized-graph cache), else on the CPU."""
+        if self.provider != CPU_PROVIDER:
+            try:
+                return self._open(False)
+            except Exception as e:  # a provider that raises rather than leaving the graph to the CPU
+                self._fall_back(f"{self.label} did not start ({_first_line(e)}), so the vision encoder runs on the "
+                                "CPU.")
+        return self._open(use_cache)
 
     def _open(self, use_cache: bool | None) -> ort.InferenceSession:
         level = LEVELS[self.level]
@@ -203,9 +242,24 @@ class VisionEncoder:
             raise InputError(f"Pixels must be float32 [1, 3, S, S] with S a multiple of {PATCH_SIZE}; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)} {shape}.",
                              "Use Model.preprocess to prepare the image.")
-        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels)})
+        feed = {INPUT_NAME: np.ascontiguousarray(pixels)}
+        try:
+            (out,) = self._session.run([OUTPUT_NAME], feed)
+        except Exception as e:  # onnxruntime's own error types; the CPU's errors are the model's and stay errors
+            if self.provider == CPU_PROVIDER:
+                raise
+            self._fall_back(f"{self.label} failed while encoding ({_first_line(e)}), so the vision encoder runs on "
+                            "the CPU.")
+            self._session = None
+            self._session = session = self._open(self._cache)
+            (out,) = session.run([OUTPUT_NAME], feed)
         rows: npt.NDArray[np.float32] = np.ascontiguousarray(out[0], dtype=np.float32)
         return rows
+
+    def _fall_back(self, why: str) -> None:
+        log.warning("%s", why)
+        self.fallback = why
+        self.provider = CPU_PROVIDER
 
     def close(self) -> None:
         self._session = None

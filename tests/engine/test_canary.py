@@ -33,6 +33,7 @@ from glimpse.engine.runtime.canary import (
 )
 from glimpse.engine.runtime.gpu_backends import NO_VULKAN_BACKEND, GpuBackend, GpuDevice, GpuUnavailable
 from glimpse.engine.runtime.model import load_model
+from glimpse.engine.runtime.vision_providers import no_provider_sentence
 
 # f16 never reaches AMX or repacked kernels, so its as-built rung passes on every CPU: the injected faults are the only
 # failures these tests see.
@@ -386,7 +387,8 @@ def test_auto_loads_on_the_cpu_when_the_gpu_will_not_hold_the_model(home: Path, 
     monkeypatch.setattr(llm_module, "load_gpu_backend", no_gpu)
     with load_model(tiny_model_dir, n_ctx=512, tune=False, device="auto") as model:
         assert model.kernels is not None and model.kernels.device == "cpu"
-        assert model.devices == "LLM: CPU, vision: CPU" and model.gpu_not_used == why
+        # one sentence for each half: this onnxruntime has no GPU provider for the vision encoder
+        assert model.devices == "LLM: CPU, vision: CPU" and model.gpu_not_used == f"{why} {no_provider_sentence()}"
         assert model.llm.gpu_layers == 0 and model.ask(np.zeros((64, 64, 3), np.uint8), "Hi?", max_tokens=2).text
     with pytest.raises(GpuUnavailable, match="not installed"):
         load_model(tiny_model_dir, n_ctx=512, tune=False, device="gpu")
@@ -415,7 +417,7 @@ def test_a_gpu_without_room_for_a_layer_says_so(home: Path, tiny_model_dir: Path
     with load_model(tiny_model_dir, n_ctx=512, tune=False, device="auto") as model:
         assert model.llm.gpu_layers == 0 and model.devices == "LLM: CPU, vision: CPU"
         assert model.gpu_not_used == ("The GPU (Tiny GPU) has too little free memory for any of the model's layers, "
-                                      "so the GPU is not used.")
+                                      f"so the GPU is not used. {no_provider_sentence()}")
 
 
 def test_the_gpu_rung_has_time_to_build_its_pipelines(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
