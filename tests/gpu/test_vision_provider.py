@@ -136,7 +136,7 @@ def test_both_halves_off_the_default_path(tiny_model_dir: Path, photo: Path, hom
         pytest.fail(f"GLIMPSE_REQUIRE_GPU_TESTS=1, but {why}")
     if why:
         pytest.skip(why)
-    env = {**_env(home), "GLIMPSE_HOME": str(home), vp.OPENVINO_DEVICE_ENV: "CPU"}
+    env = {**_env(home.parent), "GLIMPSE_HOME": str(home), vp.OPENVINO_DEVICE_ENV: "CPU"}
     ask = [sys.executable, "-m", "glimpse.engine", "ask", str(tiny_model_dir), str(photo), "What is it?", "--size",
            "256", "--max-tokens", "6", "--json"]
     gpu = subprocess.run([*ask, "--device", "gpu"], capture_output=True, text=True, cwd=REPO, env=env, check=False,
