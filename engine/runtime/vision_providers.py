@@ -46,11 +46,11 @@ from glimpse.engine.models.model_folder import VISION_FILE, recorded_file
 from glimpse.engine.runtime.canary import FAULT_MODES, key_digest, parse_entry, run_throwaway
 from glimpse.engine.runtime.gpu_backends import DEVICES, driver_identity
 from glimpse.engine.runtime.tuning import StatusFn, tuning_dir
+from glimpse.engine.runtime.vision import CPU_PROVIDER
 from glimpse.engine.system import self_command
 
 log = logging.getLogger("glimpse")
 
-CPU_PROVIDER = "CPUExecutionProvider"
 FORMAT = 1
 SUBDIR = "vision-providers"
 ENTRY = "_vision_canary"
@@ -93,10 +93,6 @@ KNOWN = (ProviderSpec("CUDAExecutionProvider", "CUDA", "onnxruntime-gpu"),
          ProviderSpec("OpenVINOExecutionProvider", "OpenVINO", "onnxruntime-openvino"),
          ProviderSpec("WebGpuExecutionProvider", "WebGPU", "onnxruntime-webgpu"))
 PACKAGES = ("onnxruntime", *(s.package for s in KNOWN))
-
-NO_PROVIDER_HINT = ("Install the onnxruntime package for your GPU in place of onnxruntime (the README's \"Using the "
-                    "GPU\" says which).")
-
 
 def spec_for(name: str) -> ProviderSpec:
     known = next((s for s in KNOWN if s.name == name), None)
@@ -308,7 +304,8 @@ def choose_vision(model_folder: str | Path, device: str, *, graph: Path | None =
                   status: StatusFn | None = None, timeout_s: float = TIMEOUT_S) -> VisionChoice:
     """Where the model's vision encoder runs for the device choice ``device``: the CPU for "cpu"; for "auto" and
     "gpu", the first provider of :func:`candidates` whose check passes, else the CPU with the sentences that say
-    why. Cached: a later load with the same graph, onnxruntime, providers and drivers starts no process."""
+    why. Cached: a later load with the same graph, onnxruntime, providers and drivers starts no process (unless a
+    check hung or had a fault injected: those are tried again at the next load)."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     if device == "cpu":
@@ -326,12 +323,14 @@ def choose_vision(model_folder: str | Path, device: str, *, graph: Path | None =
     threads = threads or 1
     failures: list[str] = []
     choice: VisionChoice | None = None
+    lasting = True  # a verdict worth keeping: no injected fault, and no hang (a busy machine can look like one)
     for i, spec in enumerate(specs):
         if status is not None:
             status(f"Checking the vision encoder on {spec.label}, once", i, len(specs))
         t = time.perf_counter()
-        failure, report = check_provider(folder, spec, threads=threads, timeout_s=timeout_s,
-                                         fault=fault_for(spec, specs))
+        fault = fault_for(spec, specs)
+        failure, report = check_provider(folder, spec, threads=threads, timeout_s=timeout_s, fault=fault)
+        lasting = lasting and fault is None and not (failure or "").startswith("hung")
         log.info("Vision provider check, %s: %s (%.1f s)", spec.label, failure or "passed", time.perf_counter() - t)
         if failure is None:
             device_name = report.get("device")
@@ -345,7 +344,8 @@ def choose_vision(model_folder: str | Path, device: str, *, graph: Path | None =
     if choice is None:
         choice = VisionChoice(failures=tuple(failures))
         log.warning("%s", " ".join(failures))
-    _write_cache(path, key, choice)
+    if lasting:
+        _write_cache(path, key, choice)
     return choice
 
 

@@ -163,12 +163,12 @@ def test_a_failing_provider_is_a_sentence_and_the_next_is_tried(home: Path, monk
 def test_when_every_provider_fails_the_cpu_keeps_every_sentence(home: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 tiny_model_dir: Path) -> None:
     ran = _fake_checks(monkeypatch, {
-        "CUDAExecutionProvider": ("hung: no result within 240 s (killed)", {}),
+        "CUDAExecutionProvider": ("killed by SIGSEGV", {}),
         "OpenVINOExecutionProvider": ("its answers differ from the CPU's: top-1 agreement 40.0 % < 95 %", {})})
     choice = choose_vision(tiny_model_dir, "auto")
     assert not choice.on_gpu and len(choice.failures) == 2
     assert choice.not_used == (
-        "The vision encoder failed its check on CUDA (hung: no result within 240 s (killed)), so it runs on the CPU. "
+        "The vision encoder failed its check on CUDA (killed by SIGSEGV), so it runs on the CPU. "
         "The vision encoder failed its check on OpenVINO (its answers differ from the CPU's: top-1 agreement 40.0 % "
         "< 95 %), so it runs on the CPU.")
     assert choose_vision(tiny_model_dir, "auto") == choice and len(ran) == 2  # cached, failures included
@@ -219,6 +219,20 @@ def test_a_hung_check_is_killed_in_bounded_time(home: Path, monkeypatch: pytest.
     monkeypatch.setenv(vp.FAULT_ENV, "hang")
     choice = choose_vision(tiny_model_dir, "auto", timeout_s=5)
     assert "hung: no result within 5 s (killed)" in choice.not_used
+    # Neither a hang (a busy machine looks the same) nor an injected fault is kept: the next load checks again.
+    assert not vp.cache_folder().exists() or not list(vp.cache_folder().glob("vision-*.json"))
+
+
+def test_a_hang_is_not_remembered(home: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    ran = _fake_checks(monkeypatch, {"CUDAExecutionProvider": ("hung: no result within 240 s (killed)", {}),
+                                     "OpenVINOExecutionProvider": ("killed by SIGSEGV", {})})
+    choose_vision(tiny_model_dir, "auto")
+    choose_vision(tiny_model_dir, "auto")
+    assert len(ran) == 4  # checked again
+    monkeypatch.setattr(vp, "check_provider", lambda *a, **k: ("killed by SIGSEGV", {}))
+    choose_vision(tiny_model_dir, "auto")
+    monkeypatch.setattr(vp, "check_provider", lambda *a, **k: pytest.fail("a crash is a lasting verdict"))
+    assert "killed by SIGSEGV" in choose_vision(tiny_model_dir, "auto").not_used
 
 
 @needs_azure
