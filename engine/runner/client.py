@@ -464,7 +464,8 @@ class RunnerModel:
 
     @property
     def gpu_not_used(self) -> str:
-        """Why the GPU was tried and is not used, one sentence ("" when it is used or was not asked for)."""
+        """Why the GPU was tried and is not used, one sentence for each half of the model that it applies to ("" when
+        both are on a GPU or none was asked for)."""
         return str(self._info.get("gpu_not_used", ""))
 
     @property
