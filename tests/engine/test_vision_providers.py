@@ -80,8 +80,9 @@ def test_openvino_takes_its_device_from_the_variable(monkeypatch: pytest.MonkeyP
 def test_the_sentence_names_the_installed_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(vp.PROVIDER_ENV, raising=False)
     sentence = vp.no_provider_sentence()
-    assert sentence.startswith("This onnxruntime (onnxruntime ") and sentence.endswith("runs on the CPU.")
-    assert ort.__version__ in sentence
+    assert sentence.startswith(f"This onnxruntime ({vp.runtime_name()}) has no GPU") and ort.__version__ in sentence
+    assert sentence.endswith("runs on the CPU.")
+    assert vp.runtime_name().split()[0] in vp.PACKAGES  # "onnxruntime", "onnxruntime-openvino", ...
 
 
 def test_the_identity_changes_with_a_device_variable(monkeypatch: pytest.MonkeyPatch) -> None:
