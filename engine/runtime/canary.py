@@ -288,11 +288,16 @@ def _write_cache(path: Path, key: dict[str, Any], choice: KernelChoice) -> None:
 
 def fault_for(rung: Rung, chain: tuple[Rung, ...], spec: str | None = None) -> str | None:
     """The fault GLIMPSE_FAULT_CANARY (or ``spec``) injects into ``rung``'s canary, if any."""
-    spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
+    return injected_fault(os.environ.get(FAULT_ENV, "") if spec is None else spec, (rung.name,), rung == chain[0])
+
+
+def injected_fault(spec: str, names: tuple[str, ...], first: bool) -> str | None:
+    """The mode a fault switch ``<mode>[:<target>]`` injects into a check known by ``names``: the named check, or
+    without a target the first one (``first``); None for other checks and unknown modes."""
     mode, _, target = spec.strip().partition(":")
     if mode not in FAULT_MODES:
         return None
-    hit = target.strip() == rung.name if target.strip() else rung == chain[0]
+    hit = target.strip() in names if target.strip() else first
     return mode if hit else None
 
 

@@ -114,14 +114,18 @@ class Model:
         if self.llm.gpu_layers > 0:
             on, of = min(self.llm.gpu_layers, self.llm.n_layers), self.llm.n_layers
             llm = f"Vulkan ({self.llm.gpu_device}, {on}/{of} layers)"
-        vision = self.vision_choice.describe() if self.vision.provider == self.vision_choice.provider else "CPU"
-        return f"LLM: {llm}, vision: {vision}"
+        return f"LLM: {llm}, vision: {self.vision_choice.describe() if self._vision_as_chosen else 'CPU'}"
+
+    @property
+    def _vision_as_chosen(self) -> bool:
+        """Whether the encoder runs where its choice said (not on the CPU after its provider failed)."""
+        return self.vision.provider == self.vision_choice.provider
 
     @property
     def vision_check(self) -> str:
         """How the vision encoder's GPU provider passed its check ("OpenVINO (...): mean KL 0.0000, ...; encode
         41 ms, the CPU's 95 ms"), "" on the CPU."""
-        return self.vision_choice.check_summary() if self.vision.provider == self.vision_choice.provider else ""
+        return self.vision_choice.check_summary() if self._vision_as_chosen else ""
 
     @property
     def gpu_driver(self) -> str:

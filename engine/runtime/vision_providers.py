@@ -43,7 +43,7 @@ import onnxruntime as ort
 
 from glimpse.engine import durable
 from glimpse.engine.models.model_folder import VISION_FILE, recorded_file
-from glimpse.engine.runtime.canary import FAULT_MODES, key_digest, parse_entry, run_throwaway
+from glimpse.engine.runtime.canary import injected_fault, key_digest, parse_entry, run_throwaway
 from glimpse.engine.runtime.gpu_backends import DEVICES, driver_identity
 from glimpse.engine.runtime.tuning import StatusFn, tuning_dir
 from glimpse.engine.runtime.vision import CPU_PROVIDER
@@ -277,12 +277,8 @@ def _write_cache(path: Path, key: dict[str, Any], choice: VisionChoice) -> None:
 
 def fault_for(spec: ProviderSpec, specs: list[ProviderSpec], text: str | None = None) -> str | None:
     """The fault GLIMPSE_FAULT_VISION (or ``text``) injects into ``spec``'s check, if any."""
-    text = os.environ.get(FAULT_ENV, "") if text is None else text
-    mode, _, target = text.strip().partition(":")
-    if mode not in FAULT_MODES:
-        return None
-    hit = target.strip() in (spec.name, spec.label) if target.strip() else spec == specs[0]
-    return mode if hit else None
+    return injected_fault(os.environ.get(FAULT_ENV, "") if text is None else text, (spec.name, spec.label),
+                          spec == specs[0])
 
 
 def check_provider(model_folder: Path, spec: ProviderSpec, *, threads: int, timeout_s: float = TIMEOUT_S,
