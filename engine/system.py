@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 import psutil
@@ -37,3 +39,18 @@ def self_command(entry: str, *args: str) -> list[str]:
     if getattr(sys, "frozen", False):
         return [sys.executable, entry, *args]
     return [sys.executable, "-m", "glimpse.engine", entry, *args]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """On Linux, have the kernel kill this process (SIGKILL) when its parent dies, for Glimpse's helper processes:
+    the model's runner, and the checks the runner starts (a hung driver in a check must not outlive a runner that
+    was killed, nor a window that was closed). Strictly, the kernel watches the thread that started this process,
+    which in Glimpse waits for it to end."""
+    if sys.platform.startswith("linux"):
+        import ctypes  # noqa: PLC0415 (start-up: every command imports this module; only helpers need ctypes)
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -31,6 +31,7 @@ from glimpse.engine.runtime.canary import FAULT_MODES, cache_folder, logit_error
 from glimpse.engine.runtime.cpu_backends import load_cpu_backends
 from glimpse.engine.runtime.gpu_backends import GpuUnavailable, load_gpu_backend, vulkan_drivers
 from glimpse.engine.runtime.llm import LanguageModel
+from glimpse.engine.system import die_with_parent
 
 MODEL_VERSION = 1  # bump when the spec below changes: cached canary models are named by it
 SPEC = CheckpointSpec(vision=VisionSpec.tiny(), seed=20261206,
@@ -122,6 +123,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--fault", choices=FAULT_MODES, default=None)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args(list(argv))
+    die_with_parent()  # a hung kernel or driver ends with whatever started the check
     try:
         report = run_canary(args.weight_type, extra_bufts=args.extra_bufts == "1", variant=args.variant,
                             threads=max(1, args.threads), fault=args.fault, device=args.device)

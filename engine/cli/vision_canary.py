@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from glimpse.engine.runtime.preprocess import preprocess
 from glimpse.engine.runtime.types import F32Array
 from glimpse.engine.runtime.vision import VisionEncoder, flush_denormals
 from glimpse.engine.runtime.vision_providers import MAX_VIEWS, device_name, spec_for
+from glimpse.engine.system import die_with_parent
 
 
 def pick_views(size: int) -> list[GateView]:
@@ -122,6 +124,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fault", choices=FAULT_MODES, default=None)
     args = parser.parse_args(list(argv))
+    die_with_parent()  # a hung kernel or driver ends with whatever started the check
+    print(f"glimpse _vision_canary: checking {args.provider} for {args.model}", file=sys.stderr, flush=True)
     flush_denormals()  # as in the model's runner, whose arithmetic this check stands for
     try:
         options = json.loads(args.options)

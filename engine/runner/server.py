@@ -14,8 +14,6 @@ of it outlives its parent.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -41,18 +39,9 @@ from glimpse.engine.runtime.tuning import StatusFn
 from glimpse.engine.runtime.types import Answer, ImageRows
 from glimpse.engine.runtime.vision import flush_denormals
 from glimpse.engine.runtime.vision_providers import choose_vision
-from glimpse.engine.system import peak_rss_bytes
+from glimpse.engine.system import die_with_parent, peak_rss_bytes
 
 log = logging.getLogger("glimpse.runner")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill this process when its parent dies (a second guard beside the pipe's end)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Request:
@@ -279,7 +268,7 @@ def main(argv: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the parent, which cancels through the pipe
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     flush_denormals()  # this process is Glimpse's own: its floating-point state is its business

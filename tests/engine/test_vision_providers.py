@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -318,3 +321,36 @@ def test_a_provider_that_raises_at_start_leaves_the_cpu(tiny_model_dir: Path, mo
     assert encoder.fallback == ("CUDA did not start (CUDA driver version is insufficient for CUDA runtime version), "
                                 "so the vision encoder runs on the CPU.")
     assert encoder.encode(np.zeros((1, 3, 64, 64), np.float32)).shape[0] == 1  # one 64 px patch, one row
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_hung_check_ends_with_its_parent(home: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A runner killed while its check hangs (the window closed, a second crash): the check must not stay behind.
+    parent = (
+        "import subprocess, sys, time\n"
+        "from glimpse.engine.system import self_command\n"
+        f"p = subprocess.Popen(self_command('{vp.ENTRY}', '--model', {str(tiny_model_dir)!r}, '--provider', "
+        f"'{CPU_PROVIDER}', '--fault', 'hang'), stderr=subprocess.PIPE, text=True)\n"
+        "print(p.pid, flush=True)\n"
+        "print(p.stderr.readline(), end='', flush=True)\n"  # its first line comes after it asked to die with us
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, vp.PROVIDER_ENV: CPU_PROVIDER})
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    assert proc.stdout.readline().startswith("glimpse _vision_canary: checking CPUExecutionProvider")
+    assert _state(child) not in ("", "Z")
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _state(child) not in ("", "Z"):
+        time.sleep(0.1)
+    assert _state(child) in ("", "Z"), "the check outlived its parent"
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc ("" when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
